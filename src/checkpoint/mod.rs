@@ -1,0 +1,507 @@
+//! Checkpoint files without Python: `.pth` (zip and legacy pickle) and `.safetensors`.
+//!
+//! libtorch cannot read a Python state dict (its unpickler turns `OrderedDict` into None), so the
+//! formats are parsed here, validated before anything is allocated, and turned into tensors.
+
+mod pickle;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use tch::{Kind, Tensor};
+
+pub use pickle::{PickleError, Value};
+use pickle::{PersistentIds, StorageRef, TensorRef};
+
+/// Keys under which training code wraps a state dict, tried in this order when no key is given.
+pub const WRAPPER_KEYS: [&str; 4] = ["g_ema", "params_ema", "params", "state_dict"];
+
+/// Element types a checkpoint may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    F64,
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl Dtype {
+    fn from_storage_class(class: &str) -> Option<Self> {
+        Some(match class {
+            "DoubleStorage" => Dtype::F64,
+            "FloatStorage" => Dtype::F32,
+            "HalfStorage" => Dtype::F16,
+            "BFloat16Storage" => Dtype::BF16,
+            "LongStorage" => Dtype::I64,
+            "IntStorage" => Dtype::I32,
+            "ShortStorage" => Dtype::I16,
+            "CharStorage" => Dtype::I8,
+            "ByteStorage" => Dtype::U8,
+            "BoolStorage" => Dtype::Bool,
+            _ => return None,
+        })
+    }
+
+    fn from_safetensors(d: safetensors::Dtype) -> Option<Self> {
+        use safetensors::Dtype as S;
+        Some(match d {
+            S::F64 => Dtype::F64,
+            S::F32 => Dtype::F32,
+            S::F16 => Dtype::F16,
+            S::BF16 => Dtype::BF16,
+            S::I64 => Dtype::I64,
+            S::I32 => Dtype::I32,
+            S::I16 => Dtype::I16,
+            S::I8 => Dtype::I8,
+            S::U8 => Dtype::U8,
+            S::BOOL => Dtype::Bool,
+            _ => return None,
+        })
+    }
+
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            Dtype::F64 | Dtype::I64 => 8,
+            Dtype::F32 | Dtype::I32 => 4,
+            Dtype::F16 | Dtype::BF16 | Dtype::I16 => 2,
+            Dtype::I8 | Dtype::U8 | Dtype::Bool => 1,
+        }
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Dtype::F64 => Kind::Double,
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::I64 => Kind::Int64,
+            Dtype::I32 => Kind::Int,
+            Dtype::I16 => Kind::Int16,
+            Dtype::I8 => Kind::Int8,
+            Dtype::U8 => Kind::Uint8,
+            Dtype::Bool => Kind::Bool,
+        }
+    }
+}
+
+/// Why a checkpoint could not be read. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: cannot open the checkpoint: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a checkpoint this reader understands: {reason}")]
+    UnknownFormat { path: PathBuf, reason: String },
+    #[error("{path}: the checkpoint is corrupt or truncated: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Structure { path: PathBuf, reason: String },
+    #[error("{path}: libtorch failed to build tensor `{name}`: {source}")]
+    Torch { path: PathBuf, name: String, source: tch::TchError },
+}
+
+/// The named tensors of a checkpoint, in file order.
+#[derive(Debug)]
+pub struct StateDict {
+    pub path: PathBuf,
+    tensors: Vec<(String, Tensor)>,
+    index: HashMap<String, usize>,
+}
+
+impl StateDict {
+    pub fn new(path: PathBuf, tensors: Vec<(String, Tensor)>) -> Self {
+        let index = tensors.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
+        StateDict { path, tensors, index }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.index.get(name).map(|&i| &self.tensors[i].1)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.iter().map(|(n, _)| n.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.tensors.iter().map(|(n, t)| (n.as_str(), t))
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+}
+
+/// Reads a checkpoint. `key` selects a wrapped state dict (`g_ema`, …); with `None`, a top-level
+/// dict holding tensors is taken as is, and otherwise the first of [`WRAPPER_KEYS`] present.
+pub fn load(path: &Path, key: Option<&str>) -> Result<StateDict, CheckpointError> {
+    let data = std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.into(), source })?;
+    load_bytes(path, &data, key)
+}
+
+/// As [`load`], on bytes already read; `path` is only used in messages.
+pub fn load_bytes(path: &Path, data: &[u8], key: Option<&str>) -> Result<StateDict, CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
+    if data.starts_with(b"PK\x03\x04") || data.starts_with(b"PK\x05\x06") {
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(data))
+            .map_err(|e| corrupt(format!("zip archive: {e}")))?;
+        let (object, root) = read_zip_pickle(path, &mut zip)?;
+        let selected = select_state_dict(path, object, key)?;
+        let mut storages = ZipStorages { zip: &mut zip, root };
+        materialise(path, selected, &mut storages)
+    } else if data.starts_with(b"\x80\x02\x8a\x0a") {
+        let (object, storages) = read_legacy(path, data)?;
+        let selected = select_state_dict(path, object, key)?;
+        let mut storages = storages;
+        materialise(path, selected, &mut storages)
+    } else if looks_like_safetensors(data) {
+        read_safetensors(path, data, key)
+    } else {
+        Err(CheckpointError::UnknownFormat {
+            path: path.into(),
+            reason: "neither a zip `.pth` (torch >= 1.6), a legacy `.pth` pickle nor `.safetensors`; \
+                     re-save it with torch.save(state_dict, path) or safetensors"
+                .into(),
+        })
+    }
+}
+
+fn looks_like_safetensors(data: &[u8]) -> bool {
+    data.len() >= 10 && {
+        let n = u64::from_le_bytes(data[..8].try_into().unwrap());
+        n > 1 && n <= (data.len() - 8) as u64 && data[8] == b'{'
+    }
+}
+
+fn read_zip_pickle(
+    path: &Path,
+    zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+) -> Result<(Value, String), CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
+    let Some(pkl) = zip.file_names().find(|n| *n == "data.pkl" || n.ends_with("/data.pkl")).map(str::to_owned)
+    else {
+        return Err(CheckpointError::UnknownFormat {
+            path: path.into(),
+            reason: "a zip archive without `data.pkl` (not a torch.save file)".into(),
+        });
+    };
+    let root = pkl.trim_end_matches("data.pkl").to_owned();
+    if let Ok(mut f) = zip.by_name(&format!("{root}byteorder")) {
+        let mut order = String::new();
+        f.read_to_string(&mut order).map_err(|e| corrupt(format!("{root}byteorder: {e}")))?;
+        if order.trim() != "little" {
+            return Err(corrupt(format!("byte order `{}` is not supported (only little-endian)", order.trim())));
+        }
+    }
+    let bytes = read_entry(path, zip, &pkl, 256 << 20)?;
+    let (object, _) =
+        pickle::unpickle(&bytes, PersistentIds::Zip).map_err(|e| corrupt(format!("{pkl}: {e}")))?;
+    Ok((object, root))
+}
+
+/// Reads a zip entry, refusing to allocate more than `limit` bytes or more than the entry claims.
+fn read_entry(
+    path: &Path,
+    zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+    name: &str,
+    limit: u64,
+) -> Result<Vec<u8>, CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
+    let f = zip.by_name(name).map_err(|e| corrupt(format!("entry `{name}`: {e}")))?;
+    let size = f.size();
+    if size > limit {
+        return Err(corrupt(format!("entry `{name}` claims {size} bytes, more than expected ({limit})")));
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    f.take(size).read_to_end(&mut buf).map_err(|e| corrupt(format!("entry `{name}`: {e}")))?;
+    if buf.len() as u64 != size {
+        return Err(corrupt(format!("entry `{name}` holds {} of its {size} bytes", buf.len())));
+    }
+    Ok(buf)
+}
+
+/// Picks the state dict out of the unpickled object: its tensors, by name.
+fn select_state_dict(
+    path: &Path,
+    object: Value,
+    key: Option<&str>,
+) -> Result<Vec<(String, TensorRef)>, CheckpointError> {
+    let structure = |reason: String| CheckpointError::Structure { path: path.into(), reason };
+    let Value::Dict(top) = object else {
+        return Err(structure(format!(
+            "the checkpoint holds a {:?}-like object, not a dict of tensors (a state_dict)",
+            std::mem::discriminant(&object)
+        )));
+    };
+    let has_tensors = |d: &[(Value, Value)]| d.iter().any(|(_, v)| matches!(v, Value::Tensor(_)));
+    let top_keys = || {
+        top.iter().filter_map(|(k, _)| k.as_str()).take(12).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+    };
+    let chosen = match key {
+        Some(k) => match top.iter().find(|(n, _)| n.as_str() == Some(k)) {
+            Some((_, Value::Dict(d))) => d.clone(),
+            Some(_) => return Err(structure(format!("key `{k}` does not hold a dict of tensors"))),
+            None => return Err(structure(format!("no key `{k}` in the checkpoint (it has {})", top_keys()))),
+        },
+        None if has_tensors(&top) => top.clone(),
+        None => {
+            let found = WRAPPER_KEYS.iter().find_map(|w| match top.iter().find(|(n, _)| n.as_str() == Some(w)) {
+                Some((_, Value::Dict(d))) => Some(d.clone()),
+                _ => None,
+            });
+            match found {
+                Some(d) => d,
+                None => {
+                    return Err(structure(format!(
+                        "no tensors at the top level and none of the keys {} (it has {}); name the key \
+                         that holds the state dict",
+                        WRAPPER_KEYS.join(", "),
+                        top_keys()
+                    )))
+                }
+            }
+        }
+    };
+    let mut out = Vec::with_capacity(chosen.len());
+    for (k, v) in chosen {
+        // Non-tensor values (step counters, strings) sit beside the tensors in training files.
+        if let (Value::Str(name), Value::Tensor(t)) = (k, v) {
+            out.push((name, t));
+        }
+    }
+    if out.is_empty() {
+        return Err(structure("the state dict holds no tensors".into()));
+    }
+    Ok(out)
+}
+
+/// Where storage bytes come from.
+trait Storages {
+    /// The raw bytes of storage `key`, which must hold exactly `numel` elements of `dtype`.
+    fn bytes(&mut self, path: &Path, storage: &StorageRef) -> Result<Vec<u8>, CheckpointError>;
+}
+
+struct ZipStorages<'a, 'b> {
+    zip: &'a mut zip::ZipArchive<std::io::Cursor<&'b [u8]>>,
+    root: String,
+}
+
+impl Storages for ZipStorages<'_, '_> {
+    fn bytes(&mut self, path: &Path, s: &StorageRef) -> Result<Vec<u8>, CheckpointError> {
+        let want = storage_bytes(path, s)?;
+        let name = format!("{}data/{}", self.root, s.key);
+        let got = self.zip.by_name(&name).map(|f| f.size()).map_err(|e| CheckpointError::Corrupt {
+            path: path.into(),
+            reason: format!("storage `{}`: entry `{name}`: {e}", s.key),
+        })?;
+        if got != want {
+            return Err(CheckpointError::Corrupt {
+                path: path.into(),
+                reason: format!("storage `{}` claims {} elements ({want} bytes) but holds {got} bytes", s.key, s.numel),
+            });
+        }
+        read_entry(path, self.zip, &name, want)
+    }
+}
+
+fn storage_bytes(path: &Path, s: &StorageRef) -> Result<u64, CheckpointError> {
+    s.numel.checked_mul(s.dtype.size_in_bytes() as u64).ok_or_else(|| CheckpointError::Corrupt {
+        path: path.into(),
+        reason: format!("storage `{}` claims an impossible element count {}", s.key, s.numel),
+    })
+}
+
+/// The storages of a legacy file: byte ranges of the file, by key.
+struct LegacyStorages<'a> {
+    data: &'a [u8],
+    ranges: HashMap<String, (usize, usize)>,
+}
+
+impl Storages for LegacyStorages<'_> {
+    fn bytes(&mut self, path: &Path, s: &StorageRef) -> Result<Vec<u8>, CheckpointError> {
+        let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
+        let Some(&(start, len)) = self.ranges.get(&s.key) else {
+            return Err(corrupt(format!("storage `{}` is referenced but not in the file", s.key)));
+        };
+        let esize = s.dtype.size_in_bytes();
+        match &s.view {
+            None => {
+                if storage_bytes(path, s)? != len as u64 {
+                    return Err(corrupt(format!("storage `{}` claims {} elements, the file holds {len} bytes", s.key, s.numel)));
+                }
+                Ok(self.data[start..start + len].to_vec())
+            }
+            Some((view_key, offset, size)) => {
+                let (Some(b), Some(e)) = (offset.checked_mul(esize as u64), offset.checked_add(*size)) else {
+                    return Err(corrupt(format!("view `{view_key}` overflows")));
+                };
+                let end = e.checked_mul(esize as u64).filter(|&e| e <= len as u64);
+                let Some(end) = end else {
+                    return Err(corrupt(format!("view `{view_key}` lies outside storage `{}`", s.key)));
+                };
+                Ok(self.data[start + b as usize..start + end as usize].to_vec())
+            }
+        }
+    }
+}
+
+/// Legacy (pre-1.6) layout: magic, protocol, system info, object, storage keys, then the data.
+fn read_legacy<'a>(path: &Path, data: &'a [u8]) -> Result<(Value, LegacyStorages<'a>), CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
+    let mut pos = 0;
+    let next = |what: &str, pos: &mut usize| -> Result<Value, CheckpointError> {
+        let (v, n) = pickle::unpickle(&data[*pos..], PersistentIds::Legacy)
+            .map_err(|e| corrupt(format!("{what} (at byte {}): {e}", *pos)))?;
+        *pos += n;
+        Ok(v)
+    };
+    let magic = next("magic number", &mut pos)?;
+    if magic != Value::Int(0x1950a86a20f9469cfc6c) {
+        return Err(corrupt("bad magic number".into()));
+    }
+    if next("protocol version", &mut pos)? != Value::Int(1001) {
+        return Err(corrupt("unsupported legacy protocol version (expected 1001)".into()));
+    }
+    let info = next("system info", &mut pos)?;
+    if info.get("little_endian") != Some(&Value::Bool(true)) {
+        return Err(corrupt("saved on a big-endian machine, which is not supported".into()));
+    }
+    let object = next("object", &mut pos)?;
+    let Value::List(keys) = next("storage keys", &mut pos)? else {
+        return Err(corrupt("the storage key list is not a list".into()));
+    };
+    // Element sizes come from the storages the object names.
+    let mut esize: HashMap<String, usize> = HashMap::new();
+    collect_storages(&object, &mut |s| {
+        esize.insert(s.key.clone(), s.dtype.size_in_bytes());
+    });
+    let mut ranges = HashMap::new();
+    for k in keys {
+        let Some(k) = k.as_str().map(str::to_owned) else {
+            return Err(corrupt("a storage key is not a string".into()));
+        };
+        let header = data.get(pos..pos + 8).ok_or_else(|| corrupt(format!("storage `{k}`: truncated before its size")))?;
+        let count = u64::from_le_bytes(header.try_into().unwrap());
+        pos += 8;
+        let Some(&es) = esize.get(&k) else {
+            return Err(corrupt(format!("storage `{k}` holds data but no tensor uses it")));
+        };
+        let len = count.checked_mul(es as u64).filter(|&l| l <= (data.len() - pos) as u64).ok_or_else(|| {
+            corrupt(format!("storage `{k}` claims {count} elements, more than the {} bytes left", data.len() - pos))
+        })? as usize;
+        ranges.insert(k, (pos, len));
+        pos += len;
+    }
+    if pos != data.len() {
+        return Err(corrupt(format!("{} unexpected bytes after the last storage", data.len() - pos)));
+    }
+    Ok((object, LegacyStorages { data, ranges }))
+}
+
+fn collect_storages(v: &Value, f: &mut impl FnMut(&StorageRef)) {
+    match v {
+        Value::Tensor(t) => f(&t.storage),
+        Value::Storage(s) => f(s),
+        Value::Tuple(x) | Value::List(x) => x.iter().for_each(|v| collect_storages(v, f)),
+        Value::Dict(x) => x.iter().for_each(|(_, v)| collect_storages(v, f)),
+        _ => {}
+    }
+}
+
+/// Checks that a strided view lies inside its storage.
+fn check_extent(t: &TensorRef) -> Result<(), String> {
+    let mut numel: u64 = 1;
+    let mut last: u64 = t.offset as u64;
+    for (&n, &s) in t.size.iter().zip(&t.stride) {
+        numel = numel.checked_mul(n as u64).ok_or("shape overflows")?;
+        if n > 0 {
+            let span = ((n - 1) as u64).checked_mul(s as u64).ok_or("stride overflows")?;
+            last = last.checked_add(span).ok_or("stride overflows")?;
+        }
+    }
+    if numel > 0 && last >= t.storage.numel {
+        return Err(format!(
+            "shape {:?} with strides {:?} at offset {} reaches element {last} of a storage of {}",
+            t.size, t.stride, t.offset, t.storage.numel
+        ));
+    }
+    Ok(())
+}
+
+fn materialise(
+    path: &Path,
+    refs: Vec<(String, TensorRef)>,
+    storages: &mut dyn Storages,
+) -> Result<StateDict, CheckpointError> {
+    // Validate every tensor before reading any storage.
+    for (name, t) in &refs {
+        check_extent(t).map_err(|reason| CheckpointError::Corrupt {
+            path: path.into(),
+            reason: format!("tensor `{name}`: {reason}"),
+        })?;
+    }
+    let mut loaded: HashMap<String, Tensor> = HashMap::new();
+    let mut out = Vec::with_capacity(refs.len());
+    for (name, t) in refs {
+        let torch = |source| CheckpointError::Torch { path: path.into(), name: name.clone(), source };
+        let id = t.storage.view.as_ref().map(|v| v.0.clone()).unwrap_or_else(|| t.storage.key.clone());
+        if !loaded.contains_key(&id) {
+            let bytes = storages.bytes(path, &t.storage)?;
+            let n = (bytes.len() / t.storage.dtype.size_in_bytes()) as i64;
+            let flat = Tensor::f_from_data_size(&bytes, &[n], t.storage.dtype.kind()).map_err(torch)?;
+            loaded.insert(id.clone(), flat);
+        }
+        let flat = &loaded[&id];
+        let tensor = flat
+            .f_as_strided(&t.size, &t.stride, Some(t.offset))
+            .and_then(|v| v.f_contiguous())
+            .map_err(torch)?;
+        out.push((name, tensor));
+    }
+    Ok(StateDict::new(path.into(), out))
+}
+
+fn read_safetensors(path: &Path, data: &[u8], key: Option<&str>) -> Result<StateDict, CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
+    // The crate checks the header, every byte range against shape and dtype, and the file size.
+    let st = safetensors::SafeTensors::deserialize(data).map_err(|e| corrupt(format!("safetensors: {e}")))?;
+    let mut views = st.tensors();
+    // File order, which the header's map does not keep.
+    views.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
+    let prefix = key.map(|k| format!("{k}."));
+    let mut out = Vec::with_capacity(views.len());
+    for (name, view) in views {
+        let short = match &prefix {
+            Some(p) => match name.strip_prefix(p.as_str()) {
+                Some(s) => s.to_owned(),
+                None => continue,
+            },
+            None => name.clone(),
+        };
+        let dtype = Dtype::from_safetensors(view.dtype())
+            .ok_or_else(|| corrupt(format!("tensor `{name}`: dtype {:?} is not supported", view.dtype())))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, dtype.kind())
+            .map_err(|source| CheckpointError::Torch { path: path.into(), name: name.clone(), source })?;
+        out.push((short, t));
+    }
+    if out.is_empty() {
+        return Err(CheckpointError::Structure {
+            path: path.into(),
+            reason: match key {
+                Some(k) => format!("no tensors under `{k}.`"),
+                None => "the file holds no tensors".into(),
+            },
+        });
+    }
+    Ok(StateDict::new(path.into(), out))
+}

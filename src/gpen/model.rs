@@ -1,0 +1,505 @@
+//! FullGenerator on libtorch, one struct per official Python class.
+//!
+//! Every op is a fallible `f_*` call so that libtorch errors (out of memory above all) come back
+//! as `Result`s. Constant products the Python code recomputes on each call (`W * scale`,
+//! `b * lr_mul`) are folded in once at load; that is exact, as the official code forms the same
+//! elementwise product first.
+//!
+//! In half precision only the convolutions over feature maps run in the low precision: the
+//! mapping network, the style modulation and demodulation, and the RGB skip path (three channels)
+//! stay in fp32, which costs little and keeps the output within a fraction of a level of fp32.
+
+use std::path::Path;
+
+use tch::{Device, Kind, TchError, Tensor};
+
+use super::{GpenConfig, ModelError, LR_MLP};
+use crate::checkpoint::StateDict;
+
+const SQRT_2: f64 = std::f64::consts::SQRT_2;
+type Result<T> = std::result::Result<T, TchError>;
+
+/// Moves checkpoint tensors to the model's device and precision.
+struct Loader<'a> {
+    sd: &'a StateDict,
+    device: Device,
+    kind: Kind,
+}
+
+impl Loader<'_> {
+    /// The tensor in fp32 on the CPU, where the constant folding happens.
+    fn raw(&self, name: &str) -> Result<Tensor> {
+        let t = self.sd.get(name).ok_or_else(|| {
+            TchError::TensorNameNotFound(name.to_owned(), self.sd.path.display().to_string())
+        })?;
+        t.f_to_kind(Kind::Float)
+    }
+
+    /// In the compute precision, on the device.
+    fn put(&self, t: &Tensor) -> Result<Tensor> {
+        t.f_to_kind(self.kind)?.f_to_device(self.device)?.f_contiguous()
+    }
+
+    /// In fp32, on the device (for the parts kept in full precision).
+    fn put_f32(&self, t: &Tensor) -> Result<Tensor> {
+        t.f_to_device(self.device)?.f_contiguous()
+    }
+
+    fn get(&self, name: &str) -> Result<Tensor> {
+        self.put(&self.raw(name)?)
+    }
+}
+
+/// `FusedLeakyReLU`: `sqrt(2) * leaky_relu(x + bias, 0.2)`.
+#[derive(Debug)]
+struct FusedLeakyReLU {
+    bias: Tensor,
+}
+
+impl FusedLeakyReLU {
+    /// `rank` is the rank of the inputs (2 for linear layers, 4 for feature maps).
+    fn new(l: &Loader, bias: &str, rank: usize) -> Result<Self> {
+        let b = l.get(bias)?;
+        let mut shape = vec![1, b.size()[0]];
+        shape.resize(rank, 1);
+        Ok(FusedLeakyReLU { bias: b.f_reshape(shape)? })
+    }
+
+    fn forward(&self, mut x: Tensor) -> Result<Tensor> {
+        let x = x.f_add_(&self.bias)?;
+        // tch's leaky_relu has no slope argument; leaky_relu_backward(x, x, s) computes
+        // `x > 0 ? x : x * s`, which is exactly leaky_relu(x, s), in one pass.
+        x.f_leaky_relu_backward(&x, 0.2, false)?.f_mul_scalar_(SQRT_2)
+    }
+}
+
+/// `EqualLinear`: a linear layer whose weight is scaled by `lr_mul / sqrt(in_dim)`. Always fp32:
+/// it only ever sees latents.
+#[derive(Debug)]
+struct EqualLinear {
+    weight: Tensor,
+    bias: Tensor,
+    activation: Option<FusedLeakyReLU>,
+}
+
+impl EqualLinear {
+    fn new(l: &Loader, prefix: &str, lr_mul: f64, activation: bool) -> Result<Self> {
+        let w = l.raw(&format!("{prefix}.weight"))?;
+        let scale = (1.0 / (w.size()[1] as f64).sqrt()) * lr_mul;
+        let weight = l.put_f32(&w.f_mul_scalar(scale)?)?;
+        let b = l.raw(&format!("{prefix}.bias"))?.f_mul_scalar(lr_mul)?;
+        let bias = l.put_f32(&b)?;
+        let activation = if activation {
+            Some(FusedLeakyReLU { bias: bias.f_reshape([1, -1])? })
+        } else {
+            None
+        };
+        Ok(EqualLinear { weight, bias, activation })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.activation {
+            Some(act) => act.forward(x.f_linear::<Tensor>(&self.weight, None)?),
+            None => x.f_linear(&self.weight, Some(&self.bias)),
+        }
+    }
+}
+
+/// `PixelNorm`: `x * rsqrt(mean(x^2, dim=1) + 1e-8)`.
+#[derive(Debug)]
+struct PixelNorm;
+
+impl PixelNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.f_square()?.f_mean_dim(1, true, None::<Kind>)?;
+        x.f_mul(&mean.f_add_scalar(1e-8)?.f_rsqrt()?)
+    }
+}
+
+/// `Blur`: `upfirdn2d(x, kernel, pad=(p, p))`, written as a depthwise convolution.
+#[derive(Debug)]
+struct Blur {
+    /// The flipped kernel (upfirdn2d is a true convolution), one copy per channel.
+    weight: Tensor,
+    channels: i64,
+    pad: i64,
+}
+
+impl Blur {
+    fn new(l: &Loader, kernel: &str, channels: i64, pad: i64) -> Result<Self> {
+        let k = l.raw(kernel)?.f_flip([0, 1])?;
+        let weight = l.put(&k.f_reshape([1, 1, 4, 4])?.f_repeat([channels, 1, 1, 1])?)?;
+        Ok(Blur { weight, channels, pad })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.f_conv2d::<Tensor>(&self.weight, None, [1, 1], [self.pad, self.pad], [1, 1], self.channels)
+    }
+}
+
+/// `Upsample` (factor 2, pad (2, 1)): zero-stuffing then blur, written as the equivalent
+/// transposed depthwise convolution (within 1 ulp of the official op). fp32: the RGB skip path.
+#[derive(Debug)]
+struct Upsample {
+    weight: Tensor,
+    channels: i64,
+}
+
+impl Upsample {
+    fn new(l: &Loader, kernel: &str, channels: i64) -> Result<Self> {
+        let k = l.raw(kernel)?;
+        let weight = l.put_f32(&k.f_reshape([1, 1, 4, 4])?.f_repeat([channels, 1, 1, 1])?)?;
+        Ok(Upsample { weight, channels })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.f_conv_transpose2d::<Tensor>(&self.weight, None, [2, 2], [1, 1], [0, 0], self.channels, [1, 1])
+    }
+}
+
+/// `EqualConv2d` without bias (the encoder's bias lives in its `FusedLeakyReLU`).
+#[derive(Debug)]
+struct EqualConv2d {
+    weight: Tensor,
+    stride: i64,
+    padding: i64,
+}
+
+impl EqualConv2d {
+    fn new(l: &Loader, prefix: &str, stride: i64, padding: i64) -> Result<Self> {
+        let w = l.raw(&format!("{prefix}.weight"))?;
+        let s = w.size();
+        let scale = 1.0 / ((s[1] * s[2] * s[3]) as f64).sqrt();
+        Ok(EqualConv2d { weight: l.put(&w.f_mul_scalar(scale)?)?, stride, padding })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (s, p) = (self.stride, self.padding);
+        x.f_conv2d::<Tensor>(&self.weight, None, [s, s], [p, p], [1, 1], 1)
+    }
+}
+
+/// `ConvLayer` of the encoder: optional blur + stride-2 conv, then `FusedLeakyReLU`.
+#[derive(Debug)]
+struct ConvLayer {
+    blur: Option<Blur>,
+    conv: EqualConv2d,
+    activate: FusedLeakyReLU,
+}
+
+impl ConvLayer {
+    fn new(l: &Loader, prefix: &str, in_channels: i64, downsample: bool) -> Result<Self> {
+        if downsample {
+            Ok(ConvLayer {
+                blur: Some(Blur::new(l, &format!("{prefix}.0.kernel"), in_channels, 2)?),
+                conv: EqualConv2d::new(l, &format!("{prefix}.1"), 2, 0)?,
+                activate: FusedLeakyReLU::new(l, &format!("{prefix}.2.bias"), 4)?,
+            })
+        } else {
+            Ok(ConvLayer {
+                blur: None,
+                conv: EqualConv2d::new(l, &format!("{prefix}.0"), 1, 0)?,
+                activate: FusedLeakyReLU::new(l, &format!("{prefix}.1.bias"), 4)?,
+            })
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.blur {
+            Some(b) => self.conv.forward(&b.forward(x)?)?,
+            None => self.conv.forward(x)?,
+        };
+        self.activate.forward(y)
+    }
+}
+
+/// `ModulatedConv2d`: per-sample weights modulated by the style, optionally demodulated.
+#[derive(Debug)]
+struct ModulatedConv2d {
+    /// `(1, out, in, k, k)`, already multiplied by `1 / sqrt(in * k^2)`; fp32, cast to the
+    /// input's precision once modulated.
+    weight: Tensor,
+    modulation: EqualLinear,
+    demodulate: bool,
+    /// Present on up-sampling convs: the blur after the transposed convolution.
+    blur: Option<Blur>,
+    in_channels: i64,
+    out_channels: i64,
+    kernel_size: i64,
+}
+
+impl ModulatedConv2d {
+    fn new(l: &Loader, prefix: &str, demodulate: bool, upsample: bool) -> Result<Self> {
+        let w = l.raw(&format!("{prefix}.weight"))?;
+        let s = w.size();
+        let (out_channels, in_channels, kernel_size) = (s[1], s[2], s[3]);
+        let scale = 1.0 / ((in_channels * kernel_size * kernel_size) as f64).sqrt();
+        let blur = if upsample {
+            Some(Blur::new(l, &format!("{prefix}.blur.kernel"), out_channels, 1)?)
+        } else {
+            None
+        };
+        Ok(ModulatedConv2d {
+            weight: l.put_f32(&w.f_mul_scalar(scale)?)?,
+            modulation: EqualLinear::new(l, &format!("{prefix}.modulation"), 1.0, false)?,
+            demodulate,
+            blur,
+            in_channels,
+            out_channels,
+            kernel_size,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, latent: &Tensor) -> Result<Tensor> {
+        let (i, o, k) = (self.in_channels, self.out_channels, self.kernel_size);
+        let s = x.size();
+        let (b, h, w) = (s[0], s[2], s[3]);
+        let style = self.modulation.forward(latent)?.f_reshape([b, 1, i, 1, 1])?;
+        let mut weight = self.weight.f_mul(&style)?;
+        if self.demodulate {
+            let d = weight.f_square()?.f_sum_dim_intlist(&[2i64, 3, 4][..], false, None::<Kind>)?;
+            let d = d.f_add_scalar(1e-8)?.f_rsqrt()?.f_reshape([b, o, 1, 1, 1])?;
+            weight = weight.f_mul_(&d)?;
+        }
+        let weight = weight.f_to_kind(x.kind())?;
+        // One grouped convolution over the batch, as the official code does.
+        let x = x.f_reshape([1, b * i, h, w])?;
+        match &self.blur {
+            Some(blur) => {
+                let wt = weight.f_transpose(1, 2)?.f_reshape([b * i, o, k, k])?;
+                let y = x.f_conv_transpose2d::<Tensor>(&wt, None, [2, 2], [0, 0], [0, 0], b, [1, 1])?;
+                let ys = y.size();
+                blur.forward(&y.f_reshape([b, o, ys[2], ys[3]])?)
+            }
+            None => {
+                let wt = weight.f_reshape([b * o, i, k, k])?;
+                let y = x.f_conv2d::<Tensor>(&wt, None, [1, 1], [k / 2, k / 2], [1, 1], b)?;
+                y.f_reshape([b, o, h, w])
+            }
+        }
+    }
+}
+
+/// `NoiseInjection(isconcat=True)`: GPEN's "noise" is an encoder feature, concatenated.
+#[derive(Debug)]
+struct NoiseInjection {
+    weight: Tensor,
+}
+
+impl NoiseInjection {
+    fn forward(&self, y: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        Tensor::f_cat(&[y, &self.weight.f_mul(noise)?], 1)
+    }
+}
+
+/// `ConstantInput`: the learned 4x4 start of the decoder.
+#[derive(Debug)]
+struct ConstantInput {
+    input: Tensor,
+}
+
+/// `StyledConv`: modulated conv, concatenated encoder feature, fused activation.
+#[derive(Debug)]
+struct StyledConv {
+    conv: ModulatedConv2d,
+    noise: NoiseInjection,
+    activate: FusedLeakyReLU,
+}
+
+impl StyledConv {
+    fn new(l: &Loader, prefix: &str, upsample: bool) -> Result<Self> {
+        Ok(StyledConv {
+            conv: ModulatedConv2d::new(l, &format!("{prefix}.conv"), true, upsample)?,
+            noise: NoiseInjection { weight: l.get(&format!("{prefix}.noise.weight"))? },
+            activate: FusedLeakyReLU::new(l, &format!("{prefix}.activate.bias"), 4)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, latent: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        let y = self.conv.forward(x, latent)?;
+        self.activate.forward(self.noise.forward(&y, noise)?)
+    }
+}
+
+/// `ToRGB`: 1x1 modulated conv to RGB plus the up-sampled skip of the previous level; the
+/// three-channel sum is kept in fp32.
+#[derive(Debug)]
+struct ToRGB {
+    conv: ModulatedConv2d,
+    bias: Tensor,
+    upsample: Option<Upsample>,
+}
+
+impl ToRGB {
+    fn new(l: &Loader, prefix: &str, upsample: bool) -> Result<Self> {
+        let upsample = if upsample { Some(Upsample::new(l, &format!("{prefix}.upsample.kernel"), 3)?) } else { None };
+        Ok(ToRGB {
+            conv: ModulatedConv2d::new(l, &format!("{prefix}.conv"), false, false)?,
+            bias: l.put_f32(&l.raw(&format!("{prefix}.bias"))?)?,
+            upsample,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, latent: &Tensor, skip: Option<&Tensor>) -> Result<Tensor> {
+        let y = self.conv.forward(x, latent)?.f_to_kind(Kind::Float)?.f_add_(&self.bias)?;
+        match (skip, &self.upsample) {
+            (Some(skip), Some(up)) => y.shallow_clone().f_add_(&up.forward(skip)?),
+            _ => Ok(y),
+        }
+    }
+}
+
+/// `Generator`: the StyleGAN2 decoder with its mapping network.
+#[derive(Debug)]
+struct Generator {
+    style: Vec<EqualLinear>,
+    input: ConstantInput,
+    conv1: StyledConv,
+    to_rgb1: ToRGB,
+    convs: Vec<StyledConv>,
+    to_rgbs: Vec<ToRGB>,
+}
+
+impl Generator {
+    fn new(l: &Loader, cfg: &GpenConfig) -> Result<Self> {
+        let style = (1..=cfg.n_mlp)
+            .map(|j| EqualLinear::new(l, &format!("generator.style.{j}"), LR_MLP, true))
+            .collect::<Result<_>>()?;
+        let levels = cfg.log_size() - 2;
+        let mut convs = Vec::new();
+        let mut to_rgbs = Vec::new();
+        for r in 0..levels {
+            convs.push(StyledConv::new(l, &format!("generator.convs.{}", 2 * r), true)?);
+            convs.push(StyledConv::new(l, &format!("generator.convs.{}", 2 * r + 1), false)?);
+            to_rgbs.push(ToRGB::new(l, &format!("generator.to_rgbs.{r}"), true)?);
+        }
+        Ok(Generator {
+            style,
+            input: ConstantInput { input: l.get("generator.input.input")? },
+            conv1: StyledConv::new(l, "generator.conv1", false)?,
+            to_rgb1: ToRGB::new(l, "generator.to_rgb1", false)?,
+            convs,
+            to_rgbs,
+        })
+    }
+
+    /// The mapping network: `PixelNorm` then `n_mlp` EqualLinear layers.
+    fn map(&self, z: &Tensor) -> Result<Tensor> {
+        let mut w = PixelNorm.forward(z)?;
+        for layer in &self.style {
+            w = layer.forward(&w)?;
+        }
+        Ok(w)
+    }
+
+    /// `feats` are the encoder features from the face size down to 4x4.
+    fn forward(&self, w: &Tensor, feats: &[Tensor]) -> Result<Tensor> {
+        let b = w.size()[0];
+        let last = feats.len() - 1;
+        let x = self.input.input.f_repeat([b, 1, 1, 1])?;
+        let mut x = self.conv1.forward(&x, w, &feats[last])?;
+        let mut skip = self.to_rgb1.forward(&x, w, None)?;
+        for (r, (pair, to_rgb)) in self.convs.chunks(2).zip(&self.to_rgbs).enumerate() {
+            let noise = &feats[last - 1 - r];
+            x = pair[0].forward(&x, w, noise)?;
+            x = pair[1].forward(&x, w, noise)?;
+            skip = to_rgb.forward(&x, w, Some(&skip))?;
+        }
+        Ok(skip)
+    }
+}
+
+/// What one forward pass computed, for parity checks against the official code.
+#[derive(Debug)]
+pub struct Intermediates {
+    /// Encoder features `ecd0 .. ecdN`, from the face size down to 4x4.
+    pub ecd: Vec<Tensor>,
+    /// `final_linear` output.
+    pub z: Tensor,
+    /// Mapping network output (the latent used by every style slot).
+    pub w: Tensor,
+    /// Raw generator output (no clamp), `B x 3 x size x size`.
+    pub output: Tensor,
+}
+
+/// `FullGenerator`: the GPEN encoder feeding the StyleGAN2 decoder.
+#[derive(Debug)]
+pub struct FullGenerator {
+    ecd: Vec<ConvLayer>,
+    final_linear: EqualLinear,
+    generator: Generator,
+    config: GpenConfig,
+    device: Device,
+    kind: Kind,
+}
+
+impl FullGenerator {
+    /// Reads a checkpoint file and builds the model (see [`FullGenerator::from_state_dict`]).
+    pub fn load(path: &Path, key: Option<&str>, device: Device, kind: Kind) -> std::result::Result<Self, crate::Error> {
+        let sd = crate::checkpoint::load(path, key)?;
+        Ok(Self::from_state_dict(&sd, device, kind)?)
+    }
+
+    /// Builds the model from a state dict: the configuration comes from the tensor shapes, and
+    /// the state dict must match it exactly. `kind` is the compute precision.
+    pub fn from_state_dict(sd: &StateDict, device: Device, kind: Kind) -> std::result::Result<Self, ModelError> {
+        let config = GpenConfig::from_state_dict(sd)?;
+        config.check_state_dict(sd)?;
+        let l = Loader { sd, device, kind };
+        let build = || -> Result<Self> {
+            let mut ecd = vec![ConvLayer::new(&l, "ecd0.0", 3, false)?];
+            for n in 1..config.log_size() - 1 {
+                let in_channels = config.channels(config.size >> (n - 1));
+                ecd.push(ConvLayer::new(&l, &format!("ecd{n}.0"), in_channels, true)?);
+            }
+            Ok(FullGenerator {
+                ecd,
+                final_linear: EqualLinear::new(&l, "final_linear.0", 1.0, true)?,
+                generator: Generator::new(&l, &config)?,
+                config: config.clone(),
+                device,
+                kind,
+            })
+        };
+        let _guard = tch::no_grad_guard();
+        build().map_err(|source| ModelError::Torch { path: sd.path.clone(), source })
+    }
+
+    pub fn config(&self) -> &GpenConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Restores a batch of aligned faces: `B x 3 x size x size`, RGB in [-1, 1]. The output is
+    /// fp32, on the model's device.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_intermediates(x)?.output)
+    }
+
+    /// As [`forward`](Self::forward), keeping the encoder features and latents.
+    pub fn forward_intermediates(&self, x: &Tensor) -> Result<Intermediates> {
+        let _guard = tch::no_grad_guard();
+        let s = x.size();
+        let size = self.config.size;
+        if s.len() != 4 || s[1] != 3 || s[2] != size || s[3] != size {
+            return Err(TchError::Shape(format!("GPEN-{size} takes B x 3 x {size} x {size} input, got {s:?}")));
+        }
+        let mut h = x.f_to_device(self.device)?.f_to_kind(self.kind)?;
+        let mut ecd = Vec::with_capacity(self.ecd.len());
+        for layer in &self.ecd {
+            h = layer.forward(&h)?;
+            ecd.push(h.shallow_clone());
+        }
+        let z = self.final_linear.forward(&h.f_reshape([s[0], -1])?.f_to_kind(Kind::Float)?)?;
+        let w = self.generator.map(&z)?;
+        let output = self.generator.forward(&w, &ecd)?;
+        Ok(Intermediates { ecd, z, w, output })
+    }
+}

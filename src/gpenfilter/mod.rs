@@ -1,0 +1,1 @@
+pub fn register(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> { Ok(()) }

@@ -1,0 +1,41 @@
+//! gst-gpen: face restoration with GPEN on libtorch, as the GStreamer element `gpenfilter`.
+//!
+//! The restoration core ([`checkpoint`], [`gpen`], [`restorer`]) knows nothing of GStreamer;
+//! [`gpenfilter`] is the glue.
+
+pub mod checkpoint;
+pub mod gpen;
+pub mod gpenfilter;
+pub mod restorer;
+
+pub use restorer::{PackedLayout, Restorer, RestorerSettings};
+
+/// Everything that can go wrong while setting up a restoration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    Model(#[from] gpen::ModelError),
+    /// A setting that cannot work (device, size, file), with how to fix it.
+    #[error("{0}")]
+    Settings(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gpenfilter::register(plugin)
+}
+
+gst::plugin_define!(
+    gpen,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MIT/X11",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);
