@@ -1,1 +1,67 @@
-fn main(){}
+//! Times one GPEN forward (batch 1) with random weights in the official shapes.
+//!
+//! ```text
+//! cargo run --release --example bench_gpen -- --size 512 --dtype bf16 --threads 2 --reps 3
+//! ```
+//! Prints one JSON line like `gpen_reference.py bench`, so `scripts/bench.sh` can put the two
+//! side by side (median seconds per forward, peak RSS of the process).
+
+use std::time::Instant;
+
+use gstgpen::gpen::{random_state_dict, FullGenerator, GpenConfig};
+use tch::{Device, Kind, Tensor};
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn main() {
+    let mut size = 512;
+    let mut dtype = "fp32".to_owned();
+    let mut threads = 2;
+    let mut reps = 5;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--size" => size = value().parse().expect("--size N"),
+            "--dtype" => dtype = value(),
+            "--threads" => threads = value().parse().expect("--threads N"),
+            "--reps" => reps = value().parse().expect("--reps N"),
+            other => panic!("unknown argument {other}; usage: --size N --dtype fp32|bf16|fp16 --threads N --reps N"),
+        }
+    }
+    let kind = match dtype.as_str() {
+        "fp32" => Kind::Float,
+        "bf16" => Kind::BFloat16,
+        "fp16" => Kind::Half,
+        d => panic!("unknown dtype {d}"),
+    };
+    tch::set_num_threads(threads);
+    let cfg = GpenConfig::official(size);
+    let sd = random_state_dict(&cfg, 0);
+    let model = FullGenerator::from_state_dict(&sd, Device::Cpu, kind).expect("build model");
+    drop(sd);
+    let x = Tensor::rand([1, 3, size, size], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let _warm = model.forward(&x).expect("warm-up forward");
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        let _out = model.forward(&x).expect("forward");
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{{\"impl\": \"gst-gpen-tch\", \"size\": {size}, \"dtype\": \"{dtype}\", \"threads\": {threads}, \
+         \"median_s\": {median:.4}, \"min_s\": {:.4}, \"peak_rss_mib\": {:.1}}}",
+        times[0],
+        peak_rss_mib()
+    );
+}

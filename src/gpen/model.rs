@@ -213,12 +213,25 @@ impl ConvLayer {
     }
 }
 
-/// `ModulatedConv2d`: per-sample weights modulated by the style, optionally demodulated.
+/// How a [`ModulatedConv2d`] applies the per-sample style.
+#[derive(Debug)]
+enum Modulation {
+    /// The official form: modulate (and demodulate) the weights per sample, then one grouped
+    /// convolution over the batch. Cheaper where the feature maps are larger than the weights.
+    /// `weight` is fp32 `(1, out, in, k, k)`, cast to the input's precision once modulated.
+    Fused { weight: Tensor },
+    /// Scale the input channels by the style and the output channels by the demodulation
+    /// coefficients around a fixed weight (StyleGAN2-ADA's `fused_modconv=False`); the same
+    /// function up to rounding, and cheaper at the low resolutions, where weights are large.
+    /// `weight` is `(out, in, k, k)` (`(in, out, k, k)` when up-sampling) in the compute
+    /// precision; `weight_sq` is fp32 `(out, in)`, the squared weights summed over the kernel.
+    Unfused { weight: Tensor, weight_sq: Tensor },
+}
+
+/// `ModulatedConv2d`: a convolution modulated by the style, optionally demodulated.
 #[derive(Debug)]
 struct ModulatedConv2d {
-    /// `(1, out, in, k, k)`, already multiplied by `1 / sqrt(in * k^2)`; fp32, cast to the
-    /// input's precision once modulated.
-    weight: Tensor,
+    modulation_kind: Modulation,
     modulation: EqualLinear,
     demodulate: bool,
     /// Present on up-sampling convs: the blur after the transposed convolution.
@@ -229,18 +242,31 @@ struct ModulatedConv2d {
 }
 
 impl ModulatedConv2d {
-    fn new(l: &Loader, prefix: &str, demodulate: bool, upsample: bool) -> Result<Self> {
+    /// `in_res` is the side of the input feature map, which decides the cheaper modulation.
+    fn new(l: &Loader, prefix: &str, demodulate: bool, upsample: bool, in_res: i64) -> Result<Self> {
         let w = l.raw(&format!("{prefix}.weight"))?;
         let s = w.size();
         let (out_channels, in_channels, kernel_size) = (s[1], s[2], s[3]);
         let scale = 1.0 / ((in_channels * kernel_size * kernel_size) as f64).sqrt();
+        let weight = w.f_mul_scalar(scale)?;
+        let out_res = if upsample { 2 * in_res } else { in_res };
+        let weight_work = out_channels * in_channels * kernel_size * kernel_size;
+        let map_work = in_channels * in_res * in_res + out_channels * out_res * out_res;
+        let modulation_kind = if weight_work > map_work {
+            let w4 = weight.f_squeeze_dim(0)?;
+            let weight_sq = l.put_f32(&w4.f_square()?.f_sum_dim_intlist(&[2i64, 3][..], false, None::<Kind>)?)?;
+            let w4 = if upsample { w4.f_transpose(0, 1)? } else { w4 };
+            Modulation::Unfused { weight: l.put(&w4)?, weight_sq }
+        } else {
+            Modulation::Fused { weight: l.put_f32(&weight)? }
+        };
         let blur = if upsample {
             Some(Blur::new(l, &format!("{prefix}.blur.kernel"), out_channels, 1)?)
         } else {
             None
         };
         Ok(ModulatedConv2d {
-            weight: l.put_f32(&w.f_mul_scalar(scale)?)?,
+            modulation_kind,
             modulation: EqualLinear::new(l, &format!("{prefix}.modulation"), 1.0, false)?,
             demodulate,
             blur,
@@ -251,11 +277,18 @@ impl ModulatedConv2d {
     }
 
     fn forward(&self, x: &Tensor, latent: &Tensor) -> Result<Tensor> {
+        let style = self.modulation.forward(latent)?;
+        match &self.modulation_kind {
+            Modulation::Fused { weight } => self.forward_fused(x, &style, weight),
+            Modulation::Unfused { weight, weight_sq } => self.forward_unfused(x, &style, weight, weight_sq),
+        }
+    }
+
+    fn forward_fused(&self, x: &Tensor, style: &Tensor, weight: &Tensor) -> Result<Tensor> {
         let (i, o, k) = (self.in_channels, self.out_channels, self.kernel_size);
         let s = x.size();
         let (b, h, w) = (s[0], s[2], s[3]);
-        let style = self.modulation.forward(latent)?.f_reshape([b, 1, i, 1, 1])?;
-        let mut weight = self.weight.f_mul(&style)?;
+        let mut weight = weight.f_mul(&style.f_reshape([b, 1, i, 1, 1])?)?;
         if self.demodulate {
             let d = weight.f_square()?.f_sum_dim_intlist(&[2i64, 3, 4][..], false, None::<Kind>)?;
             let d = d.f_add_scalar(1e-8)?.f_rsqrt()?.f_reshape([b, o, 1, 1, 1])?;
@@ -277,6 +310,22 @@ impl ModulatedConv2d {
                 y.f_reshape([b, o, h, w])
             }
         }
+    }
+
+    fn forward_unfused(&self, x: &Tensor, style: &Tensor, weight: &Tensor, weight_sq: &Tensor) -> Result<Tensor> {
+        let (i, o, k) = (self.in_channels, self.out_channels, self.kernel_size);
+        let b = x.size()[0];
+        let xs = x.f_mul(&style.f_to_kind(x.kind())?.f_reshape([b, i, 1, 1])?)?;
+        let y = match &self.blur {
+            Some(blur) => blur.forward(&xs.f_conv_transpose2d::<Tensor>(weight, None, [2, 2], [0, 0], [0, 0], 1, [1, 1])?)?,
+            None => xs.f_conv2d::<Tensor>(weight, None, [1, 1], [k / 2, k / 2], [1, 1], 1)?,
+        };
+        if !self.demodulate {
+            return Ok(y);
+        }
+        // sum over (in, k, k) of (W s)^2 = (s^2) . (sum over k, k of W^2)
+        let d = style.f_square()?.f_matmul(&weight_sq.f_tr()?)?.f_add_scalar(1e-8)?.f_rsqrt()?;
+        y.shallow_clone().f_mul_(&d.f_to_kind(y.kind())?.f_reshape([b, o, 1, 1])?)
     }
 }
 
@@ -307,9 +356,9 @@ struct StyledConv {
 }
 
 impl StyledConv {
-    fn new(l: &Loader, prefix: &str, upsample: bool) -> Result<Self> {
+    fn new(l: &Loader, prefix: &str, upsample: bool, in_res: i64) -> Result<Self> {
         Ok(StyledConv {
-            conv: ModulatedConv2d::new(l, &format!("{prefix}.conv"), true, upsample)?,
+            conv: ModulatedConv2d::new(l, &format!("{prefix}.conv"), true, upsample, in_res)?,
             noise: NoiseInjection { weight: l.get(&format!("{prefix}.noise.weight"))? },
             activate: FusedLeakyReLU::new(l, &format!("{prefix}.activate.bias"), 4)?,
         })
@@ -331,10 +380,10 @@ struct ToRGB {
 }
 
 impl ToRGB {
-    fn new(l: &Loader, prefix: &str, upsample: bool) -> Result<Self> {
+    fn new(l: &Loader, prefix: &str, upsample: bool, in_res: i64) -> Result<Self> {
         let upsample = if upsample { Some(Upsample::new(l, &format!("{prefix}.upsample.kernel"), 3)?) } else { None };
         Ok(ToRGB {
-            conv: ModulatedConv2d::new(l, &format!("{prefix}.conv"), false, false)?,
+            conv: ModulatedConv2d::new(l, &format!("{prefix}.conv"), false, false, in_res)?,
             bias: l.put_f32(&l.raw(&format!("{prefix}.bias"))?)?,
             upsample,
         })
@@ -369,15 +418,16 @@ impl Generator {
         let mut convs = Vec::new();
         let mut to_rgbs = Vec::new();
         for r in 0..levels {
-            convs.push(StyledConv::new(l, &format!("generator.convs.{}", 2 * r), true)?);
-            convs.push(StyledConv::new(l, &format!("generator.convs.{}", 2 * r + 1), false)?);
-            to_rgbs.push(ToRGB::new(l, &format!("generator.to_rgbs.{r}"), true)?);
+            let res = 8 << r;
+            convs.push(StyledConv::new(l, &format!("generator.convs.{}", 2 * r), true, res / 2)?);
+            convs.push(StyledConv::new(l, &format!("generator.convs.{}", 2 * r + 1), false, res)?);
+            to_rgbs.push(ToRGB::new(l, &format!("generator.to_rgbs.{r}"), true, res)?);
         }
         Ok(Generator {
             style,
             input: ConstantInput { input: l.get("generator.input.input")? },
-            conv1: StyledConv::new(l, "generator.conv1", false)?,
-            to_rgb1: ToRGB::new(l, "generator.to_rgb1", false)?,
+            conv1: StyledConv::new(l, "generator.conv1", false, 4)?,
+            to_rgb1: ToRGB::new(l, "generator.to_rgb1", false, 4)?,
             convs,
             to_rgbs,
         })

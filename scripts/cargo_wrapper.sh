@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# meson → cargo.  cargo_wrapper.sh build SRC BUILD PROFILE OUTPUT | test SRC BUILD PROFILE
+# Uses the project's .venv libtorch (scripts/setup.sh makes it); cargo's own target dir keeps
+# incremental builds warm between meson and plain cargo use.
+set -euo pipefail
+action=$1 src=$2 build=$3 profile=$4
+cd "$src"
+[ -e .venv/libtorch ] || ./scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+flags=()
+[ "$profile" = release ] && flags+=(--release)
+case "$action" in
+  build)
+    cargo build --lib "${flags[@]}"
+    cp "target/$profile/libgstgpen.so" "$5"
+    ;;
+  test)
+    cargo build --lib
+    cargo test --no-fail-fast
+    ;;
+  *) echo "unknown action $action" >&2; exit 2 ;;
+esac

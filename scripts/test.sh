@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: sets up what is missing, then builds and runs every test that needs no GPU.
+# Tests read ../shared (fixtures, weights, media) in place; nothing is downloaded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+if [ ! -d ../shared/fixtures/gpen ]; then
+  echo "test: ../shared (fixtures) must sit beside the repository root" >&2; exit 1
+fi
+cargo build --lib   # the plugin .so that the gst-inspect test loads
+cargo test --no-fail-fast "$@"
