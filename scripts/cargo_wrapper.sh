@@ -4,6 +4,7 @@
 # incremental builds warm between meson and plain cargo use.
 set -euo pipefail
 action=$1 src=$2 build=$3 profile=$4
+output=${5:+$(realpath -m "$5")}   # meson passes it relative to the build directory
 cd "$src"
 [ -e .venv/libtorch ] || ./scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -12,7 +13,7 @@ flags=()
 case "$action" in
   build)
     cargo build --lib "${flags[@]}"
-    cp "target/$profile/libgstgpen.so" "$5"
+    cp "target/$profile/libgstgpen.so" "$output"
     ;;
   test)
     cargo build --lib
