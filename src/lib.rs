@@ -4,8 +4,10 @@
 //! [`gpenfilter`] is the glue.
 
 pub mod checkpoint;
+pub mod detect;
 pub mod gpen;
 pub mod gpenfilter;
+pub mod nn;
 pub mod restorer;
 
 pub use restorer::{PackedLayout, Restorer, RestorerSettings};

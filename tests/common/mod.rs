@@ -36,3 +36,21 @@ pub fn diff(a: &tch::Tensor, b: &tch::Tensor) -> (f64, f64) {
     let d = (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs();
     (d.max().double_value(&[]), d.mean(tch::Kind::Double).double_value(&[]))
 }
+
+/// An image decoded to packed RGB: (bytes, width, height). The `image` crate's JPEG decoder
+/// agrees with OpenCV's (which made the fixtures) where GStreamer's jpegdec does not: its
+/// chroma upsampling differs, which moves marginal detection scores by a few hundredths.
+pub fn decode_image(path: &std::path::Path) -> (Vec<u8>, usize, usize) {
+    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    let (w, h) = img.dimensions();
+    (img.into_raw(), w as usize, h as usize)
+}
+
+/// `1 x 3 x H x W` float tensor with values 0..255 from packed RGB.
+pub fn rgb_tensor(rgb: &[u8], w: usize, h: usize) -> tch::Tensor {
+    tch::Tensor::from_slice(rgb)
+        .reshape([h as i64, w as i64, 3])
+        .permute([2, 0, 1])
+        .unsqueeze(0)
+        .to_kind(tch::Kind::Float)
+}

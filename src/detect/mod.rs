@@ -1,0 +1,211 @@
+//! Face detection: RetinaFace on libtorch, with the pure geometry around it (priors, decoding,
+//! non-maximum suppression) kept apart and unit-tested.
+
+mod retinaface;
+
+pub use retinaface::{DetectorVariant, RetinaFace};
+
+/// A detected face: box `[x1, y1, x2, y2]`, score, and five landmarks in RetinaFace order (eye
+/// image-left, eye image-right, nose, mouth corner image-left, mouth corner image-right), in
+/// frame pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Face {
+    pub bbox: [f32; 4],
+    pub score: f32,
+    pub landmarks: [[f32; 2]; 5],
+}
+
+impl Face {
+    pub fn width(&self) -> f32 {
+        self.bbox[2] - self.bbox[0]
+    }
+
+    pub fn height(&self) -> f32 {
+        self.bbox[3] - self.bbox[1]
+    }
+
+    /// Maps coordinates found on a frame scaled by `scale` back to the frame.
+    pub fn unscaled(&self, scale: f32) -> Face {
+        Face {
+            bbox: self.bbox.map(|v| v / scale),
+            score: self.score,
+            landmarks: self.landmarks.map(|p| p.map(|v| v / scale)),
+        }
+    }
+}
+
+/// NMS IoU threshold of the reference detector.
+pub const NMS_THRESHOLD: f32 = 0.4;
+
+/// Runs `detector` on `rgb` (`1 x 3 x H x W`, values 0..255, on the detector's device) at each
+/// scale (1.0 = native; the image is resized bilinearly), maps the faces back to `rgb`'s pixels
+/// and merges the passes by non-maximum suppression.
+pub fn detect_at_scales(
+    detector: &RetinaFace,
+    rgb: &tch::Tensor,
+    scales: &[f64],
+    threshold: f64,
+) -> Result<Vec<Face>, tch::TchError> {
+    let s = rgb.size();
+    let (h, w) = (s[2] as f64, s[3] as f64);
+    let mut all = Vec::new();
+    for &scale in scales {
+        let faces = if scale == 1.0 {
+            detector.detect(rgb, threshold)?
+        } else {
+            // cv2.resize(fx=scale) rounds the size, maps coordinates by 1/scale, and (on 8-bit
+            // frames) rounds the values.
+            let size = [((h * scale).round() as i64).max(1), ((w * scale).round() as i64).max(1)];
+            let resized = rgb.f_upsample_bilinear2d(size, false, Some(scale), Some(scale))?.f_round()?;
+            detector.detect(&resized, threshold)?
+        };
+        all.extend(faces.into_iter().map(|f| f.unscaled(scale as f32)));
+    }
+    Ok(non_maximum_suppression(all, NMS_THRESHOLD))
+}
+
+/// Intersection over union with the `+1` pixel convention of the reference `py_cpu_nms`.
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let area = |r: &[f32; 4]| (r[2] - r[0] + 1.0).max(0.0) * (r[3] - r[1] + 1.0).max(0.0);
+    let w = (a[2].min(b[2]) - a[0].max(b[0]) + 1.0).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1]) + 1.0).max(0.0);
+    let inter = w * h;
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
+}
+
+/// Greedy non-maximum suppression: faces by descending score, dropping any that overlaps a kept
+/// one by more than `threshold`. Ties keep the earlier face.
+pub fn non_maximum_suppression(mut faces: Vec<Face>, threshold: f32) -> Vec<Face> {
+    faces.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Face> = Vec::with_capacity(faces.len());
+    for f in faces {
+        if kept.iter().all(|k| iou(&k.bbox, &f.bbox) <= threshold) {
+            kept.push(f);
+        }
+    }
+    kept
+}
+
+/// Anchor layout of a RetinaFace variant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorConfig {
+    pub min_sizes: [[f32; 2]; 3],
+    pub steps: [i64; 3],
+    pub variance: [f32; 2],
+}
+
+impl PriorConfig {
+    /// Anchors of the original RetinaFace (Pytorch_Retinaface, GPEN's R50).
+    pub fn standard() -> Self {
+        PriorConfig { min_sizes: [[16.0, 32.0], [64.0, 128.0], [256.0, 512.0]], steps: [8, 16, 32], variance: [0.1, 0.2] }
+    }
+
+    /// The smaller anchors of Face-Detector-1MB.
+    pub fn small() -> Self {
+        PriorConfig { min_sizes: [[10.0, 20.0], [32.0, 64.0], [128.0, 256.0]], ..Self::standard() }
+    }
+
+    /// Feature-map sizes `(rows, cols)` of the three levels for an input of `height x width`.
+    pub fn feature_maps(&self, height: i64, width: i64) -> [(i64, i64); 3] {
+        self.steps.map(|s| ((height + s - 1) / s, (width + s - 1) / s))
+    }
+
+    /// Priors `(cx, cy, w, h)`, normalised by the input size, in the order the heads emit them
+    /// (level, row, column, anchor).
+    pub fn priors(&self, height: i64, width: i64) -> Vec<[f32; 4]> {
+        let mut out = Vec::new();
+        for (k, (rows, cols)) in self.feature_maps(height, width).into_iter().enumerate() {
+            let step = self.steps[k] as f32;
+            for i in 0..rows {
+                for j in 0..cols {
+                    for &m in &self.min_sizes[k] {
+                        out.push([
+                            (j as f32 + 0.5) * step / width as f32,
+                            (i as f32 + 0.5) * step / height as f32,
+                            m / width as f32,
+                            m / height as f32,
+                        ]);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Decodes one prior's regressions into a face in input pixels.
+pub fn decode(prior: &[f32; 4], loc: &[f32; 4], landms: &[f32; 10], variance: [f32; 2], size: (f32, f32)) -> ([f32; 4], [[f32; 2]; 5]) {
+    let (w, h) = size;
+    let cx = prior[0] + loc[0] * variance[0] * prior[2];
+    let cy = prior[1] + loc[1] * variance[0] * prior[3];
+    let bw = prior[2] * (loc[2] * variance[1]).exp();
+    let bh = prior[3] * (loc[3] * variance[1]).exp();
+    let bbox = [(cx - bw / 2.0) * w, (cy - bh / 2.0) * h, (cx + bw / 2.0) * w, (cy + bh / 2.0) * h];
+    let mut lm = [[0f32; 2]; 5];
+    for (k, p) in lm.iter_mut().enumerate() {
+        p[0] = (prior[0] + landms[2 * k] * variance[0] * prior[2]) * w;
+        p[1] = (prior[1] + landms[2 * k + 1] * variance[0] * prior[3]) * h;
+    }
+    (bbox, lm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn face(bbox: [f32; 4], score: f32) -> Face {
+        Face { bbox, score, landmarks: [[0.0; 2]; 5] }
+    }
+
+    #[test]
+    fn iou_of_identical_disjoint_and_half_boxes() {
+        let a = [0.0, 0.0, 9.0, 9.0];
+        assert_eq!(iou(&a, &a), 1.0);
+        assert_eq!(iou(&a, &[20.0, 20.0, 29.0, 29.0]), 0.0);
+        // 10x10 boxes shifted by 5: 50 / 150
+        assert!((iou(&a, &[5.0, 0.0, 14.0, 9.0]) - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nms_keeps_the_best_of_each_cluster_in_score_order() {
+        let faces = vec![
+            face([0.0, 0.0, 10.0, 10.0], 0.8),
+            face([1.0, 1.0, 11.0, 11.0], 0.9),
+            face([50.0, 50.0, 60.0, 60.0], 0.7),
+            face([0.0, 0.0, 10.0, 10.0], f32::NAN),
+        ];
+        let kept = non_maximum_suppression(faces, 0.4);
+        // NaN sorts above every number under total_cmp; it is kept, never panics.
+        let scores: Vec<f32> = kept.iter().map(|f| f.score).filter(|s| !s.is_nan()).collect();
+        assert_eq!(scores, vec![0.7]);
+        assert!(kept.iter().any(|f| f.score.is_nan()));
+        let kept = non_maximum_suppression(
+            vec![face([0.0, 0.0, 10.0, 10.0], 0.8), face([1.0, 1.0, 11.0, 11.0], 0.9), face([50.0, 50.0, 60.0, 60.0], 0.7)],
+            0.4,
+        );
+        assert_eq!(kept.iter().map(|f| f.score).collect::<Vec<_>>(), vec![0.9, 0.7]);
+    }
+
+    #[test]
+    fn priors_cover_every_cell_of_every_level() {
+        let p = PriorConfig::small();
+        // astronaut.png, 512x512: 64x64, 32x32, 16x16 cells, 2 anchors each
+        assert_eq!(p.priors(512, 512).len(), 10752);
+        assert_eq!(p.feature_maps(241, 427), [(31, 54), (16, 27), (8, 14)]);
+        let pr = p.priors(240, 320);
+        assert_eq!(pr[0], [4.0 / 320.0, 4.0 / 240.0, 10.0 / 320.0, 10.0 / 240.0]);
+        assert_eq!(pr[1][2], 20.0 / 320.0);
+    }
+
+    #[test]
+    fn decode_of_zero_regression_is_the_prior() {
+        let (b, lm) = decode(&[0.5, 0.5, 0.1, 0.2], &[0.0; 4], &[0.0; 10], [0.1, 0.2], (100.0, 50.0));
+        assert_eq!(b, [45.0, 20.0, 55.0, 30.0]);
+        assert!(lm.iter().all(|p| *p == [50.0, 25.0]));
+    }
+}
