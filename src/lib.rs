@@ -3,6 +3,7 @@
 //! The restoration core ([`checkpoint`], [`gpen`], [`restorer`]) knows nothing of GStreamer;
 //! [`gpenfilter`] is the glue.
 
+pub mod align;
 pub mod checkpoint;
 pub mod detect;
 pub mod gpen;

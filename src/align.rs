@@ -1,0 +1,271 @@
+//! Face alignment as GPEN does it (`align_faces.py`, `face_enhancement.py`): the 5-point
+//! template, Umeyama similarity fits (the forward one and GPEN's own inverse, a second fit with
+//! the scale fixed), warps of all faces at once on the device, and the soft paste mask.
+
+use tch::{Device, Kind, TchError, Tensor};
+
+type Result<T> = std::result::Result<T, TchError>;
+
+/// The 96x112 five-point reference of `align_faces.py` (eyes, nose, mouth corners).
+const REFERENCE_FACIAL_POINTS: [[f64; 2]; 5] = [
+    [30.29459953, 51.69630051],
+    [65.53179932, 51.50139999],
+    [48.02519989, 71.73660278],
+    [33.54930115, 92.3655014],
+    [62.72990036, 92.20410156],
+];
+
+/// GPEN's template for a `size` crop: the reference made square (+8 px in x), padded by an
+/// inner factor of 0.25 (+28 px each side, 168 px in all), and scaled to `size`.
+pub fn template(size: i64) -> [[f64; 2]; 5] {
+    let s = size as f64 / 168.0;
+    REFERENCE_FACIAL_POINTS.map(|[x, y]| [(x + 36.0) * s, (y + 28.0) * s])
+}
+
+/// A similarity transform `[[a, -b, tx], [b, a, ty]]` (scale, rotation, translation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Similarity {
+    pub a: f64,
+    pub b: f64,
+    pub tx: f64,
+    pub ty: f64,
+}
+
+impl Similarity {
+    pub fn matrix(&self) -> [[f64; 3]; 2] {
+        [[self.a, -self.b, self.tx], [self.b, self.a, self.ty]]
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.a.hypot(self.b)
+    }
+
+    pub fn apply(&self, [x, y]: [f64; 2]) -> [f64; 2] {
+        [self.a * x - self.b * y + self.tx, self.b * x + self.a * y + self.ty]
+    }
+
+    /// The exact inverse (what `cv2.warpAffine` samples with).
+    pub fn inverse(&self) -> Similarity {
+        let d = self.a * self.a + self.b * self.b;
+        let (a, b) = (self.a / d, -self.b / d);
+        Similarity { a, b, tx: -(a * self.tx - b * self.ty), ty: -(b * self.tx + a * self.ty) }
+    }
+
+    /// Least-squares similarity from `src` to `dst` (Umeyama, without reflection). With
+    /// `scale`, the scale is fixed and only rotation and translation are fitted. In 2-D the
+    /// SVD solution has this closed form: the rotation is the angle of the cross-covariance
+    /// `sum (dst_i - mean) * conj(src_i - mean)` read as complex numbers, and the scale its
+    /// modulus over the source variance.
+    pub fn umeyama(src: &[[f64; 2]], dst: &[[f64; 2]], scale: Option<f64>) -> Option<Similarity> {
+        let n = src.len().min(dst.len());
+        if n < 2 {
+            return None;
+        }
+        let mean = |p: &[[f64; 2]]| {
+            let (x, y) = p[..n].iter().fold((0.0, 0.0), |(x, y), q| (x + q[0], y + q[1]));
+            [x / n as f64, y / n as f64]
+        };
+        let (ms, md) = (mean(src), mean(dst));
+        let (mut re, mut im, mut var) = (0.0, 0.0, 0.0);
+        for i in 0..n {
+            let (sx, sy) = (src[i][0] - ms[0], src[i][1] - ms[1]);
+            let (dx, dy) = (dst[i][0] - md[0], dst[i][1] - md[1]);
+            re += dx * sx + dy * sy;
+            im += dy * sx - dx * sy;
+            var += sx * sx + sy * sy;
+        }
+        let norm = re.hypot(im);
+        if var <= 0.0 || norm <= 0.0 || !norm.is_finite() {
+            return None;
+        }
+        let s = scale.unwrap_or(norm / var);
+        let (a, b) = (s * re / norm, s * im / norm);
+        Some(Similarity { a, b, tx: md[0] - (a * ms[0] - b * ms[1]), ty: md[1] - (b * ms[0] + a * ms[1]) })
+    }
+}
+
+/// The transforms of one face: `tfm` maps the frame to the crop; `tfm_inv` is GPEN's way
+/// back (a fit from the template to the landmarks with the scale fixed to `1 / scale`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Alignment {
+    pub tfm: Similarity,
+    pub tfm_inv: Similarity,
+}
+
+/// Aligns five landmarks to the template of a `size` crop; `None` for degenerate landmarks.
+pub fn align(landmarks: &[[f32; 2]; 5], size: i64) -> Option<Alignment> {
+    let src = landmarks.map(|p| [p[0] as f64, p[1] as f64]);
+    let dst = template(size);
+    let tfm = Similarity::umeyama(&src, &dst, None)?;
+    let tfm_inv = Similarity::umeyama(&dst, &src, Some(1.0 / tfm.scale()))?;
+    Some(Alignment { tfm, tfm_inv })
+}
+
+/// How a warp fills what lies outside its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Border {
+    /// Black, as `cv2.warpAffine` with BORDER_CONSTANT 0 (GPEN's crops).
+    Zeros,
+    /// The nearest edge pixel, so faces cut by the frame edge get no black band.
+    Replicate,
+}
+
+/// Sampling grid for `grid_sample` (align_corners=false) such that output pixel `(x, y)` of an
+/// `out_h x out_w` map reads source pixel `to_src(x + x0, y + y0)` of an `src_h x src_w` image.
+pub fn sampling_grid(
+    to_src: &[Similarity],
+    (x0, y0): (i64, i64),
+    (out_h, out_w): (i64, i64),
+    (src_h, src_w): (i64, i64),
+    device: Device,
+) -> Result<Tensor> {
+    // Normalised source coordinate: (2 * x + 1) / W - 1, folded into the affine map.
+    let rows: Vec<f32> = to_src
+        .iter()
+        .flat_map(|t| {
+            let m = t.matrix();
+            let (sx, sy) = (2.0 / src_w as f64, 2.0 / src_h as f64);
+            let tx = m[0][0] * x0 as f64 + m[0][1] * y0 as f64 + m[0][2];
+            let ty = m[1][0] * x0 as f64 + m[1][1] * y0 as f64 + m[1][2];
+            [
+                m[0][0] * sx,
+                m[1][0] * sy,
+                m[0][1] * sx,
+                m[1][1] * sy,
+                (2.0 * tx + 1.0) / src_w as f64 - 1.0,
+                (2.0 * ty + 1.0) / src_h as f64 - 1.0,
+            ]
+        })
+        .map(|v| v as f32)
+        .collect();
+    let maps = Tensor::f_from_slice(&rows)?.f_reshape([to_src.len() as i64, 3, 2])?.f_to_device(device)?;
+    let opts = (Kind::Float, device);
+    let xs = Tensor::f_arange(out_w, opts)?.f_reshape([1, out_w])?.f_expand([out_h, out_w], false)?;
+    let ys = Tensor::f_arange(out_h, opts)?.f_reshape([out_h, 1])?.f_expand([out_h, out_w], false)?;
+    let ones = Tensor::f_ones([out_h, out_w], opts)?;
+    let base = Tensor::f_stack(&[xs, ys, ones], 2)?.f_reshape([1, out_h * out_w, 3])?;
+    base.f_matmul(&maps)?.f_reshape([to_src.len() as i64, out_h, out_w, 2])
+}
+
+/// Bilinear warp of `image` (`N x C x H x W`, N = 1 or one per grid) through `grid`.
+pub fn warp(image: &Tensor, grid: &Tensor, border: Border) -> Result<Tensor> {
+    let n = grid.size()[0];
+    let s = image.size();
+    let image = if s[0] == n { image.shallow_clone() } else { image.f_expand([n, s[1], s[2], s[3]], false)? };
+    let padding = match border {
+        Border::Zeros => 0,
+        Border::Replicate => 1,
+    };
+    Tensor::f_grid_sampler(&image, grid, 0, padding, false)
+}
+
+/// Crops of all faces at once: `B x C x size x size`, each face warped by its `tfm`.
+pub fn crop_faces(frame: &Tensor, alignments: &[Alignment], size: i64, border: Border) -> Result<Tensor> {
+    let s = frame.size();
+    let to_src: Vec<Similarity> = alignments.iter().map(|a| a.tfm.inverse()).collect();
+    let grid = sampling_grid(&to_src, (0, 0), (size, size), (s[2], s[3]), frame.device())?;
+    warp(frame, &grid, border)
+}
+
+/// The frame rectangle `(x0, y0, width, height)` that a `size` crop covers when pasted back
+/// through `tfm_inv`, clipped to a `width x height` frame; `None` if it misses the frame.
+pub fn paste_region(tfm_inv: &Similarity, size: i64, (height, width): (i64, i64)) -> Option<(i64, i64, i64, i64)> {
+    let s = size as f64;
+    let corners = [[0.0, 0.0], [s, 0.0], [0.0, s], [s, s]].map(|p| tfm_inv.apply(p));
+    let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
+    for [x, y] in corners {
+        x0 = x0.min(x);
+        y0 = y0.min(y);
+        x1 = x1.max(x);
+        y1 = y1.max(y);
+    }
+    if !(x0.is_finite() && y0.is_finite() && x1.is_finite() && y1.is_finite()) {
+        return None;
+    }
+    let x0 = (x0.floor() as i64 - 1).max(0);
+    let y0 = (y0.floor() as i64 - 1).max(0);
+    let x1 = (x1.ceil() as i64 + 1).min(width);
+    let y1 = (y1.ceil() as i64 + 1).min(height);
+    (x1 > x0 && y1 > y0).then_some((x0, y0, x1 - x0, y1 - y0))
+}
+
+/// GPEN's fixed soft paste mask at 512: the rectangle (26,26)-(486,486) filled, blurred twice
+/// with a 101-tap Gaussian of sigma 4, then resized (bilinear) to `size`. `1 x 1 x size x size`.
+pub fn soft_mask(size: i64, device: Device) -> Result<Tensor> {
+    const N: i64 = 512;
+    let opts = (Kind::Float, Device::Cpu);
+    let inside = Tensor::f_arange(N, opts)?.f_ge(26)?.f_logical_and(&Tensor::f_arange(N, opts)?.f_le(486)?)?;
+    let inside = inside.f_to_kind(Kind::Float)?;
+    let mask = inside.f_reshape([N, 1])?.f_mul(&inside.f_reshape([1, N])?)?.f_reshape([1, 1, N, N])?;
+    // cv2.getGaussianKernel(101, 4), normalised.
+    let taps: Vec<f64> = (-50..=50).map(|i: i32| (-(i * i) as f64 / (2.0 * 16.0)).exp()).collect();
+    let total: f64 = taps.iter().sum();
+    let taps: Vec<f32> = taps.iter().map(|t| (t / total) as f32).collect();
+    let k = Tensor::f_from_slice(&taps)?;
+    let (kx, ky) = (k.f_reshape([1, 1, 1, 101])?, k.f_reshape([1, 1, 101, 1])?);
+    let mut m = mask;
+    for _ in 0..2 {
+        // BORDER_REFLECT_101, cv2's default.
+        m = m.f_reflection_pad2d([50, 50, 0, 0])?.f_conv2d::<Tensor>(&kx, None, [1, 1], [0, 0], [1, 1], 1)?;
+        m = m.f_reflection_pad2d([0, 0, 50, 50])?.f_conv2d::<Tensor>(&ky, None, [1, 1], [0, 0], [1, 1], 1)?;
+    }
+    if size != N {
+        m = m.f_upsample_bilinear2d([size, size], false, None, None)?;
+    }
+    m.f_to_device(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_matches_gpen_values() {
+        let t = template(512);
+        assert!((t[0][0] - 202.04068428190476).abs() < 1e-9 && (t[0][1] - 242.8839634590476).abs() < 1e-9);
+        assert!((t[4][0] - 300.8911249066667).abs() < 1e-9);
+        let t2 = template(1024);
+        assert!((t2[2][1] - 2.0 * template(512)[2][1]).abs() < 1e-9);
+    }
+
+    #[test]
+    fn umeyama_recovers_a_known_similarity_and_inverts() {
+        let truth = Similarity { a: 1.3 * 0.6f64.cos(), b: 1.3 * 0.6f64.sin(), tx: -40.0, ty: 12.5 };
+        let src = [[10.0, 20.0], [50.0, 22.0], [30.0, 40.0], [15.0, 60.0], [45.0, 61.0]];
+        let dst = src.map(|p| truth.apply(p));
+        let fit = Similarity::umeyama(&src, &dst, None).unwrap();
+        for (x, y) in [(fit.a, truth.a), (fit.b, truth.b), (fit.tx, truth.tx), (fit.ty, truth.ty)] {
+            assert!((x - y).abs() < 1e-9, "{fit:?}");
+        }
+        let back = fit.inverse();
+        for p in src {
+            let q = back.apply(fit.apply(p));
+            assert!((q[0] - p[0]).abs() < 1e-9 && (q[1] - p[1]).abs() < 1e-9);
+        }
+        // With the scale fixed, the fitted scale is that scale.
+        let fixed = Similarity::umeyama(&dst, &src, Some(0.5)).unwrap();
+        assert!((fixed.scale() - 0.5).abs() < 1e-12);
+        assert!(Similarity::umeyama(&[[1.0, 1.0]; 5], &dst, None).is_none());
+    }
+
+    #[test]
+    fn paste_region_is_clipped_to_the_frame() {
+        let t = Similarity { a: 0.5, b: 0.0, tx: -10.0, ty: 5.0 };
+        assert_eq!(paste_region(&t, 256, (100, 100)), Some((0, 4, 100, 96)));
+        let far = Similarity { a: 0.5, b: 0.0, tx: 1000.0, ty: 0.0 };
+        assert_eq!(paste_region(&far, 256, (100, 100)), None);
+    }
+
+    #[test]
+    fn identity_grid_reproduces_the_image() {
+        let img = Tensor::arange(12, (Kind::Float, Device::Cpu)).reshape([1, 1, 3, 4]);
+        let id = Similarity { a: 1.0, b: 0.0, tx: 0.0, ty: 0.0 };
+        let grid = sampling_grid(&[id], (0, 0), (3, 4), (3, 4), Device::Cpu).unwrap();
+        let out = warp(&img, &grid, Border::Zeros).unwrap();
+        assert!(out.allclose(&img, 1e-5, 1e-5, false));
+        // An offset window reads the shifted pixels.
+        let grid = sampling_grid(&[id], (1, 1), (2, 3), (3, 4), Device::Cpu).unwrap();
+        let out = warp(&img, &grid, Border::Zeros).unwrap();
+        assert!(out.allclose(&img.narrow(2, 1, 2).narrow(3, 1, 3), 1e-5, 1e-5, false));
+    }
+}
