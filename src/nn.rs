@@ -16,6 +16,7 @@ pub struct Params<'a> {
     sd: &'a StateDict,
     device: Device,
     used: RefCell<HashSet<String>>,
+    requested: RefCell<Vec<(String, Vec<i64>)>>,
     missing: RefCell<Vec<String>>,
     misshaped: RefCell<Vec<String>>,
 }
@@ -26,6 +27,7 @@ impl<'a> Params<'a> {
             sd,
             device,
             used: Default::default(),
+            requested: Default::default(),
             missing: Default::default(),
             misshaped: Default::default(),
         }
@@ -36,6 +38,7 @@ impl<'a> Params<'a> {
     /// then discarded by [`finish`](Self::finish).
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
         self.used.borrow_mut().insert(name.to_owned());
+        self.requested.borrow_mut().push((name.to_owned(), shape.to_vec()));
         match self.sd.get(name) {
             Some(t) if t.size() == shape => t.f_to_kind(Kind::Float)?.f_to_device(self.device),
             Some(t) => {
@@ -52,6 +55,11 @@ impl<'a> Params<'a> {
     /// Marks tensors that are read but not needed (e.g. BatchNorm's `num_batches_tracked`).
     pub fn ignore(&self, name: &str) {
         self.used.borrow_mut().insert(name.to_owned());
+    }
+
+    /// Every tensor asked for so far, with its expected shape, in order.
+    pub fn requested(&self) -> Vec<(String, Vec<i64>)> {
+        self.requested.borrow().clone()
     }
 
     /// `Ok` when every expected tensor was there with its shape and nothing else was; otherwise

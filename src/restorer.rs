@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, TchError, Tensor};
 
+use crate::align::{self, Alignment, Border};
+use crate::detect::{detect_at_scales, DetectorVariant, Face, RetinaFace};
 use crate::gpen::FullGenerator;
 use crate::Error;
 
@@ -93,11 +95,95 @@ pub struct RestorerSettings {
     pub fp16: bool,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Frames are aligned faces (no detection); otherwise faces are found in whole frames.
+    pub aligned: bool,
+    pub faces: FaceSettings,
 }
 
 impl Default for RestorerSettings {
     fn default() -> Self {
-        RestorerSettings { model: None, model_key: None, size: 512, fp16: false, device: "auto".into() }
+        RestorerSettings {
+            model: None,
+            model_key: None,
+            size: 512,
+            fp16: false,
+            device: "auto".into(),
+            aligned: false,
+            faces: FaceSettings::default(),
+        }
+    }
+}
+
+/// How faces are found and pasted back in whole frames.
+#[derive(Debug, Clone)]
+pub struct FaceSettings {
+    /// A RetinaFace checkpoint, or a folder searched for [`DETECTOR_FILES`]; `None`: the
+    /// default weights folder.
+    pub detector_model: Option<PathBuf>,
+    /// `None` recognises the variant (ResNet-50 files, and the known MobileNet files).
+    pub detector_variant: Option<DetectorVariant>,
+    /// Minimum face score.
+    pub threshold: f64,
+    /// Longest side, in pixels, frames are detected at (larger frames are scaled down);
+    /// 0 detects at the native size.
+    pub detection_size: i64,
+    /// Most faces restored per frame (the highest scores); 0 for no limit.
+    pub max_faces: usize,
+    /// Faces whose box is smaller than this on either side, in pixels, are left alone.
+    pub min_face_size: f32,
+    /// Blend of restored (1) and original (0) face, as GPEN's `--alpha`.
+    pub alpha: f64,
+    /// Most faces per generator forward.
+    pub face_batch: usize,
+}
+
+impl Default for FaceSettings {
+    fn default() -> Self {
+        FaceSettings {
+            detector_model: None,
+            detector_variant: None,
+            threshold: 0.9,
+            detection_size: 1280,
+            max_faces: 32,
+            min_face_size: 16.0,
+            alpha: 1.0,
+            face_batch: 4,
+        }
+    }
+}
+
+/// Detector files looked up in a folder, in this order.
+pub const DETECTOR_FILES: [&str; 3] = ["RetinaFace-R50.pth", "retinaface-mnet025-fd1mb.pth", "retinaface-mnet025-std.pth"];
+
+/// Faces smaller than this (box side, pixels) get GPEN's light smoothing after restoration.
+const SMALL_FACE: f32 = 100.0;
+
+/// Long side of the extra reduced-scale pass of small-anchor detectors, which miss faces that
+/// fill the frame.
+const REDUCED_PASS: f64 = 320.0;
+
+/// A frame's detections, with the frame as the float tensor they were found on (reused as the
+/// background when pasting).
+pub struct Detections {
+    pub faces: Vec<Face>,
+    frame: Tensor,
+}
+
+/// What [`Restorer::restore_faces`] did to a frame.
+#[derive(Debug)]
+pub struct PasteReport {
+    /// Faces pasted back.
+    pub restored: usize,
+    /// The frame rectangle `(x0, y0, width, height)` that was written, if any.
+    pub region: Option<(i64, i64, i64, i64)>,
+    /// The combined paste mask over `region` (`1 x 1 x height x width`, 0..1): pixels where it
+    /// is 0 kept their value.
+    pub mask: Option<Tensor>,
+}
+
+impl std::fmt::Debug for Detections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detections").field("faces", &self.faces).finish()
     }
 }
 
@@ -130,11 +216,56 @@ impl PackedLayout {
     }
 }
 
-/// GPEN restoration of aligned face frames.
+/// GPEN restoration of frames: aligned faces, or whole frames (detect, align, restore, paste).
 #[derive(Debug)]
 pub struct Restorer {
     model: FullGenerator,
     model_path: PathBuf,
+    /// Present in whole-frame mode.
+    faces: Option<FaceStage>,
+}
+
+#[derive(Debug)]
+struct FaceStage {
+    detector: RetinaFace,
+    detector_path: PathBuf,
+    /// The soft paste mask at the model's size, `1 x 1 x size x size`.
+    mask: Tensor,
+    settings: FaceSettings,
+}
+
+/// Finds the detector file: a file as given, or the first known name in a folder.
+fn resolve_detector_path(model: Option<&Path>) -> Result<PathBuf, Error> {
+    let dir_or_file = model.map(Path::to_path_buf).unwrap_or_else(default_model_dir);
+    if !dir_or_file.is_dir() {
+        return if dir_or_file.exists() {
+            Ok(dir_or_file)
+        } else {
+            Err(Error::Settings(format!("{}: no such detector file; set detector-model=", dir_or_file.display())))
+        };
+    }
+    DETECTOR_FILES.iter().map(|n| dir_or_file.join(n)).find(|p| p.exists()).ok_or_else(|| {
+        Error::Settings(format!(
+            "{}: no face detector there (looked for {}); install one or set detector-model= to a RetinaFace file",
+            dir_or_file.display(),
+            DETECTOR_FILES.join(", ")
+        ))
+    })
+}
+
+/// Packed 8-bit frame memory as a `H x W x pixel_stride` tensor over the same bytes.
+///
+/// # Safety
+/// `layout.check(len)` must have passed for the memory at `ptr`, which must stay valid and
+/// must not be written through other paths while the tensor is used.
+unsafe fn frame_view(ptr: *const u8, layout: &PackedLayout) -> Result<Tensor, TchError> {
+    Tensor::f_from_blob(
+        ptr,
+        &[layout.height as i64, layout.width as i64, layout.pixel_stride as i64],
+        &[layout.stride as i64, layout.pixel_stride as i64, 1],
+        Kind::Uint8,
+        Device::Cpu,
+    )
 }
 
 impl Restorer {
@@ -170,7 +301,174 @@ impl Restorer {
             )));
         }
         let model = FullGenerator::from_state_dict(&sd, device, kind)?;
-        Ok(Restorer { model, model_path: path })
+        let faces = if settings.aligned {
+            None
+        } else {
+            let f = &settings.faces;
+            if !(0.0..=1.0).contains(&f.alpha) || !(0.0..=1.0).contains(&f.threshold) || f.face_batch == 0 {
+                return Err(Error::Settings(format!(
+                    "alpha ({}) and detection-threshold ({}) must lie in 0..1, face-batch ({}) must be at least 1",
+                    f.alpha, f.threshold, f.face_batch
+                )));
+            }
+            let detector_path = resolve_detector_path(f.detector_model.as_deref())?;
+            let detector = RetinaFace::load(&detector_path, f.detector_variant, device)?;
+            let mask = align::soft_mask(settings.size, device)?;
+            Some(FaceStage { detector, detector_path, mask, settings: f.clone() })
+        };
+        Ok(Restorer { model, model_path: path, faces })
+    }
+
+    /// The face settings in use (whole-frame mode), to change those that may change while
+    /// running: threshold, max_faces, min_face_size, alpha.
+    pub fn face_settings_mut(&mut self) -> Option<&mut FaceSettings> {
+        self.faces.as_mut().map(|f| &mut f.settings)
+    }
+
+    /// The detector file and its variant, in whole-frame mode.
+    pub fn detector(&self) -> Option<(&Path, DetectorVariant)> {
+        self.faces.as_ref().map(|f| (f.detector_path.as_path(), f.detector.variant()))
+    }
+
+    /// Whole-frame mode: the faces of a frame (read only), best first, filtered by size and
+    /// count. Keep the result for [`restore_faces`](Self::restore_faces).
+    pub fn detect(&self, data: &[u8], layout: &PackedLayout) -> Result<Detections, TchError> {
+        let Some(stage) = &self.faces else {
+            return Err(TchError::Kind("detect() needs whole-frame mode (aligned=false)".into()));
+        };
+        layout.check(data.len())?;
+        let _guard = tch::no_grad_guard();
+        // SAFETY: checked above; `data` is borrowed for the whole function and only read.
+        let view = unsafe { frame_view(data.as_ptr(), layout)? };
+        let channels = Tensor::f_from_slice(&layout.rgb_offsets.map(|o| o as i64))?;
+        // One copy into a float RGB frame on the device; it stays the background for pasting.
+        let frame = view
+            .f_index_select(2, &channels)?
+            .f_to_device(self.model.device())?
+            .f_permute([2, 0, 1])?
+            .f_unsqueeze(0)?
+            .f_to_kind(Kind::Float)?;
+        let f = &stage.settings;
+        let long = layout.width.max(layout.height) as f64;
+        let main = if f.detection_size > 0 && long > f.detection_size as f64 { f.detection_size as f64 / long } else { 1.0 };
+        let mut scales = vec![main];
+        if stage.detector.variant() == DetectorVariant::Fd1mb && long * main > 1.5 * REDUCED_PASS {
+            scales.push(REDUCED_PASS / long);
+        }
+        let mut faces = detect_at_scales(&stage.detector, &frame, &scales, f.threshold)?;
+        faces.retain(|face| face.width().min(face.height()) >= f.min_face_size);
+        if f.max_faces > 0 {
+            faces.truncate(f.max_faces);
+        }
+        Ok(Detections { faces, frame })
+    }
+
+    /// Whole-frame mode: restores the detected faces and pastes them back into the frame in
+    /// place, blended by the soft mask (overlaps take the per-pixel maximum of the masks, as
+    /// GPEN does). Pixels outside the pasted masks keep their value.
+    pub fn restore_faces(&self, detections: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<PasteReport, TchError> {
+        let nothing = PasteReport { restored: 0, region: None, mask: None };
+        let Some(stage) = &self.faces else {
+            return Err(TchError::Kind("restore_faces() needs whole-frame mode (aligned=false)".into()));
+        };
+        layout.check(data.len())?;
+        let _guard = tch::no_grad_guard();
+        let size = self.model.config().size;
+        let frame = &detections.frame;
+        let (h, w) = (layout.height as i64, layout.width as i64);
+        if frame.size() != [1, 3, h, w] {
+            return Err(TchError::Shape(format!("detections of a {:?} frame applied to {w}x{h}", frame.size())));
+        }
+        let (faces, alignments): (Vec<&Face>, Vec<Alignment>) =
+            detections.faces.iter().filter_map(|f| align::align(&f.landmarks, size).map(|a| (f, a))).unzip();
+        if faces.is_empty() {
+            return Ok(nothing);
+        }
+        // Faces cut by the frame edge get the edge replicated instead of GPEN's black band,
+        // which the generator would otherwise carry into the pasted face.
+        let crops = align::crop_faces(frame, &alignments, size, Border::Replicate)?;
+        let mut restored = Vec::with_capacity(faces.len());
+        for chunk in 0..(faces.len() as i64 + stage.settings.face_batch as i64 - 1) / stage.settings.face_batch as i64 {
+            let start = chunk * stage.settings.face_batch as i64;
+            let n = (faces.len() as i64 - start).min(stage.settings.face_batch as i64);
+            let x = crops.f_narrow(0, start, n)?.f_div_scalar(255.0)?.f_sub_scalar(0.5)?.f_div_scalar(0.5)?;
+            let y = self.model.forward(&x)?;
+            restored.push(y.f_mul_scalar(0.5)?.f_add_scalar(0.5)?.f_clamp(0.0, 1.0)?.f_mul_scalar(255.0)?);
+        }
+        let mut restored = Tensor::f_cat(&restored, 0)?;
+        // GPEN smooths small faces lightly, whose restoration is mostly invented detail.
+        let small: Vec<i64> = faces
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.width().min(f.height()) < SMALL_FACE)
+            .map(|(i, _)| i as i64)
+            .collect();
+        if !small.is_empty() {
+            let idx = Tensor::f_from_slice(&small)?.f_to_device(frame.device())?;
+            let k = Tensor::f_from_slice(&[1f32, 2., 1., 2., 4., 2., 1., 2., 1.])?
+                .f_div_scalar(16.0)?
+                .f_reshape([1, 1, 3, 3])?
+                .f_repeat([3, 1, 1, 1])?
+                .f_to_device(frame.device())?;
+            let smooth = restored
+                .f_index_select(0, &idx)?
+                .f_reflection_pad2d([1, 1, 1, 1])?
+                .f_conv2d::<Tensor>(&k, None, [1, 1], [0, 0], [1, 1], 3)?;
+            restored = restored.f_index_copy(0, &idx, &smooth)?;
+        }
+        let alpha = stage.settings.alpha;
+        if alpha < 1.0 {
+            restored = restored.f_mul_scalar(alpha)?.f_add(&crops.f_mul_scalar(1.0 - alpha)?)?;
+        }
+        // Paste: each face and its mask warped back into its region of the frame, combined over
+        // the union of the regions only; that union is then blended and written.
+        let regions: Vec<Option<(i64, i64, i64, i64)>> =
+            alignments.iter().map(|a| align::paste_region(&a.tfm_inv, size, (h, w))).collect();
+        let Some((ux0, uy0, ux1, uy1)) = regions.iter().flatten().fold(None, |u, &(x0, y0, rw, rh)| {
+            Some(match u {
+                None => (x0, y0, x0 + rw, y0 + rh),
+                Some((a, b, c, d)) => (x0.min(a), y0.min(b), (x0 + rw).max(c), (y0 + rh).max(d)),
+            })
+        }) else {
+            return Ok(nothing);
+        };
+        let opts = (Kind::Float, frame.device());
+        let full_mask = Tensor::f_zeros([1, 1, uy1 - uy0, ux1 - ux0], opts)?;
+        let full_img = Tensor::f_zeros([1, 3, uy1 - uy0, ux1 - ux0], opts)?;
+        let mut pasted = 0;
+        for (i, (a, region)) in alignments.iter().zip(&regions).enumerate() {
+            let Some((x0, y0, rw, rh)) = *region else { continue };
+            let face = Tensor::f_cat(&[restored.f_narrow(0, i as i64, 1)?, stage.mask.shallow_clone()], 1)?;
+            let grid = align::sampling_grid(&[a.tfm_inv.inverse()], (x0, y0), (rh, rw), (size, size), frame.device())?;
+            let warped = align::warp(&face, &grid, Border::Zeros)?;
+            let (img, mask) = (warped.f_narrow(1, 0, 3)?, warped.f_narrow(1, 3, 1)?);
+            let window = |t: &Tensor| t.f_narrow(2, y0 - uy0, rh)?.f_narrow(3, x0 - ux0, rw);
+            let mut mask_window = window(&full_mask)?;
+            let mut img_window = window(&full_img)?;
+            // Per-pixel maximum of the masks; the face with the larger mask wins the pixel.
+            let take = mask.f_gt_tensor(&mask_window)?;
+            img_window.f_copy_(&img.f_where_self(&take, &img_window)?)?;
+            mask_window.f_copy_(&mask.f_where_self(&take, &mask_window)?)?;
+            pasted += 1;
+        }
+        let bg = frame.f_narrow(2, uy0, uy1 - uy0)?.f_narrow(3, ux0, ux1 - ux0)?;
+        let (m, img) = (full_mask, full_img);
+        // bg * (1 - m) + img * m, rounded and saturated (cv2.convertScaleAbs); where m is 0
+        // this is bg exactly.
+        let out = bg
+            .f_mul(&m.f_neg()?.f_add_scalar(1.0)?)?
+            .f_add(&img.f_mul(&m)?)?
+            .f_round()?
+            .f_clamp(0.0, 255.0)?
+            .f_to_kind(Kind::Uint8)?
+            .f_squeeze_dim(0)?
+            .f_permute([1, 2, 0])?
+            .f_to_device(Device::Cpu)?;
+        // SAFETY: checked above; `data` is exclusively borrowed for the whole function.
+        let mut view = unsafe { frame_view(data.as_mut_ptr(), layout)? }.f_narrow(0, uy0, uy1 - uy0)?.f_narrow(1, ux0, ux1 - ux0)?;
+        let channels = Tensor::f_from_slice(&layout.rgb_offsets.map(|o| o as i64))?;
+        let _written = view.f_index_copy_(2, &channels, &out)?;
+        Ok(PasteReport { restored: pasted, region: Some((ux0, uy0, ux1 - ux0, uy1 - uy0)), mask: Some(m) })
     }
 
     pub fn model(&self) -> &FullGenerator {
@@ -189,16 +487,8 @@ impl Restorer {
         let (h, w) = (layout.height as i64, layout.width as i64);
         let size = self.model.config().size;
         // SAFETY: `check` proved that every (row, column, byte) index of this view lies inside
-        // `data`, which stays borrowed (and alive) for the whole function.
-        let frame = unsafe {
-            Tensor::f_from_blob(
-                data.as_mut_ptr(),
-                &[h, w, layout.pixel_stride as i64],
-                &[layout.stride as i64, layout.pixel_stride as i64, 1],
-                Kind::Uint8,
-                Device::Cpu,
-            )?
-        };
+        // `data`, which stays exclusively borrowed (and alive) for the whole function.
+        let frame = unsafe { frame_view(data.as_mut_ptr(), layout)? };
         let channels = Tensor::f_from_slice(&layout.rgb_offsets.map(|o| o as i64))?;
         let rgb = frame.f_index_select(2, &channels)?; // h x w x 3, a copy: `frame` is not read again
         let x = rgb

@@ -100,3 +100,42 @@ fn fd1mb_detections_match_native_and_long_side_640() {
 fn standard_detections_match() {
     check_fixture("std-detections.json", "retinaface-mnet025-std.pth");
 }
+
+#[test]
+fn resnet50_detector_loads_and_runs_with_random_weights() {
+    // GPEN's own RetinaFace-R50.pth is not available here: same shapes, random values.
+    let shapes = RetinaFace::expected_shapes(true);
+    assert!(shapes.iter().any(|(n, s)| n == "body.layer4.2.conv3.weight" && s == &vec![2048, 512, 1, 1]));
+    assert!(shapes.iter().any(|(n, s)| n == "fpn.output3.0.weight" && s == &vec![256, 2048, 1, 1]));
+    tch::manual_seed(1);
+    let tensors: Vec<(String, Tensor)> = shapes
+        .iter()
+        .map(|(n, s)| {
+            let t = if n.ends_with("running_var") {
+                Tensor::rand(s.as_slice(), (tch::Kind::Float, Device::Cpu)) + 0.5
+            } else {
+                Tensor::randn(s.as_slice(), (tch::Kind::Float, Device::Cpu)) * 0.05
+            };
+            (format!("module.{n}"), t)
+        })
+        .collect();
+    let path = common::scratch("r50").join("RetinaFace-R50.safetensors");
+    Tensor::write_safetensors(&tensors, &path).unwrap();
+    let det = RetinaFace::load(&path, None, Device::Cpu).unwrap();
+    assert_eq!(det.variant(), DetectorVariant::Standard);
+    let (h, w) = (120i64, 200i64);
+    let x = Tensor::randn([1, 3, h, w], (tch::Kind::Float, Device::Cpu)) * 50.0;
+    let raw = det.forward_raw(&x).unwrap();
+    let priors = DetectorVariant::Standard.priors().priors(h, w).len() as i64;
+    assert_eq!(raw.loc.size(), [priors, 4]);
+    assert_eq!(raw.scores.size(), [priors]);
+    assert_eq!(raw.landms.size(), [priors, 10]);
+    let s = &raw.scores;
+    assert!(s.min().double_value(&[]) >= 0.0 && s.max().double_value(&[]) <= 1.0);
+    // A tensor missing is named.
+    let broken: Vec<(String, Tensor)> = tensors.into_iter().filter(|(n, _)| !n.ends_with("layer2.1.conv2.weight")).collect();
+    let path = common::scratch("r50").join("broken.safetensors");
+    Tensor::write_safetensors(&broken, &path).unwrap();
+    let e = RetinaFace::load(&path, None, Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("1 missing: body.layer2.1.conv2.weight"), "{e}");
+}

@@ -106,7 +106,7 @@ fn every_format_gives_the_same_restoration() {
     for format in ["RGB", "BGR", "RGBx", "BGRx", "xRGB", "xBGR", "RGBA", "BGRA", "ARGB", "ABGR"] {
         let out = dir.join(format!("{format}.rgb"));
         run(&format!(
-            "filesrc location={} ! pngdec ! videoconvert ! video/x-raw,format={format} ! gpenfilter size=256 \
+            "filesrc location={} ! pngdec ! videoconvert ! video/x-raw,format={format} ! gpenfilter aligned=true size=256 \
              model={} device=cpu ! videoconvert ! video/x-raw,format=RGB ! filesink location={}",
             input.display(),
             model.display(),
@@ -128,7 +128,7 @@ fn frames_of_another_size_are_resized_and_keep_their_caps() {
     // 200x160 frames, not the model's 256x256: resized in, restored, resized back.
     run(&format!(
         "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,format=RGB,width=200,height=160 ! gpenfilter \
-         size=256 model={} device=cpu ! video/x-raw,format=RGB,width=200,height=160 ! filesink location={}",
+         aligned=true size=256 model={} device=cpu ! video/x-raw,format=RGB,width=200,height=160 ! filesink location={}",
         fixture("gpen-256-tiny.pth").display(),
         out.display()
     ))
@@ -145,6 +145,7 @@ fn timestamps_flags_and_metadata_are_preserved() {
         .property("model", fixture("gpen-256-tiny.pth").to_str().unwrap())
         .property_from_str("size", "256")
         .property("device", "cpu")
+        .property("aligned", true)
         .build()
         .unwrap();
     let mut h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
@@ -184,7 +185,7 @@ fn timestamps_flags_and_metadata_are_preserved() {
 /// Starts a pipeline with these gpenfilter properties and returns the error on the bus.
 fn start_error(properties: &str) -> String {
     let err = run(&format!(
-        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=64,height=64 ! gpenfilter {properties} ! fakesink"
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=64,height=64 ! gpenfilter device=cpu {properties} ! fakesink"
     ))
     .expect_err("the pipeline must not start");
     assert!(!err.contains("panicked"), "{err}");
@@ -236,8 +237,28 @@ fn bad_input_gives_a_clear_error_on_the_bus() {
         assert!(e.contains("cuda:7") && e.contains("CUDA device"), "{e}");
     }
 
-    let e = start_error(&format!("model={} size=256 aligned=false", tiny.display()));
-    assert!(e.contains("aligned=false"), "{e}");
+    let e = start_error(&format!("model={} size=256 detector-model={}", tiny.display(), missing.display()));
+    assert!(e.contains("missing.pth") && e.contains("no such detector file"), "{e}");
+
+    // A MobileNet detector that is not one of the published files: its variant cannot be told.
+    let sd = gstgpen::checkpoint::load(&common::shared().join("weights/retinaface-mnet025-fd1mb.pth"), None).unwrap();
+    let tensors: Vec<(String, tch::Tensor)> = sd.iter().map(|(n, t)| (n.to_owned(), t.shallow_clone())).collect();
+    let unknown = dir.join("my-detector.safetensors");
+    tch::Tensor::write_safetensors(&tensors, &unknown).unwrap();
+    let e = start_error(&format!("model={} size=256 detector-model={}", tiny.display(), unknown.display()));
+    assert!(e.contains("my-detector.safetensors") && e.contains("detector-variant=fd1mb"), "{e}");
+    // Named, it loads.
+    run(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=64,height=64 ! gpenfilter model={} size=256 \
+         detector-model={} detector-variant=fd1mb device=cpu ! fakesink",
+        tiny.display(),
+        unknown.display()
+    ))
+    .unwrap();
+
+    // A GPEN checkpoint given as the detector.
+    let e = start_error(&format!("model={} size=256 detector-model={}", tiny.display(), tiny.display()));
+    assert!(e.contains("not a RetinaFace checkpoint"), "{e}");
 }
 
 #[test]
@@ -277,7 +298,7 @@ fn safetensors_and_wrapped_checkpoints_restore_like_the_pth() {
     for (model, key) in [(fixture("gpen-256-tiny.pth"), ""), (path.clone(), " model-key=g_ema")] {
         let out = dir.join(format!("out{}.rgb", outputs.len()));
         run(&format!(
-            "filesrc location={} ! pngdec ! videoconvert ! gpenfilter size=256 model={}{key} device=cpu ! \
+            "filesrc location={} ! pngdec ! videoconvert ! gpenfilter aligned=true size=256 model={}{key} device=cpu ! \
              videoconvert ! video/x-raw,format=RGB ! filesink location={}",
             input.display(),
             model.display(),
@@ -318,12 +339,21 @@ fn gst_inspect_shows_metadata_and_every_property() {
         ("size", "Default: 512"),
         ("fp16", "Default: false"),
         ("device", "Default: \"auto\""),
-        ("aligned", "Default: true"),
+        ("aligned", "Default: false"),
+        ("detector-model", "Default: null"),
+        ("detector-variant", "Default: 0, \"auto\""),
+        ("detection-threshold", "Range: 0 - 1 Default: 0.9"),
+        ("detection-size", "Range: 0 - 16384 Default: 1280"),
+        ("max-faces", "Range: 0 - 4096 Default: 32"),
+        ("min-face-size", "Range: 0 - 16384 Default: 16"),
+        ("alpha", "Range: 0 - 1 Default: 1"),
+        ("face-batch", "Range: 1 - 256 Default: 4"),
     ] {
         let at = text.find(&format!("  {property}")).unwrap_or_else(|| panic!("no property {property}"));
-        let block: String = text[at..].lines().take(3).collect::<Vec<_>>().join("\n");
+        let block: String = text[at..].lines().take(3).collect::<Vec<_>>().join(" ");
+        let block = block.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(block.contains(default), "{property}: {block}");
-        assert!(block.contains("changeable only in NULL or READY state"), "{property}: {block}");
+        assert!(block.contains("changeable only in NULL or READY state") || block.contains("changeable in NULL, READY, PAUSED or PLAYING state"), "{property}: {block}");
     }
     for size in ["(256)", "(512)", "(1024)", "(2048)"] {
         assert!(text.contains(size), "size value {size} not listed");
@@ -341,7 +371,7 @@ fn no_panic_when_a_frame_cannot_be_restored() {
     let dir = common::scratch("tiny-frame");
     let out = dir.join("out.rgb");
     run(&format!(
-        "videotestsrc num-buffers=2 ! video/x-raw,format=RGB,width=1,height=1 ! gpenfilter size=256 model={} \
+        "videotestsrc num-buffers=2 ! video/x-raw,format=RGB,width=1,height=1 ! gpenfilter aligned=true size=256 model={} \
          device=cpu ! filesink location={}",
         fixture("gpen-256-tiny.pth").display(),
         out.display()

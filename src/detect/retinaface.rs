@@ -346,27 +346,7 @@ impl RetinaFace {
         };
         let _guard = tch::no_grad_guard();
         let p = Params::new(&sd, device);
-        let build = || -> Result<Self> {
-            let (backbone, in_channels, out, slope) = if resnet {
-                (Backbone::ResNet50(ResNet50::new(&p)?), [512, 1024, 2048], 256, 0.0)
-            } else {
-                let s = variant.slope();
-                (Backbone::MobileNet(MobileNetV1::new(&p, s)?), [64, 128, 256], 64, s)
-            };
-            let head = |name: &str, i: usize, k: i64| Conv2d::new(&p, &format!("{name}.{i}.conv1x1"), ConvSpec::new(out, ANCHORS * k, 1, 1, 0), true);
-            Ok(RetinaFace {
-                backbone,
-                fpn: Fpn::new(&p, in_channels, out, slope)?,
-                ssh: [Ssh::new(&p, "ssh1", out, slope)?, Ssh::new(&p, "ssh2", out, slope)?, Ssh::new(&p, "ssh3", out, slope)?],
-                class_head: [head("ClassHead", 0, 2)?, head("ClassHead", 1, 2)?, head("ClassHead", 2, 2)?],
-                bbox_head: [head("BboxHead", 0, 4)?, head("BboxHead", 1, 4)?, head("BboxHead", 2, 4)?],
-                landmark_head: [head("LandmarkHead", 0, 10)?, head("LandmarkHead", 1, 10)?, head("LandmarkHead", 2, 10)?],
-                variant,
-                mean: Tensor::f_from_slice(&[104f32, 117., 123.])?.f_reshape([1, 3, 1, 1])?.f_to_device(device)?,
-                device,
-            })
-        };
-        let model = build().map_err(Error::Torch)?;
+        let model = Self::build(&p, resnet, variant, device).map_err(Error::Torch)?;
         p.finish().map_err(|details| {
             Error::Settings(format!(
                 "{}: does not match RetinaFace-{}: {details}",
@@ -375,6 +355,37 @@ impl RetinaFace {
             ))
         })?;
         Ok(model)
+    }
+
+    fn build(p: &Params, resnet: bool, variant: DetectorVariant, device: Device) -> Result<Self> {
+        let (backbone, in_channels, out, slope) = if resnet {
+            (Backbone::ResNet50(ResNet50::new(p)?), [512, 1024, 2048], 256, 0.0)
+        } else {
+            let s = variant.slope();
+            (Backbone::MobileNet(MobileNetV1::new(p, s)?), [64, 128, 256], 64, s)
+        };
+        let head = |name: &str, i: usize, k: i64| Conv2d::new(p, &format!("{name}.{i}.conv1x1"), ConvSpec::new(out, ANCHORS * k, 1, 1, 0), true);
+        Ok(RetinaFace {
+            backbone,
+            fpn: Fpn::new(p, in_channels, out, slope)?,
+            ssh: [Ssh::new(p, "ssh1", out, slope)?, Ssh::new(p, "ssh2", out, slope)?, Ssh::new(p, "ssh3", out, slope)?],
+            class_head: [head("ClassHead", 0, 2)?, head("ClassHead", 1, 2)?, head("ClassHead", 2, 2)?],
+            bbox_head: [head("BboxHead", 0, 4)?, head("BboxHead", 1, 4)?, head("BboxHead", 2, 4)?],
+            landmark_head: [head("LandmarkHead", 0, 10)?, head("LandmarkHead", 1, 10)?, head("LandmarkHead", 2, 10)?],
+            variant,
+            mean: Tensor::f_from_slice(&[104f32, 117., 123.])?.f_reshape([1, 3, 1, 1])?.f_to_device(device)?,
+            device,
+        })
+    }
+
+    /// Every tensor of a RetinaFace state dict with its shape (BatchNorm's
+    /// `num_batches_tracked` aside): ResNet-50 (GPEN's `RetinaFace-R50.pth`) or MobileNet-0.25.
+    pub fn expected_shapes(resnet: bool) -> Vec<(String, Vec<i64>)> {
+        let empty = StateDict::new("<shapes>".into(), Vec::new());
+        let p = Params::new(&empty, Device::Cpu);
+        // Building against nothing records every request (with zeros in place of weights).
+        let _model = Self::build(&p, resnet, DetectorVariant::Standard, Device::Cpu);
+        p.requested()
     }
 
     pub fn variant(&self) -> DetectorVariant {

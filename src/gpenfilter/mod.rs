@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! gst-launch-1.0 filesrc location=faces.mp4 ! decodebin ! videoconvert ! \
-//!     gpenfilter aligned=true size=512 fp16=true ! videoconvert ! x264enc ! mp4mux ! \
+//!     gpenfilter size=512 fp16=true ! videoconvert ! x264enc ! mp4mux ! \
 //!     filesink location=restored.mp4
 //! ```
 
@@ -33,7 +33,23 @@ pub enum Size {
     S2048 = 2048,
 }
 
+/// Which RetinaFace weights a MobileNet-0.25 detector file holds (they differ in activation
+/// and anchors, and neither works with the other's settings).
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstGpenDetectorVariant")]
+pub enum DetectorVariant {
+    #[default]
+    #[enum_value(name = "Recognise the file (ResNet-50 files, and the published MobileNet files)", nick = "auto")]
+    Auto = 0,
+    #[enum_value(name = "Face-Detector-1MB weights: ReLU, small anchors", nick = "fd1mb")]
+    Fd1mb = 1,
+    #[enum_value(name = "Pytorch_Retinaface / GPEN weights: LeakyReLU, standard anchors", nick = "standard")]
+    Standard = 2,
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     Size::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    DetectorVariant::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(Some(plugin), "gpenfilter", gst::Rank::NONE, GpenFilter::static_type())
 }

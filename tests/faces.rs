@@ -1,0 +1,195 @@
+//! Whole-frame face restoration: detect, align, restore in a batch, paste back.
+
+mod common;
+
+use gst::prelude::*;
+use gstgpen::restorer::{FaceSettings, PackedLayout, Restorer, RestorerSettings};
+use tch::Kind;
+
+fn init() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstgpen::plugin_register_static().unwrap();
+    });
+}
+
+fn detector() -> std::path::PathBuf {
+    common::shared().join("weights/retinaface-mnet025-fd1mb.pth")
+}
+
+fn restorer(alpha: f64) -> Restorer {
+    Restorer::new(&RestorerSettings {
+        model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
+        size: 256,
+        device: "cpu".into(),
+        faces: FaceSettings { detector_model: Some(detector()), alpha, ..Default::default() },
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn rgb_layout(w: usize, h: usize) -> PackedLayout {
+    PackedLayout { width: w, height: h, stride: w * 3, pixel_stride: 3, rgb_offsets: [0, 1, 2] }
+}
+
+#[test]
+fn solvay_faces_are_restored_and_nothing_else_changes() {
+    let (input, w, h) = common::decode_image(&common::shared().join("media/images/solvay_conference_1927.png"));
+    let r = restorer(1.0);
+    let layout = rgb_layout(w, h);
+    let det = r.detect(&input, &layout).unwrap();
+    let mut out = input.clone();
+    let report = r.restore_faces(&det, &mut out, &layout).unwrap();
+    println!("solvay: {} faces detected, {} restored", det.faces.len(), report.restored);
+    assert!(report.restored >= 27, "only {} of 29 faces restored", report.restored);
+    // Every pixel outside the pasted masks is bit-identical.
+    let (x0, y0, rw, rh) = report.region.unwrap();
+    let mask = report.mask.unwrap().squeeze().to_kind(Kind::Float);
+    let mask: Vec<f32> = Vec::try_from(mask.flatten(0, -1)).unwrap();
+    let mut changed_inside = 0usize;
+    for y in 0..h {
+        for x in 0..w {
+            let inside = (x as i64) >= x0 && (x as i64) < x0 + rw && (y as i64) >= y0 && (y as i64) < y0 + rh;
+            let m = if inside { mask[((y as i64 - y0) * rw + (x as i64 - x0)) as usize] } else { 0.0 };
+            let i = (y * w + x) * 3;
+            if m == 0.0 {
+                assert_eq!(&out[i..i + 3], &input[i..i + 3], "pixel ({x}, {y}) outside every mask changed");
+            } else if out[i..i + 3] != input[i..i + 3] {
+                changed_inside += 1;
+            }
+        }
+    }
+    assert!(changed_inside > 29 * 200, "only {changed_inside} pixels changed under the masks");
+}
+
+#[test]
+fn alpha_zero_gives_back_the_original_faces() {
+    let (input, w, h) = common::decode_image(&common::shared().join("media/images/two_people.jpg"));
+    let r = restorer(0.0);
+    let layout = rgb_layout(w, h);
+    let det = r.detect(&input, &layout).unwrap();
+    assert!(!det.faces.is_empty());
+    let mut out = input.clone();
+    r.restore_faces(&det, &mut out, &layout).unwrap();
+    // Warped into the crop and back again: only interpolation error remains.
+    let mean = out.iter().zip(&input).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / out.len() as f64;
+    println!("alpha=0: mean abs change {mean:.3} levels");
+    assert!(mean < 0.5, "{mean}");
+    let mut restored = input.clone();
+    restorer(1.0).restore_faces(&det, &mut restored, &layout).unwrap();
+    let changed = restored.iter().zip(&input).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / out.len() as f64;
+    assert!(changed > 4.0 * mean.max(0.1), "alpha=1 changed {changed}, alpha=0 {mean}");
+}
+
+#[test]
+fn a_face_cut_by_the_frame_edge_is_restored_without_a_black_band() {
+    use gstgpen::align::{align, crop_faces, Border};
+    let (input, w, h) = common::decode_image(&common::shared().join("media/images/obama_partial_face.jpg"));
+    let r = restorer(1.0);
+    let layout = rgb_layout(w, h);
+    let det = r.detect(&input, &layout).unwrap();
+    assert_eq!(det.faces.len(), 1);
+    assert!(det.faces[0].bbox[0] < 0.0, "the face should extend past the left edge");
+    let mut out = input.clone();
+    assert_eq!(r.restore_faces(&det, &mut out, &layout).unwrap().restored, 1);
+    // The crop replicates the edge where GPEN's is black.
+    let frame = common::rgb_tensor(&input, w, h);
+    let a = align(&det.faces[0].landmarks, 256).unwrap();
+    let black = |b| crop_faces(&frame, &[a], 256, b).unwrap().sum_dim_intlist(1, false, Kind::Float).eq(0.0).sum(Kind::Int64).int64_value(&[]);
+    let (zeros, replicate) = (black(Border::Zeros), black(Border::Replicate));
+    println!("black crop pixels: {zeros} with GPEN's border, {replicate} replicated");
+    assert!(zeros > 1000 && replicate * 100 < zeros);
+}
+
+/// Runs `description` (with a gpenfilter named `g`) to EOS; returns the stats and the PTS seen
+/// on the filter's sink and source pads.
+fn run_counting(description: &str) -> (gst::Structure, Vec<Option<gst::ClockTime>>, Vec<Option<gst::ClockTime>>) {
+    init();
+    let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let g = pipeline.by_name("g").unwrap();
+    let seen = |pad: &str| {
+        let v = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let v2 = v.clone();
+        g.static_pad(pad).unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(b) = info.buffer() {
+                v2.lock().unwrap().push(b.pts());
+            }
+            gst::PadProbeReturn::Ok
+        });
+        v
+    };
+    let (ins, outs) = (seen("sink"), seen("src"));
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    for msg in bus.iter_timed(gst::ClockTime::from_seconds(600)) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{} ({:?})", e.error(), e.debug()),
+            _ => {}
+        }
+    }
+    let stats = g.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    let ins = ins.lock().unwrap().clone();
+    let outs = outs.lock().unwrap().clone();
+    (stats, ins, outs)
+}
+
+#[test]
+fn element_restores_solvay_and_reports_it() {
+    let (stats, ins, outs) = run_counting(&format!(
+        "filesrc location={} ! pngdec ! videoconvert ! gpenfilter name=g size=256 model={} detector-model={} device=cpu \
+         ! videoconvert ! fakesink",
+        common::shared().join("media/images/solvay_conference_1927.png").display(),
+        common::gpen_fixture("gpen-256-tiny.pth").display(),
+        detector().display()
+    ));
+    println!("{stats}");
+    assert!(stats.get::<u64>("faces-restored").unwrap() >= 27, "{stats}");
+    assert_eq!(ins.len(), 1);
+    assert_eq!(outs.len(), 1);
+}
+
+#[test]
+fn hamilton_clip_keeps_every_frame_and_restores_faces() {
+    let (stats, ins, outs) = run_counting(&format!(
+        "filesrc location={} ! decodebin ! videoconvert ! gpenfilter name=g size=256 model={} detector-model={} \
+         device=cpu ! videoconvert ! fakesink sync=false",
+        common::shared().join("media/videos/short_hamilton_clip.mp4").display(),
+        common::gpen_fixture("gpen-256-tiny.pth").display(),
+        detector().display()
+    ));
+    println!("{stats}");
+    assert_eq!(ins.len(), 275);
+    assert_eq!(ins, outs, "timestamps out differ from timestamps in");
+    assert_eq!(stats.get::<u64>("frames").unwrap(), 275);
+    let restored = stats.get::<u64>("faces-restored").unwrap();
+    let passed = stats.get::<u64>("frames-passed-through").unwrap();
+    assert!(restored >= 200, "{stats}");
+    assert!(passed < 275, "{stats}");
+}
+
+#[test]
+fn frames_without_faces_pass_through_untouched_and_uncopied() {
+    init();
+    let element = gst::ElementFactory::make("gpenfilter")
+        .property("model", common::gpen_fixture("gpen-256-tiny.pth").to_str().unwrap())
+        .property_from_str("size", "256")
+        .property("device", "cpu")
+        .property("detector-model", detector().to_str().unwrap())
+        .build()
+        .unwrap();
+    let mut h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgbx, 320, 240).build().unwrap();
+    h.set_src_caps(info.to_caps().unwrap());
+    let mut buffer = gst::Buffer::with_size(info.size()).unwrap();
+    buffer.get_mut().unwrap().map_writable().unwrap().iter_mut().enumerate().for_each(|(i, v)| *v = (i % 7 * 30) as u8);
+    buffer.get_mut().unwrap().set_pts(gst::ClockTime::from_seconds(1));
+    let kept = buffer.clone(); // a second reference: writing would force a copy
+    let out = h.push_and_pull(buffer).unwrap();
+    assert_eq!(out.as_ptr(), kept.as_ptr(), "the buffer was copied");
+    assert_eq!(&out.map_readable().unwrap()[..], &kept.map_readable().unwrap()[..]);
+    let stats = element.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("frames-passed-through").unwrap(), 1);
+}
