@@ -193,3 +193,37 @@ fn frames_without_faces_pass_through_untouched_and_uncopied() {
     let stats = element.property::<gst::Structure>("stats");
     assert_eq!(stats.get::<u64>("frames-passed-through").unwrap(), 1);
 }
+
+#[test]
+fn a_face_that_fills_the_frame_is_found_by_the_reduced_pass() {
+    // grace_hopper scaled x3 (1536 px, detected at the default 1280): the face is about 430 px
+    // there, beyond the small anchors, which see only its parts.
+    let (small, w, h) = common::decode_image(&common::shared().join("media/images/grace_hopper_512x512.jpg"));
+    let big = common::rgb_tensor(&small, w, h)
+        .upsample_bilinear2d([3 * h as i64, 3 * w as i64], false, None, None)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .squeeze_dim(0)
+        .permute([1, 2, 0])
+        .contiguous();
+    let bytes: Vec<u8> = Vec::try_from(big.flatten(0, -1)).unwrap();
+    let layout = rgb_layout(3 * w, 3 * h);
+    let r = Restorer::new(&RestorerSettings {
+        model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
+        size: 256,
+        device: "cpu".into(),
+        faces: FaceSettings { detector_model: Some(detector()), ..Default::default() },
+        ..Default::default()
+    })
+    .unwrap();
+    let faces = r.detect(&bytes, &layout).unwrap().faces;
+    // The box found at 512 px (fd1mb fixture), scaled x3: exactly one face on it (no fragments
+    // of it), within 5 % of the face size. (The flag's stars give a false positive elsewhere.)
+    let want = [181.49 * 3.0, 95.21 * 3.0, 354.94 * 3.0, 312.51 * 3.0];
+    let on_face: Vec<_> = faces.iter().filter(|f| gstgpen::detect::iou(&f.bbox, &want) > 0.0).collect();
+    assert_eq!(on_face.len(), 1, "{faces:?}");
+    for (g, w) in on_face[0].bbox.iter().zip(want) {
+        assert!((g - w).abs() < 0.05 * 520.0, "{:?} vs {want:?}", on_face[0].bbox);
+    }
+}

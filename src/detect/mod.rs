@@ -61,7 +61,25 @@ pub fn detect_at_scales(
         };
         all.extend(faces.into_iter().map(|f| f.unscaled(scale as f32)));
     }
-    Ok(non_maximum_suppression(all, NMS_THRESHOLD))
+    let kept = non_maximum_suppression(all, NMS_THRESHOLD);
+    Ok(if scales.len() > 1 { drop_contained(kept, CONTAINED) } else { kept })
+}
+
+/// Share of a face's box inside a larger face's box beyond which it is a fragment of that face.
+pub const CONTAINED: f32 = 0.6;
+
+/// Drops faces lying mostly inside a larger face. A detector run at a scale too fine for a big
+/// face reports parts of it (eyes, mouth) as faces; the coarser pass finds the whole face, and
+/// IoU-based suppression keeps both, as a small box has a small IoU with a big one.
+pub fn drop_contained(faces: Vec<Face>, share: f32) -> Vec<Face> {
+    let area = |b: &[f32; 4]| (b[2] - b[0]).max(0.0) * (b[3] - b[1]).max(0.0);
+    let inside = |small: &Face, big: &Face| {
+        let (a, b) = (&small.bbox, &big.bbox);
+        let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+        let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+        area(a) > 0.0 && area(b) > area(a) && w * h >= share * area(a)
+    };
+    faces.iter().filter(|f| !faces.iter().any(|g| inside(f, g))).copied().collect()
 }
 
 /// Intersection over union with the `+1` pixel convention of the reference `py_cpu_nms`.
@@ -189,6 +207,15 @@ mod tests {
             0.4,
         );
         assert_eq!(kept.iter().map(|f| f.score).collect::<Vec<_>>(), vec![0.9, 0.7]);
+    }
+
+    #[test]
+    fn fragments_inside_a_larger_face_are_dropped() {
+        let big = face([100.0, 100.0, 400.0, 450.0], 0.95);
+        let eye = face([150.0, 180.0, 230.0, 260.0], 0.99);
+        let neighbour = face([380.0, 120.0, 480.0, 240.0], 0.9); // 20 % inside the big box
+        let kept = drop_contained(vec![eye, big, neighbour], CONTAINED);
+        assert_eq!(kept, vec![big, neighbour]);
     }
 
     #[test]
