@@ -179,6 +179,19 @@ pub struct PasteReport {
     /// The combined paste mask over `region` (`1 x 1 x height x width`, 0..1): pixels where it
     /// is 0 kept their value.
     pub mask: Option<Tensor>,
+    /// Wall time of the steps, for benchmarks (asynchronous on CUDA unless synchronised).
+    pub timings: PasteTimings,
+}
+
+/// Where the time of [`Restorer::restore_faces`] went.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PasteTimings {
+    /// Alignment and cropping of all faces.
+    pub crop: std::time::Duration,
+    /// The generator forwards.
+    pub generator: std::time::Duration,
+    /// Smoothing, blending, warping back and writing the frame.
+    pub paste: std::time::Duration,
 }
 
 impl std::fmt::Debug for Detections {
@@ -367,7 +380,9 @@ impl Restorer {
     /// place, blended by the soft mask (overlaps take the per-pixel maximum of the masks, as
     /// GPEN does). Pixels outside the pasted masks keep their value.
     pub fn restore_faces(&self, detections: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<PasteReport, TchError> {
-        let nothing = PasteReport { restored: 0, region: None, mask: None };
+        let nothing = PasteReport { restored: 0, region: None, mask: None, timings: PasteTimings::default() };
+        let mut timings = PasteTimings::default();
+        let t0 = std::time::Instant::now();
         let Some(stage) = &self.faces else {
             return Err(TchError::Kind("restore_faces() needs whole-frame mode (aligned=false)".into()));
         };
@@ -387,6 +402,8 @@ impl Restorer {
         // Faces cut by the frame edge get the edge replicated instead of GPEN's black band,
         // which the generator would otherwise carry into the pasted face.
         let crops = align::crop_faces(frame, &alignments, size, Border::Replicate)?;
+        timings.crop = t0.elapsed();
+        let t1 = std::time::Instant::now();
         let mut restored = Vec::with_capacity(faces.len());
         for chunk in 0..(faces.len() as i64 + stage.settings.face_batch as i64 - 1) / stage.settings.face_batch as i64 {
             let start = chunk * stage.settings.face_batch as i64;
@@ -396,6 +413,8 @@ impl Restorer {
             restored.push(y.f_mul_scalar(0.5)?.f_add_scalar(0.5)?.f_clamp(0.0, 1.0)?.f_mul_scalar(255.0)?);
         }
         let mut restored = Tensor::f_cat(&restored, 0)?;
+        timings.generator = t1.elapsed();
+        let t2 = std::time::Instant::now();
         // GPEN smooths small faces lightly, whose restoration is mostly invented detail.
         let small: Vec<i64> = faces
             .iter()
@@ -468,7 +487,8 @@ impl Restorer {
         let mut view = unsafe { frame_view(data.as_mut_ptr(), layout)? }.f_narrow(0, uy0, uy1 - uy0)?.f_narrow(1, ux0, ux1 - ux0)?;
         let channels = Tensor::f_from_slice(&layout.rgb_offsets.map(|o| o as i64))?;
         let _written = view.f_index_copy_(2, &channels, &out)?;
-        Ok(PasteReport { restored: pasted, region: Some((ux0, uy0, ux1 - ux0, uy1 - uy0)), mask: Some(m) })
+        timings.paste = t2.elapsed();
+        Ok(PasteReport { restored: pasted, region: Some((ux0, uy0, ux1 - ux0, uy1 - uy0)), mask: Some(m), timings })
     }
 
     pub fn model(&self) -> &FullGenerator {

@@ -227,3 +227,30 @@ fn a_face_that_fills_the_frame_is_found_by_the_reduced_pass() {
         assert!((g - w).abs() < 0.05 * 520.0, "{:?} vs {want:?}", on_face[0].bbox);
     }
 }
+
+#[test]
+fn odd_frame_sizes_pass_without_harm() {
+    for (w, h) in [(1, 1), (3, 2), (4096, 2160)] {
+        let (stats, ins, outs) = run_counting(&format!(
+            "videotestsrc num-buffers=2 pattern=ball ! video/x-raw,format=RGBx,width={w},height={h} ! gpenfilter name=g \
+             size=256 model={} detector-model={} device=cpu ! fakesink",
+            common::gpen_fixture("gpen-256-tiny.pth").display(),
+            detector().display()
+        ));
+        assert_eq!((ins.len(), outs.len()), (2, 2), "{w}x{h}");
+        assert_eq!(stats.get::<u64>("frames").unwrap(), 2, "{w}x{h}: {stats}");
+    }
+}
+
+#[test]
+fn more_faces_than_max_faces_restores_the_best_ones() {
+    let (stats, _, outs) = run_counting(&format!(
+        "filesrc location={} ! pngdec ! videoconvert ! gpenfilter name=g size=256 model={} detector-model={} device=cpu \
+         max-faces=5 ! fakesink",
+        common::shared().join("media/images/solvay_conference_1927.png").display(),
+        common::gpen_fixture("gpen-256-tiny.pth").display(),
+        detector().display()
+    ));
+    assert_eq!(outs.len(), 1);
+    assert_eq!(stats.get::<u64>("faces-restored").unwrap(), 5, "{stats}");
+}
