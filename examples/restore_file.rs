@@ -45,7 +45,7 @@ fn main() {
         let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(500)) else {
             if last.elapsed() >= Duration::from_secs(2) {
                 let s = filter.property::<gst::Structure>("stats");
-                eprintln!("restore_file: {} frames, {} faces restored", s.get::<u64>("frames").unwrap_or(0), s.get::<u64>("faces-restored").unwrap_or(0));
+                eprintln!("restore_file: {} frames, {} faces restored", s.get::<u64>("frames-in").unwrap_or(0), s.get::<u64>("faces-restored").unwrap_or(0));
                 last = Instant::now();
             }
             continue;
@@ -65,12 +65,12 @@ fn main() {
         eprintln!("restore_file: failed: {e}");
         std::process::exit(1);
     }
-    let frames = stats.get::<u64>("frames").unwrap_or(0);
+    let frames = stats.get::<u64>("frames-in").unwrap_or(0);
     let secs = started.elapsed().as_secs_f64();
     println!(
         "restore_file: {frames} frames ({} without faces, passed through), {} faces detected, {} restored, \
          {secs:.1} s ({:.2} frames/s) -> {}",
-        stats.get::<u64>("frames-passed-through").unwrap_or(0),
+        stats.get::<u64>("frames-without-faces").unwrap_or(0),
         stats.get::<u64>("faces-detected").unwrap_or(0),
         stats.get::<u64>("faces-restored").unwrap_or(0),
         frames as f64 / secs,

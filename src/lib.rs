@@ -8,7 +8,9 @@ pub mod checkpoint;
 pub mod detect;
 pub mod gpen;
 pub mod gpenfilter;
+pub mod memory;
 pub mod nn;
+pub mod registry;
 pub mod restorer;
 
 pub use restorer::{PackedLayout, Restorer, RestorerSettings};
@@ -25,6 +27,9 @@ pub enum Error {
     Settings(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A frame did not fit in memory and the memory policy is `error`.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
 }
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

@@ -2,13 +2,16 @@
 //! GStreamer, so tests, examples and benchmarks drive it directly.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::align::{self, Alignment, Border};
 use crate::detect::{detect_at_scales, DetectorVariant, Face, RetinaFace};
-use crate::gpen::FullGenerator;
-use crate::Error;
+use crate::gpen::{FullGenerator, GpenConfig};
+use crate::memory::{self, Estimator, Plan};
+use crate::{registry, Error};
 
 /// Environment variable naming the folder where `GPEN-BFR-{size}.pth` files are looked up.
 pub const MODEL_DIR_ENV: &str = "GST_GPEN_MODEL_DIR";
@@ -98,7 +101,56 @@ pub struct RestorerSettings {
     /// Frames are aligned faces (no detection); otherwise faces are found in whole frames.
     pub aligned: bool,
     pub faces: FaceSettings,
+    pub memory: MemorySettings,
 }
+
+/// What happens to a frame that does not fit in the memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryPolicy {
+    /// Walk the ladder: half precision, smaller face batches, the next smaller size (when its
+    /// checkpoint is in the model folder); when nothing fits, drop the frame.
+    #[default]
+    Degrade,
+    /// Drop the frame.
+    Drop,
+    /// Leave the frame as it is.
+    Passthrough,
+    /// Fail.
+    Error,
+}
+
+/// The memory budget and what to do when a frame does not fit.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySettings {
+    /// MiB the restoration may use (weights included); 0 = what the device has free at start
+    /// (on the CPU, the system's available memory).
+    pub budget_mib: u64,
+    pub policy: MemoryPolicy,
+    /// Testing switch: every Nth generator forward fails as out of memory (0 = off); see
+    /// [`memory::FAIL_EVERY_ENV`].
+    pub fail_every: u64,
+}
+
+/// What [`Restorer::process`] did with a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// No face in the frame; nothing was written.
+    NoFaces,
+    /// Faces restored and pasted (whole-frame mode), or the aligned face restored.
+    Restored {
+        faces: usize,
+        plan: Plan,
+        /// An out-of-memory error was caught and the frame redone with the next plan.
+        retried: bool,
+    },
+    /// The policy dropped the frame (nothing was written).
+    Dropped { reason: String },
+    /// The policy left the frame as it was (nothing was written).
+    PassedThrough { reason: String },
+}
+
+/// Consecutive frames that must succeed on a degraded plan before the better plan is tried again.
+pub const RECOVER_AFTER: u32 = 100;
 
 impl Default for RestorerSettings {
     fn default() -> Self {
@@ -110,6 +162,7 @@ impl Default for RestorerSettings {
             device: "auto".into(),
             aligned: false,
             faces: FaceSettings::default(),
+            memory: MemorySettings::default(),
         }
     }
 }
@@ -232,15 +285,25 @@ impl PackedLayout {
 /// GPEN restoration of frames: aligned faces, or whole frames (detect, align, restore, paste).
 #[derive(Debug)]
 pub struct Restorer {
-    model: FullGenerator,
+    /// The model of the current plan, shared with other restorers of the process.
+    model: Arc<FullGenerator>,
     model_path: PathBuf,
+    settings: RestorerSettings,
+    device: Device,
+    /// What frames are processed with now, and the better plans left behind, most recent last.
+    plan: Plan,
+    degraded_from: Vec<Plan>,
+    ok_streak: u32,
+    budget: u64,
+    estimator: Estimator,
+    forwards: AtomicU64,
     /// Present in whole-frame mode.
     faces: Option<FaceStage>,
 }
 
 #[derive(Debug)]
 struct FaceStage {
-    detector: RetinaFace,
+    detector: Arc<RetinaFace>,
     detector_path: PathBuf,
     /// The soft paste mask at the model's size, `1 x 1 x size x size`.
     mask: Tensor,
@@ -299,9 +362,13 @@ impl Restorer {
             };
             return Err(Error::Settings(format!("{}: no such file; {hint}", path.display())));
         }
-        let kind = compute_kind(settings.fp16, device);
-        let sd = crate::checkpoint::load(&path, settings.model_key.as_deref())?;
-        let config = crate::gpen::GpenConfig::from_state_dict(&sd)?;
+        // The budget is what is free before our models arrive.
+        let budget = match settings.memory.budget_mib {
+            0 => memory::figures(device).map(|f| f.free).map_err(|e| Error::Settings(format!("cannot read the memory of {device:?}: {e}")))?,
+            mib => mib << 20,
+        };
+        let model = registry::generator(&path, settings.model_key.as_deref(), device, compute_kind(settings.fp16, device))?;
+        let config = model.config();
         if config.size != settings.size {
             return Err(Error::Settings(format!(
                 "{}: the checkpoint is GPEN-{} (size {}) but size={} was requested; set size={} or use a {} checkpoint",
@@ -313,7 +380,6 @@ impl Restorer {
                 settings.size
             )));
         }
-        let model = FullGenerator::from_state_dict(&sd, device, kind)?;
         let faces = if settings.aligned {
             None
         } else {
@@ -325,11 +391,212 @@ impl Restorer {
                 )));
             }
             let detector_path = resolve_detector_path(f.detector_model.as_deref())?;
-            let detector = RetinaFace::load(&detector_path, f.detector_variant, device)?;
+            let detector = registry::detector(&detector_path, f.detector_variant, device)?;
             let mask = align::soft_mask(settings.size, device)?;
             Some(FaceStage { detector, detector_path, mask, settings: f.clone() })
         };
-        Ok(Restorer { model, model_path: path, faces })
+        let plan = Plan {
+            size: settings.size,
+            half: settings.fp16,
+            face_batch: if settings.aligned { 1 } else { settings.faces.face_batch },
+        };
+        let mut restorer = Restorer {
+            model,
+            model_path: path,
+            settings: settings.clone(),
+            device,
+            plan,
+            degraded_from: Vec::new(),
+            ok_streak: 0,
+            budget,
+            estimator: Estimator::default(),
+            forwards: AtomicU64::new(0),
+            faces,
+        };
+        restorer.calibrate()?;
+        Ok(restorer)
+    }
+
+    /// On CUDA, one measured forward scales the estimator's activation figure to what the
+    /// allocator really needed (the CPU's resident size is too coarse to measure it).
+    fn calibrate(&mut self) -> Result<(), Error> {
+        if !matches!(self.device, Device::Cuda(_)) {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        let size = self.plan.size;
+        memory::release_cached();
+        memory::reset_peak(self.device);
+        let before = memory::figures(self.device).map_err(Error::Settings)?.allocated;
+        let x = Tensor::f_zeros([1, 3, size, size], (Kind::Float, self.device))?;
+        let _y = self.model.forward(&x)?;
+        let peak = memory::figures(self.device).map_err(Error::Settings)?.peak;
+        let elem = if self.plan.half { 2.0 } else { 4.0 };
+        let predicted = Estimator::activation_elements(self.model.config()) as f64 * elem;
+        if predicted > 0.0 && peak > before {
+            self.estimator.calibration = (peak - before) as f64 / predicted;
+        }
+        memory::release_cached();
+        Ok(())
+    }
+
+    /// The plan frames are processed with now.
+    pub fn plan(&self) -> Plan {
+        self.plan
+    }
+
+    /// The memory budget in bytes.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    pub fn estimator(&self) -> &Estimator {
+        &self.estimator
+    }
+
+    /// Predicted peak bytes of `plan` for a frame of `width x height` with `faces` faces.
+    pub fn estimate(&self, plan: &Plan, faces: usize, frame: (i64, i64)) -> u64 {
+        let official;
+        let cfg = if plan.size == self.model.config().size {
+            self.model.config()
+        } else {
+            official = GpenConfig::official(plan.size);
+            &official
+        };
+        self.estimator.peak_bytes(cfg, plan, faces, frame)
+    }
+
+    /// The next rung of the degradation ladder below the current plan, if any.
+    fn next_rung(&self) -> Option<Plan> {
+        let p = self.plan;
+        if !p.half {
+            return Some(Plan { half: true, ..p });
+        }
+        if p.face_batch > 1 {
+            return Some(Plan { face_batch: p.face_batch / 2, ..p });
+        }
+        // A smaller size needs its checkpoint in the model folder.
+        let folder = match &self.settings.model {
+            None => Some(default_model_dir()),
+            Some(m) if m.is_dir() => Some(m.clone()),
+            Some(_) => None,
+        }?;
+        SIZES
+            .iter()
+            .rev()
+            .find(|&&s| s < p.size && folder.join(official_file_name(s)).exists())
+            .map(|&size| Plan { size, ..p })
+    }
+
+    /// Makes `plan` the current plan, loading (or sharing) its model.
+    fn switch_to(&mut self, plan: Plan) -> Result<(), Error> {
+        let path = if plan.size == self.plan.size {
+            self.model_path.clone()
+        } else {
+            resolve_model_path(self.settings.model.as_deref(), plan.size)
+        };
+        let kind = compute_kind(plan.half, self.device);
+        // The old model goes (unless another stream holds it) as soon as the new one is here.
+        self.model = registry::generator(&path, self.settings.model_key.as_deref(), self.device, kind)?;
+        if plan.size != self.plan.size {
+            if let Some(stage) = &mut self.faces {
+                stage.mask = align::soft_mask(plan.size, self.device)?;
+            }
+        }
+        self.model_path = path;
+        self.plan = plan;
+        memory::release_cached();
+        Ok(())
+    }
+
+    /// Steps down one rung; false when there is none.
+    fn step_down(&mut self) -> Result<bool, Error> {
+        let Some(next) = self.next_rung() else { return Ok(false) };
+        let from = self.plan;
+        self.switch_to(next)?;
+        self.degraded_from.push(from);
+        self.ok_streak = 0;
+        Ok(true)
+    }
+
+    /// What the policy does with a frame that cannot be processed in memory.
+    fn give_up(&self, reason: String) -> Result<Outcome, Error> {
+        match self.settings.memory.policy {
+            MemoryPolicy::Degrade | MemoryPolicy::Drop => Ok(Outcome::Dropped { reason }),
+            MemoryPolicy::Passthrough => Ok(Outcome::PassedThrough { reason }),
+            MemoryPolicy::Error => Err(Error::OutOfMemory(reason)),
+        }
+    }
+
+    /// Processes a frame under the memory policy: `detections` from [`detect`](Self::detect)
+    /// in whole-frame mode, `None` in aligned mode. The plan is first fitted to the budget by
+    /// the estimator; an out-of-memory error is caught, cached memory released, and the frame
+    /// retried once on the next rung of the ladder (policy `degrade`); otherwise the policy
+    /// decides. Other errors are returned.
+    pub fn process(&mut self, detections: Option<&Detections>, data: &mut [u8], layout: &PackedLayout) -> Result<Outcome, Error> {
+        let faces = match detections {
+            Some(d) if d.faces.is_empty() => return Ok(Outcome::NoFaces),
+            Some(d) => d.faces.len(),
+            None => 1,
+        };
+        let frame = (layout.width as i64, layout.height as i64);
+        loop {
+            let need = self.estimate(&self.plan, faces, frame);
+            if need <= self.budget {
+                break;
+            }
+            let reason = format!(
+                "{} needs about {} MiB for {faces} face(s), over the budget of {} MiB",
+                self.plan,
+                memory::mib(need),
+                memory::mib(self.budget)
+            );
+            if self.settings.memory.policy != MemoryPolicy::Degrade || !self.step_down()? {
+                return self.give_up(reason);
+            }
+        }
+        let mut retried = false;
+        loop {
+            let result = match detections {
+                Some(d) => self.restore_faces(d, data, layout).map(|r| r.restored),
+                None => self.restore_aligned(data, layout).map(|_| 1),
+            };
+            match result {
+                Ok(n) => {
+                    self.ok_streak += 1;
+                    self.maybe_recover(faces, frame)?;
+                    return Ok(Outcome::Restored { faces: n, plan: self.plan, retried });
+                }
+                Err(e) if memory::is_out_of_memory(&e) => {
+                    memory::release_cached();
+                    let reason = format!("out of memory with {}: {e}", self.plan);
+                    if retried || self.settings.memory.policy != MemoryPolicy::Degrade || !self.step_down()? {
+                        return self.give_up(reason);
+                    }
+                    retried = true;
+                }
+                Err(e) => return Err(Error::Torch(e)),
+            }
+        }
+    }
+
+    /// After a run of good frames on a degraded plan, goes back up one rung if it fits.
+    fn maybe_recover(&mut self, faces: usize, frame: (i64, i64)) -> Result<(), Error> {
+        if self.ok_streak < RECOVER_AFTER {
+            return Ok(());
+        }
+        let Some(&better) = self.degraded_from.last() else { return Ok(()) };
+        if self.estimate(&better, faces, frame) <= self.budget {
+            self.switch_to(better)?;
+            self.degraded_from.pop();
+        }
+        self.ok_streak = 0;
+        Ok(())
+    }
+
+    /// Counts a generator forward, failing it when the testing switch says so.
+    fn before_forward(&self) -> Result<(), TchError> {
+        memory::injected_fault(&self.forwards, self.settings.memory.fail_every)
     }
 
     /// The face settings in use (whole-frame mode), to change those that may change while
@@ -405,10 +672,12 @@ impl Restorer {
         timings.crop = t0.elapsed();
         let t1 = std::time::Instant::now();
         let mut restored = Vec::with_capacity(faces.len());
-        for chunk in 0..(faces.len() as i64 + stage.settings.face_batch as i64 - 1) / stage.settings.face_batch as i64 {
-            let start = chunk * stage.settings.face_batch as i64;
-            let n = (faces.len() as i64 - start).min(stage.settings.face_batch as i64);
+        let batch = self.plan.face_batch.max(1) as i64;
+        for chunk in 0..(faces.len() as i64 + batch - 1) / batch {
+            let start = chunk * batch;
+            let n = (faces.len() as i64 - start).min(batch);
             let x = crops.f_narrow(0, start, n)?.f_div_scalar(255.0)?.f_sub_scalar(0.5)?.f_div_scalar(0.5)?;
+            self.before_forward()?;
             let y = self.model.forward(&x)?;
             restored.push(y.f_mul_scalar(0.5)?.f_add_scalar(0.5)?.f_clamp(0.0, 1.0)?.f_mul_scalar(255.0)?);
         }
@@ -521,6 +790,7 @@ impl Restorer {
             .f_div_scalar(0.5)?;
         let resized = (h, w) != (size, size);
         let x = if resized { x.f_upsample_bilinear2d([size, size], false, None, None)? } else { x };
+        self.before_forward()?;
         let mut y = self.model.forward(&x)?.f_to_kind(Kind::Float)?;
         if resized {
             y = y.f_upsample_bilinear2d([h, w], false, None, None)?;

@@ -14,7 +14,7 @@ type Result<T> = std::result::Result<T, TchError>;
 
 /// The two published MobileNet-0.25 weight sets differ in activation and anchors, and each
 /// gives garbage under the other's settings, so the variant is never guessed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DetectorVariant {
     /// biubug6/Face-Detector-1MB-with-landmark: ReLU, anchors 10/20, 32/64, 128/256.
     Fd1mb,
@@ -307,6 +307,10 @@ pub struct RetinaFace {
 }
 
 const ANCHORS: i64 = 2;
+
+// SAFETY: as for the generator: the weights are only read after construction, and libtorch
+// allows concurrent reads, so streams may share one detector.
+unsafe impl Sync for RetinaFace {}
 
 impl RetinaFace {
     /// Loads a detector checkpoint. `variant` overrides recognition: without it, a ResNet-50

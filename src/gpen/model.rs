@@ -483,6 +483,11 @@ pub struct FullGenerator {
     kind: Kind,
 }
 
+// SAFETY: after construction the model is only read: `forward` takes `&self` and creates new
+// tensors, never writing the weights, and libtorch allows concurrent reads of a tensor from
+// several threads. This is what lets streams share one model (see `registry`).
+unsafe impl Sync for FullGenerator {}
+
 impl FullGenerator {
     /// Reads a checkpoint file and builds the model (see [`FullGenerator::from_state_dict`]).
     pub fn load(path: &Path, key: Option<&str>, device: Device, kind: Kind) -> std::result::Result<Self, crate::Error> {

@@ -6,7 +6,8 @@
 //! writable), and a frame with faces is restored in place in `transform_frame_ip`.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
@@ -16,8 +17,11 @@ use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use super::{DetectorVariant, Size};
-use crate::restorer::{Detections, FaceSettings, PackedLayout, Restorer, RestorerSettings, MODEL_DIR_ENV};
+use super::{DetectorVariant, MemoryPolicy, Size};
+use crate::memory;
+use crate::restorer::{
+    Detections, FaceSettings, MemorySettings, Outcome, PackedLayout, Restorer, RestorerSettings, MODEL_DIR_ENV,
+};
 use crate::Error;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
@@ -40,6 +44,9 @@ struct Settings {
     detector_model: Option<String>,
     detector_variant: DetectorVariant,
     faces: FaceSettings,
+    vram_budget: u32,
+    memory_policy: MemoryPolicy,
+    post_messages: bool,
 }
 
 impl Default for Settings {
@@ -54,17 +61,67 @@ impl Default for Settings {
             detector_model: None,
             detector_variant: DetectorVariant::Auto,
             faces: FaceSettings::default(),
+            vram_budget: 0,
+            memory_policy: MemoryPolicy::Degrade,
+            post_messages: false,
         }
     }
 }
 
-/// Counters behind the `stats` property.
+/// Counters behind the `stats` property (and the `post-messages` element messages).
 #[derive(Debug, Default, Clone)]
 struct Stats {
-    frames: u64,
+    frames_in: u64,
+    frames_out: u64,
+    /// Dropped by the memory policy.
+    frames_dropped: u64,
+    /// Dropped by QoS because they were late.
+    frames_late_dropped: u64,
+    /// Pushed unprocessed by the memory policy.
     frames_passed_through: u64,
+    frames_without_faces: u64,
     faces_detected: u64,
     faces_restored: u64,
+    /// Frames redone on the next plan after an out-of-memory error.
+    retries: u64,
+    plan: String,
+    device: String,
+    timed_frames: u64,
+    total_time: Duration,
+    worst_time: Duration,
+}
+
+impl Stats {
+    fn structure(&self) -> gst::Structure {
+        let mean = if self.timed_frames > 0 { self.total_time / self.timed_frames as u32 } else { Duration::ZERO };
+        let device = match self.device.as_str() {
+            "" => None,
+            d if d.starts_with("Cuda") => d.trim_start_matches("Cuda(").trim_end_matches(')').parse().ok().map(tch::Device::Cuda),
+            _ => Some(tch::Device::Cpu),
+        };
+        let peak = device.and_then(|d| memory::figures(d).ok()).map(|f| memory::mib(f.peak)).unwrap_or(0);
+        gst::Structure::builder("application/x-gpenfilter-stats")
+            .field("frames-in", self.frames_in)
+            .field("frames-out", self.frames_out)
+            .field("frames-dropped", self.frames_dropped)
+            .field("frames-late-dropped", self.frames_late_dropped)
+            .field("frames-passed-through", self.frames_passed_through)
+            .field("frames-without-faces", self.frames_without_faces)
+            .field("faces-detected", self.faces_detected)
+            .field("faces-restored", self.faces_restored)
+            .field("retries", self.retries)
+            .field("plan", &self.plan)
+            .field("peak-memory-mib", peak)
+            .field("mean-ms", mean.as_secs_f64() * 1e3)
+            .field("worst-ms", self.worst_time.as_secs_f64() * 1e3)
+            .build()
+    }
+
+    fn time(&mut self, d: Duration) {
+        self.timed_frames += 1;
+        self.total_time += d;
+        self.worst_time = self.worst_time.max(d);
+    }
 }
 
 /// Exists between `start()` and `stop()`.
@@ -72,14 +129,19 @@ struct State {
     restorer: Restorer,
     info: Option<gst_video::VideoInfo>,
     /// Detections of the buffer between `before_transform` and `transform_frame_ip`.
-    pending: Option<Result<Detections, String>>,
+    pending: Option<Result<Detections, tch::TchError>>,
+    /// When `before_transform` began with the current buffer.
+    started: Option<Instant>,
+    /// Processing time last reported to the latency query.
+    reported_latency: Duration,
+    last_post: Option<Instant>,
 }
 
 #[derive(Default)]
 pub struct GpenFilter {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
-    stats: Mutex<Stats>,
+    stats: Arc<Mutex<Stats>>,
 }
 
 #[glib::object_subclass]
@@ -90,6 +152,16 @@ impl ObjectSubclass for GpenFilter {
 }
 
 impl ObjectImpl for GpenFilter {
+    fn constructed(&self) {
+        self.parent_constructed();
+        // Frames out are counted where they leave, whatever path they took.
+        let stats = self.stats.clone();
+        self.obj().static_pad("src").expect("src pad").add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            stats.lock().unwrap().frames_out += 1;
+            gst::PadProbeReturn::Ok
+        });
+    }
+
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: Lazy<Vec<glib::ParamSpec>> = Lazy::new(|| {
             let d = FaceSettings::default();
@@ -206,11 +278,36 @@ impl ObjectImpl for GpenFilter {
                     .default_value(d.face_batch as u32)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("vram-budget")
+                    .nick("Memory budget")
+                    .blurb(
+                        "MiB of device memory the element may use, weights included (on CPU: system memory); \
+                         0 = what the device has free at start",
+                    )
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("memory-policy", MemoryPolicy::Degrade)
+                    .nick("Memory policy")
+                    .blurb(
+                        "What happens to a frame that does not fit the budget, or runs out of memory (then it \
+                         is retried once on the next plan when degrading); every drop is counted and posts a \
+                         QoS message",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("post-messages")
+                    .nick("Post messages")
+                    .blurb("Post the statistics as a gpenfilter-stats element message, at most once per second")
+                    .default_value(false)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
-                        "Counters since start: frames, frames-passed-through (no face found), faces-detected, \
-                         faces-restored",
+                        "Since start: frames-in, frames-out, frames-dropped (memory policy), frames-late-dropped \
+                         (QoS), frames-passed-through (memory policy), frames-without-faces, faces-detected, \
+                         faces-restored, retries, plan, peak-memory-mib, mean-ms, worst-ms",
                     )
                     .read_only()
                     .build(),
@@ -238,6 +335,9 @@ impl ObjectImpl for GpenFilter {
             "min-face-size" => s.faces.min_face_size = value.get::<u32>().expect(CHECKED) as f32,
             "alpha" => s.faces.alpha = value.get().expect(CHECKED),
             "face-batch" => s.faces.face_batch = value.get::<u32>().expect(CHECKED) as usize,
+            "vram-budget" => s.vram_budget = value.get().expect(CHECKED),
+            "memory-policy" => s.memory_policy = value.get().expect(CHECKED),
+            "post-messages" => s.post_messages = value.get().expect(CHECKED),
             other => unreachable!("unknown property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} set to {:?}", pspec.name(), value);
@@ -245,14 +345,7 @@ impl ObjectImpl for GpenFilter {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
-            let st = self.stats.lock().unwrap().clone();
-            return gst::Structure::builder("application/x-gpenfilter-stats")
-                .field("frames", st.frames)
-                .field("frames-passed-through", st.frames_passed_through)
-                .field("faces-detected", st.faces_detected)
-                .field("faces-restored", st.faces_restored)
-                .build()
-                .to_value();
+            return self.stats.lock().unwrap().structure().to_value();
         }
         let s = self.settings.lock().unwrap();
         match pspec.name() {
@@ -270,6 +363,9 @@ impl ObjectImpl for GpenFilter {
             "min-face-size" => (s.faces.min_face_size as u32).to_value(),
             "alpha" => s.faces.alpha.to_value(),
             "face-batch" => (s.faces.face_batch as u32).to_value(),
+            "vram-budget" => s.vram_budget.to_value(),
+            "memory-policy" => s.memory_policy.to_value(),
+            "post-messages" => s.post_messages.to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -317,6 +413,7 @@ fn start_error(e: &Error) -> gst::ErrorMessage {
         Error::Checkpoint(_) | Error::Model(_) => gst::error_msg!(gst::ResourceError::Read, ("{}", text)),
         Error::Settings(_) => gst::error_msg!(gst::LibraryError::Settings, ("{}", text)),
         Error::Torch(_) => gst::error_msg!(gst::LibraryError::Init, ("{}", text)),
+        Error::OutOfMemory(_) => gst::error_msg!(gst::ResourceError::NoSpaceLeft, ("{}", text)),
     }
 }
 
@@ -357,6 +454,16 @@ impl BaseTransformImpl for GpenFilter {
                 },
                 ..settings.faces.clone()
             },
+            memory: MemorySettings {
+                budget_mib: settings.vram_budget as u64,
+                policy: match settings.memory_policy {
+                    MemoryPolicy::Degrade => crate::restorer::MemoryPolicy::Degrade,
+                    MemoryPolicy::Drop => crate::restorer::MemoryPolicy::Drop,
+                    MemoryPolicy::Passthrough => crate::restorer::MemoryPolicy::Passthrough,
+                    MemoryPolicy::Error => crate::restorer::MemoryPolicy::Error,
+                },
+                fail_every: memory::fail_every_from_env(),
+            },
         };
         let started = std::time::Instant::now();
         let restorer = Restorer::new(&restorer_settings).map_err(|e| start_error(&e))?;
@@ -372,8 +479,23 @@ impl BaseTransformImpl for GpenFilter {
             restorer.detector(),
             started.elapsed()
         );
-        *self.stats.lock().unwrap() = Stats::default();
-        *self.state.lock().unwrap() = Some(State { restorer, info: None, pending: None });
+        if restorer_settings.memory.fail_every > 0 {
+            gst::warning!(CAT, imp = self, "{}={}: every such generator forward fails as out of memory", memory::FAIL_EVERY_ENV, restorer_settings.memory.fail_every);
+        }
+        *self.stats.lock().unwrap() = Stats {
+            plan: restorer.plan().to_string(),
+            device: format!("{:?}", model.device()),
+            ..Stats::default()
+        };
+        gst::info!(CAT, imp = self, "memory budget {} MiB, plan {}", memory::mib(restorer.budget()), restorer.plan());
+        *self.state.lock().unwrap() = Some(State {
+            restorer,
+            info: None,
+            pending: None,
+            started: None,
+            reported_latency: Duration::ZERO,
+            last_post: None,
+        });
         Ok(())
     }
 
@@ -383,11 +505,21 @@ impl BaseTransformImpl for GpenFilter {
         Ok(())
     }
 
+    fn submit_input_buffer(&self, is_discont: bool, inbuf: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.stats.lock().unwrap().frames_in += 1;
+        let result = self.parent_submit_input_buffer(is_discont, inbuf);
+        if result == Ok(gst_base::BASE_TRANSFORM_FLOW_DROPPED) {
+            // Late: BaseTransform's QoS dropped it (and posted its QoS message).
+            self.stats.lock().unwrap().frames_late_dropped += 1;
+        }
+        result
+    }
+
     fn before_transform(&self, inbuf: &gst::BufferRef) {
         let settings = self.settings.lock().unwrap().clone();
         let mut guard = self.state.lock().unwrap();
         let Some(state) = guard.as_mut() else { return };
-        self.stats.lock().unwrap().frames += 1;
+        state.started = Some(Instant::now());
         if settings.aligned {
             return;
         }
@@ -399,24 +531,115 @@ impl BaseTransformImpl for GpenFilter {
             f.alpha = settings.faces.alpha;
         }
         let detections = match state.info.as_ref() {
-            None => Err("no caps were negotiated before the first frame".to_owned()),
+            None => Err(tch::TchError::Kind("no caps were negotiated before the first frame".into())),
             Some(info) => match gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, info) {
-                Err(e) => Err(format!("cannot map the frame: {e}")),
+                Err(e) => Err(tch::TchError::Kind(format!("cannot map the frame: {e}"))),
                 Ok(frame) => {
                     let layout = packed_layout(&frame);
-                    let data = frame.plane_data(0).map_err(|e| e.to_string());
-                    data.and_then(|d| state.restorer.detect(d, &layout).map_err(|e| format!("face detection failed: {e}")))
+                    match frame.plane_data(0) {
+                        Ok(d) => state.restorer.detect(d, &layout),
+                        Err(e) => Err(tch::TchError::Kind(e.to_string())),
+                    }
                 }
             },
         };
-        let faces = detections.as_ref().map(|d| d.faces.len()).unwrap_or(1);
-        if faces == 0 {
-            self.stats.lock().unwrap().frames_passed_through += 1;
+        let no_faces = matches!(&detections, Ok(d) if d.faces.is_empty());
+        if no_faces {
+            let mut stats = self.stats.lock().unwrap();
+            stats.frames_without_faces += 1;
+            if let Some(t) = state.started.take() {
+                stats.time(t.elapsed());
+            }
         }
-        gst::log!(CAT, imp = self, "{faces} face(s) in {:?}", inbuf.pts());
+        gst::log!(CAT, imp = self, "{:?} face(s) in {:?}", detections.as_ref().map(|d| d.faces.len()), inbuf.pts());
         // No face: pass the buffer through, neither copied nor written.
-        self.obj().set_passthrough(faces == 0);
+        self.obj().set_passthrough(no_faces);
         state.pending = Some(detections);
+        drop(guard);
+        if no_faces {
+            self.after_frame(&settings);
+        }
+    }
+
+    fn query(&self, direction: gst::PadDirection, query: &mut gst::QueryRef) -> bool {
+        if direction != gst::PadDirection::Src || !matches!(query.view(), gst::QueryView::Latency(_)) {
+            return BaseTransformImplExt::parent_query(self, direction, query);
+        }
+        if !BaseTransformImplExt::parent_query(self, direction, query) {
+            return false;
+        }
+        // Upstream's latency plus our measured processing time per frame.
+        let ours = self.measured_latency();
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            let (live, min, max) = q.result();
+            q.set(live, min + ours, max.map(|m| m + ours));
+            gst::debug!(CAT, imp = self, "latency: upstream {min} + ours {ours}");
+        }
+        true
+    }
+}
+
+impl GpenFilter {
+    /// Mean processing time per frame so far, as a clock time.
+    fn measured_latency(&self) -> gst::ClockTime {
+        let stats = self.stats.lock().unwrap();
+        let mean = if stats.timed_frames > 0 { stats.total_time / stats.timed_frames as u32 } else { Duration::ZERO };
+        gst::ClockTime::from_nseconds(mean.as_nanos() as u64)
+    }
+
+    /// Bookkeeping after each frame: a latency message when the processing time moved, the
+    /// statistics message when asked for.
+    fn after_frame(&self, settings: &Settings) {
+        let latency = Duration::from_nanos(self.measured_latency().nseconds());
+        let (repost_latency, post_stats) = {
+            let mut guard = self.state.lock().unwrap();
+            let Some(state) = guard.as_mut() else { return };
+            let last = state.reported_latency;
+            let moved = latency > last + last / 4 || latency + latency / 4 < last;
+            if moved {
+                state.reported_latency = latency;
+            }
+            let due = settings.post_messages && state.last_post.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if due {
+                state.last_post = Some(Instant::now());
+            }
+            (moved, due)
+        };
+        if repost_latency {
+            let _ = self.obj().post_message(gst::message::Latency::builder().src(&*self.obj()).build());
+        }
+        if post_stats {
+            let s = self.stats.lock().unwrap().structure();
+            let mut b = gst::Structure::builder("gpenfilter-stats");
+            for (name, value) in s.iter() {
+                b = b.field(name.as_str(), value.clone());
+            }
+            let _ = self.obj().post_message(gst::message::Element::builder(b.build()).src(&*self.obj()).build());
+        }
+    }
+
+    /// A QoS message for a frame the memory policy dropped.
+    fn post_drop(&self, buffer: &gst::BufferRef) {
+        let (processed, dropped) = {
+            let s = self.stats.lock().unwrap();
+            (s.frames_in - s.frames_dropped - s.frames_late_dropped, s.frames_dropped + s.frames_late_dropped)
+        };
+        let segment = self.obj().segment();
+        let pts = buffer.pts();
+        let (running, stream) = match segment.downcast_ref::<gst::ClockTime>() {
+            Some(seg) => (pts.and_then(|p| seg.to_running_time(p)), pts.and_then(|p| seg.to_stream_time(p))),
+            None => (None, None),
+        };
+        let msg = gst::message::Qos::builder(false)
+            .running_time(running)
+            .stream_time(stream)
+            .timestamp(pts)
+            .duration(buffer.duration())
+            .values(0, 1.0, 0)
+            .stats(gst::format::Buffers::from_u64(processed), gst::format::Buffers::from_u64(dropped))
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(msg);
     }
 }
 
@@ -439,36 +662,124 @@ impl VideoFilterImpl for GpenFilter {
         &self,
         frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let settings = self.settings.lock().unwrap().clone();
         let mut guard = self.state.lock().unwrap();
         let Some(state) = guard.as_mut() else {
             gst::element_imp_error!(self, gst::CoreError::StateChange, ("Frame received before the model was loaded"));
             return Err(gst::FlowError::Flushing);
         };
         let layout = packed_layout(frame);
+        let started = state.started.take().unwrap_or_else(Instant::now);
+        let detections = match state.pending.take() {
+            None if settings.aligned => None,
+            None => {
+                gst::element_imp_error!(self, gst::StreamError::Failed, ("A frame arrived without detections"));
+                return Err(gst::FlowError::Error);
+            }
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) if memory::is_out_of_memory(&e) => {
+                // The detector ran out of memory: no smaller plan helps it; the policy decides.
+                drop(guard);
+                return self.apply_outcome(
+                    match settings.memory_policy {
+                        MemoryPolicy::Passthrough => Outcome::PassedThrough { reason: format!("face detection: {e}") },
+                        MemoryPolicy::Error => {
+                            gst::element_imp_error!(self, gst::ResourceError::NoSpaceLeft, ("Face detection ran out of memory: {}", e));
+                            return Err(gst::FlowError::Error);
+                        }
+                        _ => Outcome::Dropped { reason: format!("face detection: {e}") },
+                    },
+                    frame.buffer(),
+                    started,
+                    &settings,
+                );
+            }
+            Some(Err(e)) => {
+                gst::element_imp_error!(self, gst::StreamError::Failed, ("Face detection failed: {}", e));
+                return Err(gst::FlowError::Error);
+            }
+        };
         let data = frame.plane_data_mut(0).map_err(|e| {
             gst::element_imp_error!(self, gst::StreamError::Failed, ("Cannot map the frame: {}", e));
             gst::FlowError::Error
         })?;
-        let fail = |what: String| {
-            gst::element_imp_error!(self, gst::StreamError::Failed, ("{}", what));
-            gst::FlowError::Error
-        };
-        match state.pending.take() {
-            None if self.settings.lock().unwrap().aligned => {
-                state.restorer.restore_aligned(data, &layout).map_err(|e| fail(format!("Restoring a frame failed: {e}")))?;
-            }
-            None => return Err(fail("A frame arrived without detections (internal ordering error)".into())),
-            Some(Err(e)) => return Err(fail(e)),
-            Some(Ok(detections)) => {
-                let report = state
-                    .restorer
-                    .restore_faces(&detections, data, &layout)
-                    .map_err(|e| fail(format!("Restoring the faces of a frame failed: {e}")))?;
-                let mut stats = self.stats.lock().unwrap();
-                stats.faces_detected += detections.faces.len() as u64;
-                stats.faces_restored += report.restored as u64;
+        let detected = detections.as_ref().map(|d| d.faces.len()).unwrap_or(0);
+        let outcome = state.restorer.process(detections.as_ref(), data, &layout);
+        let plan = state.restorer.plan().to_string();
+        drop(guard);
+        {
+            let mut stats = self.stats.lock().unwrap();
+            stats.faces_detected += detected as u64;
+            if stats.plan != plan {
+                gst::info!(CAT, imp = self, "plan now {plan} (was {})", stats.plan);
+                stats.plan = plan;
             }
         }
-        Ok(gst::FlowSuccess::Ok)
+        match outcome {
+            Ok(o) => self.apply_outcome(o, frame.buffer(), started, &settings),
+            Err(e @ Error::OutOfMemory(_)) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::NoSpaceLeft,
+                    ("Out of memory, and memory-policy=error: {}", e),
+                    ["set a larger vram-budget, a smaller size, fp16=true, or memory-policy=degrade"]
+                );
+                Err(gst::FlowError::Error)
+            }
+            Err(e) => {
+                gst::element_imp_error!(self, gst::StreamError::Failed, ("Restoring a frame failed: {}", e));
+                Err(gst::FlowError::Error)
+            }
+        }
+    }
+}
+
+impl GpenFilter {
+    /// Counts what happened to a frame and tells the pipeline.
+    fn apply_outcome(
+        &self,
+        outcome: Outcome,
+        buffer: &gst::BufferRef,
+        started: Instant,
+        settings: &Settings,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let result = {
+            let mut stats = self.stats.lock().unwrap();
+            stats.time(started.elapsed());
+            match &outcome {
+                Outcome::NoFaces => {
+                    stats.frames_without_faces += 1;
+                    Ok(gst::FlowSuccess::Ok)
+                }
+                Outcome::Restored { faces, retried, .. } => {
+                    stats.faces_restored += *faces as u64;
+                    stats.retries += *retried as u64;
+                    Ok(gst::FlowSuccess::Ok)
+                }
+                Outcome::PassedThrough { .. } => {
+                    stats.frames_passed_through += 1;
+                    Ok(gst::FlowSuccess::Ok)
+                }
+                Outcome::Dropped { .. } => {
+                    stats.frames_dropped += 1;
+                    Ok(gst_base::BASE_TRANSFORM_FLOW_DROPPED)
+                }
+            }
+        };
+        match &outcome {
+            Outcome::Dropped { reason } => {
+                gst::warning!(CAT, imp = self, "dropped frame {:?}: {reason}", buffer.pts());
+                self.post_drop(buffer);
+            }
+            Outcome::PassedThrough { reason } => {
+                gst::warning!(CAT, imp = self, "frame {:?} passed through unprocessed: {reason}", buffer.pts());
+            }
+            Outcome::Restored { retried: true, plan, .. } => {
+                gst::warning!(CAT, imp = self, "out of memory: frame {:?} redone with {plan}", buffer.pts());
+            }
+            _ => {}
+        }
+        self.after_frame(settings);
+        result
     }
 }

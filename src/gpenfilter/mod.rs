@@ -48,7 +48,27 @@ pub enum DetectorVariant {
     Standard = 2,
 }
 
+/// What happens to a frame that does not fit in the memory budget (`memory-policy`).
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstGpenMemoryPolicy")]
+pub enum MemoryPolicy {
+    #[default]
+    #[enum_value(
+        name = "Degrade: half precision, then smaller face batches, then the next smaller size; drop when nothing fits",
+        nick = "degrade"
+    )]
+    Degrade = 0,
+    #[enum_value(name = "Drop the frame and post a QoS message", nick = "drop")]
+    Drop = 1,
+    #[enum_value(name = "Push the frame unprocessed", nick = "passthrough")]
+    Passthrough = 2,
+    #[enum_value(name = "Post an error and stop", nick = "error")]
+    Error = 3,
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    MemoryPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Size::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     DetectorVariant::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(Some(plugin), "gpenfilter", gst::Rank::NONE, GpenFilter::static_type())

@@ -1,0 +1,95 @@
+// What tch does not expose: the accelerator's memory figures and cache release, and an
+// in-place leaky ReLU with a slope. Every function catches C++ exceptions and reports them
+// through `err`, so that nothing unwinds into Rust; with no GPU the accelerator calls fail
+// cleanly (no device, or "no accelerator").
+#include <ATen/ATen.h>
+#include <ATen/DeviceAccelerator.h>
+
+#include <cstdint>
+#include <cstring>
+#include <exception>
+
+namespace {
+int fail(const char* what, char* err, size_t len) {
+  if (err != nullptr && len > 0) {
+    std::strncpy(err, what, len - 1);
+    err[len - 1] = '\0';
+  }
+  return -1;
+}
+
+bool cuda_present() {
+  auto acc = at::accelerator::getAccelerator(false);
+  return acc.has_value() && at::accelerator::deviceCount() > 0;
+}
+}  // namespace
+
+extern "C" {
+
+int gpen_leaky_relu_(at::Tensor* t, double slope, char* err, size_t len) {
+  try {
+    at::leaky_relu_(*t, slope);
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e.what(), err, len);
+  }
+}
+
+int gpen_accelerator_device_count() {
+  try {
+    return cuda_present() ? static_cast<int>(at::accelerator::deviceCount()) : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
+// Device free and total bytes (cudaMemGetInfo).
+int gpen_accelerator_memory_info(int device, uint64_t* free_bytes, uint64_t* total_bytes, char* err, size_t len) {
+  try {
+    if (!cuda_present()) return fail("no accelerator device", err, len);
+    auto info = at::accelerator::getMemoryInfo(static_cast<c10::DeviceIndex>(device));
+    *free_bytes = info.first;
+    *total_bytes = info.second;
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e.what(), err, len);
+  }
+}
+
+// The caching allocator's allocated, reserved and peak-allocated bytes (all pools).
+int gpen_accelerator_allocator_stats(int device, uint64_t* allocated, uint64_t* reserved, uint64_t* peak,
+                                     char* err, size_t len) {
+  try {
+    if (!cuda_present()) return fail("no accelerator device", err, len);
+    auto stats = at::accelerator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    const auto all = static_cast<size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
+    *allocated = static_cast<uint64_t>(stats.allocated_bytes[all].current);
+    *reserved = static_cast<uint64_t>(stats.reserved_bytes[all].current);
+    *peak = static_cast<uint64_t>(stats.allocated_bytes[all].peak);
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e.what(), err, len);
+  }
+}
+
+int gpen_accelerator_reset_peak(int device, char* err, size_t len) {
+  try {
+    if (!cuda_present()) return fail("no accelerator device", err, len);
+    at::accelerator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e.what(), err, len);
+  }
+}
+
+// Returns cached, unused blocks to the device.
+int gpen_accelerator_empty_cache(char* err, size_t len) {
+  try {
+    if (!cuda_present()) return 0;
+    at::accelerator::emptyCache();
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e.what(), err, len);
+  }
+}
+}

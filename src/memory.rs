@@ -1,0 +1,271 @@
+//! Memory: what the device has and uses (CUDA caching allocator through the C++ shim, process
+//! memory on the CPU), a pure estimator of a plan's peak, out-of-memory recognition, and the
+//! fault injection that drives the memory policy in tests.
+
+use std::ffi::{c_char, CStr};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tch::{Device, TchError};
+
+use crate::gpen::GpenConfig;
+
+extern "C" {
+    fn gpen_accelerator_device_count() -> i32;
+    fn gpen_accelerator_memory_info(device: i32, free: *mut u64, total: *mut u64, err: *mut c_char, len: usize) -> i32;
+    fn gpen_accelerator_allocator_stats(
+        device: i32,
+        allocated: *mut u64,
+        reserved: *mut u64,
+        peak: *mut u64,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
+    fn gpen_accelerator_reset_peak(device: i32, err: *mut c_char, len: usize) -> i32;
+    fn gpen_accelerator_empty_cache(err: *mut c_char, len: usize) -> i32;
+}
+
+const MIB: u64 = 1 << 20;
+
+fn shim_call(f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<(), String> {
+    let mut err = [0 as c_char; 512];
+    if f(err.as_mut_ptr(), err.len()) == 0 {
+        Ok(())
+    } else {
+        // SAFETY: the shim always NUL-terminates what it writes into `err`.
+        Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+    }
+}
+
+/// Accelerators the shim sees (0 without a GPU or driver).
+pub fn cuda_device_count() -> usize {
+    // SAFETY: no arguments; the shim catches every exception.
+    unsafe { gpen_accelerator_device_count() }.max(0) as usize
+}
+
+/// Memory figures of a device, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MemoryFigures {
+    /// What the device (or, on the CPU, the system) has available.
+    pub free: u64,
+    pub total: u64,
+    /// Held by tensors now (CUDA allocator; on the CPU, the process's resident memory).
+    pub allocated: u64,
+    /// Held by the CUDA caching allocator, used or not (on the CPU, as `allocated`).
+    pub reserved: u64,
+    /// Most ever `allocated` since the last reset (on the CPU, the process's peak resident).
+    pub peak: u64,
+}
+
+/// Reads a `kB` field of a `/proc` status file.
+fn proc_kib(file: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The memory figures of `device`.
+pub fn figures(device: Device) -> Result<MemoryFigures, String> {
+    match device {
+        Device::Cuda(i) => {
+            let (mut free, mut total, mut allocated, mut reserved, mut peak) = (0, 0, 0, 0, 0);
+            // SAFETY: the out-pointers are valid locals; the shim catches every exception.
+            shim_call(|e, l| unsafe { gpen_accelerator_memory_info(i as i32, &mut free, &mut total, e, l) })?;
+            shim_call(|e, l| unsafe {
+                gpen_accelerator_allocator_stats(i as i32, &mut allocated, &mut reserved, &mut peak, e, l)
+            })?;
+            Ok(MemoryFigures { free, total, allocated, reserved, peak })
+        }
+        _ => {
+            let kib = |file, field| proc_kib(file, field).map(|k| k * 1024).ok_or_else(|| format!("no {field} in {file}"));
+            let rss = kib("/proc/self/status", "VmRSS:")?;
+            Ok(MemoryFigures {
+                free: kib("/proc/meminfo", "MemAvailable:")?,
+                total: kib("/proc/meminfo", "MemTotal:")?,
+                allocated: rss,
+                reserved: rss,
+                peak: kib("/proc/self/status", "VmHWM:")?,
+            })
+        }
+    }
+}
+
+/// Starts a new peak measurement (CUDA only; the CPU's peak resident size cannot be reset).
+pub fn reset_peak(device: Device) {
+    if let Device::Cuda(i) = device {
+        // SAFETY: the shim catches every exception; a failure only leaves the old peak.
+        let _ = shim_call(|e, l| unsafe { gpen_accelerator_reset_peak(i as i32, e, l) });
+    }
+}
+
+/// Returns the caching allocator's unused blocks to the device (nothing to do on the CPU).
+pub fn release_cached() {
+    // SAFETY: the shim catches every exception and does nothing without a GPU.
+    let _ = shim_call(|e, l| unsafe { gpen_accelerator_empty_cache(e, l) });
+}
+
+/// Whether a libtorch error is an out-of-memory condition (CUDA or host allocator).
+pub fn is_out_of_memory(e: &TchError) -> bool {
+    let text = e.to_string().to_lowercase();
+    text.contains("out of memory") || text.contains("can't allocate memory") || text.contains("not enough memory")
+}
+
+/// Environment variable that makes every Nth generator forward of an element fail as out of
+/// memory (a testing switch, read when the element starts; unset or 0 = off).
+pub const FAIL_EVERY_ENV: &str = "GST_GPEN_FAIL_EVERY";
+
+/// The value of [`FAIL_EVERY_ENV`] (0 when unset or not a number).
+pub fn fail_every_from_env() -> u64 {
+    std::env::var(FAIL_EVERY_ENV).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Counts a generator forward in `counter` and, every `every` forwards (0 = never), fails it
+/// the way CUDA does when memory runs out.
+pub fn injected_fault(counter: &AtomicU64, every: u64) -> Result<(), TchError> {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if every > 0 && n % every == 0 {
+        return Err(TchError::Torch(format!(
+            "CUDA out of memory. Tried to allocate 2.00 GiB (injected by {FAIL_EVERY_ENV}={every}, forward {n})"
+        )));
+    }
+    Ok(())
+}
+
+/// What a frame is processed with; the rungs of the degradation ladder change these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub size: i64,
+    pub half: bool,
+    pub face_batch: usize,
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "size={} fp16={} face-batch={}", self.size, self.half, self.face_batch)
+    }
+}
+
+/// Predicts peak memory from the model's channel table. The constants count the tensors alive
+/// at once in this implementation's forward pass; `calibration` scales the activation part
+/// after one measured run (1.0 before).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimator {
+    pub calibration: f64,
+}
+
+impl Default for Estimator {
+    fn default() -> Self {
+        Estimator { calibration: 1.0 }
+    }
+}
+
+impl Estimator {
+    /// Bytes of the generator's weights in a precision (half keeps the style path in fp32,
+    /// which is small, and the modulated convs' fp32 masters).
+    pub fn weight_bytes(cfg: &GpenConfig, half: bool) -> u64 {
+        let params: i64 = cfg
+            .expected_shapes()
+            .iter()
+            .filter(|(n, _)| !n.ends_with(".kernel"))
+            .map(|(_, s)| s.iter().product::<i64>())
+            .sum();
+        let bytes = if half { 3 } else { 4 }; // half: about half the convs stay fp32 masters
+        params as u64 * bytes
+    }
+
+    /// Elements alive at the peak of one forward, per face.
+    pub fn activation_elements(cfg: &GpenConfig) -> u64 {
+        let size = cfg.size;
+        // Encoder features stay alive until the decoder uses them.
+        let encoder: i64 = (0..cfg.log_size() - 1).map(|i| cfg.channels(size >> i) * (size >> i) * (size >> i)).sum();
+        // Worst decoder level: the up-convolution's (2r+1)^2 output and its blurred copy, the
+        // level's input, and the concatenation with the encoder feature and its activation.
+        let level = (3..=cfg.log_size())
+            .map(|l| {
+                let r = 1i64 << l;
+                let c = cfg.channels(r);
+                let input = 2 * cfg.channels(r / 2) * (r / 2) * (r / 2);
+                let up = c * (2 * r + 1) * (2 * r + 1) + c * r * r;
+                let styled = 5 * c * r * r;
+                input + up.max(styled)
+            })
+            .max()
+            .unwrap_or(0);
+        (encoder + level) as u64
+    }
+
+    /// Peak bytes of restoring a frame of `width x height` with `faces` faces under `plan`.
+    pub fn peak_bytes(&self, cfg: &GpenConfig, plan: &Plan, faces: usize, (width, height): (i64, i64)) -> u64 {
+        let elem = if plan.half { 2.0 } else { 4.0 };
+        let batch = faces.min(plan.face_batch).max(1) as f64;
+        let activations = Self::activation_elements(cfg) as f64 * elem * batch * self.calibration;
+        // The float frame, the crops and restored faces of every face (fp32), paste buffers.
+        let s = (plan.size * plan.size) as f64;
+        let frame = (width * height) as f64 * 4.0 * (3.0 + 4.0);
+        let faces_bytes = faces as f64 * s * 4.0 * 3.0 * 2.0;
+        Self::weight_bytes(cfg, plan.half) as f64 as u64 + (activations + frame + faces_bytes) as u64
+    }
+}
+
+/// `bytes` in MiB, rounded up.
+pub fn mib(bytes: u64) -> u64 {
+    bytes.div_ceil(MIB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(size: i64, half: bool, face_batch: usize) -> Plan {
+        Plan { size, half, face_batch }
+    }
+
+    #[test]
+    fn estimate_grows_with_size_batch_and_precision() {
+        let e = Estimator::default();
+        let hd = (1920, 1080);
+        let c512 = GpenConfig::official(512);
+        let c1024 = GpenConfig::official(1024);
+        let p = |c: &GpenConfig, pl: Plan| e.peak_bytes(c, &pl, 4, hd);
+        assert!(p(&c1024, plan(1024, false, 1)) > p(&c512, plan(512, false, 1)));
+        assert!(p(&c512, plan(512, false, 4)) > p(&c512, plan(512, false, 1)));
+        assert!(p(&c512, plan(512, true, 1)) < p(&c512, plan(512, false, 1)));
+        // More faces than the batch only add crops, not activations.
+        let (b1, b8) = (e.peak_bytes(&c512, &plan(512, false, 1), 1, hd), e.peak_bytes(&c512, &plan(512, false, 1), 8, hd));
+        assert!(b8 > b1 && b8 - b1 < 64 << 20);
+    }
+
+    #[test]
+    fn estimate_for_one_512_face_is_in_the_measured_range() {
+        // Measured on CPU (scripts/bench.sh): about 1.3 GiB peak resident for one fp32 512 face,
+        // of which about 0.3 GiB is the libtorch runtime itself.
+        let b = Estimator::default().peak_bytes(&GpenConfig::official(512), &plan(512, false, 1), 1, (512, 512));
+        assert!((700 << 20..1400 << 20).contains(&b), "{} MiB", mib(b));
+    }
+
+    #[test]
+    fn calibration_scales_the_activations_only() {
+        let c = GpenConfig::official(256);
+        let hd = (640, 360);
+        let base = Estimator::default().peak_bytes(&c, &plan(256, false, 1), 1, hd);
+        let double = Estimator { calibration: 2.0 }.peak_bytes(&c, &plan(256, false, 1), 1, hd);
+        let act = Estimator::activation_elements(&c) * 4;
+        assert!((double - base).abs_diff(act) < 1024);
+    }
+
+    #[test]
+    fn out_of_memory_errors_are_recognised() {
+        assert!(is_out_of_memory(&TchError::Torch("CUDA out of memory. Tried to allocate 20.00 MiB".into())));
+        assert!(is_out_of_memory(&TchError::Torch("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory".into())));
+        assert!(!is_out_of_memory(&TchError::Torch("Expected 4-dimensional input".into())));
+    }
+
+    #[test]
+    fn cpu_figures_are_read_and_gpu_calls_fail_cleanly_without_a_gpu() {
+        let f = figures(Device::Cpu).unwrap();
+        assert!(f.total > 0 && f.allocated > 0 && f.peak >= f.allocated);
+        if cuda_device_count() == 0 {
+            assert!(figures(Device::Cuda(0)).is_err());
+            release_cached();
+            reset_peak(Device::Cuda(0));
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! One model, many streams: loaded models are shared per (file, key, device, precision) by every
+//! restorer of the process, and freed when the last one using them goes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use once_cell::sync::Lazy;
+use tch::{Device, Kind};
+
+use crate::detect::{DetectorVariant, RetinaFace};
+use crate::gpen::FullGenerator;
+use crate::Error;
+
+type GeneratorKey = (PathBuf, Option<String>, String, String);
+type DetectorKey = (PathBuf, Option<DetectorVariant>, String);
+
+static GENERATORS: Lazy<Mutex<HashMap<GeneratorKey, Weak<FullGenerator>>>> = Lazy::new(Default::default);
+static DETECTORS: Lazy<Mutex<HashMap<DetectorKey, Weak<RetinaFace>>>> = Lazy::new(Default::default);
+static GENERATOR_LOADS: AtomicU64 = AtomicU64::new(0);
+
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The generator of `path` on `device` in `kind`, loaded once for the whole process.
+pub fn generator(path: &Path, key: Option<&str>, device: Device, kind: Kind) -> Result<Arc<FullGenerator>, Error> {
+    let k = (canonical(path), key.map(str::to_owned), format!("{device:?}"), format!("{kind:?}"));
+    // Held while loading, so two streams asking at once load the file once.
+    let mut map = GENERATORS.lock().unwrap_or_else(|p| p.into_inner());
+    map.retain(|_, w| w.strong_count() > 0);
+    if let Some(model) = map.get(&k).and_then(Weak::upgrade) {
+        return Ok(model);
+    }
+    let model = Arc::new(FullGenerator::load(path, key, device, kind)?);
+    GENERATOR_LOADS.fetch_add(1, Ordering::Relaxed);
+    map.insert(k, Arc::downgrade(&model));
+    Ok(model)
+}
+
+/// The detector of `path`, loaded once for the whole process.
+pub fn detector(path: &Path, variant: Option<DetectorVariant>, device: Device) -> Result<Arc<RetinaFace>, Error> {
+    let k = (canonical(path), variant, format!("{device:?}"));
+    let mut map = DETECTORS.lock().unwrap_or_else(|p| p.into_inner());
+    map.retain(|_, w| w.strong_count() > 0);
+    if let Some(model) = map.get(&k).and_then(Weak::upgrade) {
+        return Ok(model);
+    }
+    let model = Arc::new(RetinaFace::load(path, variant, device)?);
+    map.insert(k, Arc::downgrade(&model));
+    Ok(model)
+}
+
+/// Generator loads since the process started (for tests and statistics).
+pub fn generator_loads() -> u64 {
+    GENERATOR_LOADS.load(Ordering::Relaxed)
+}
+
+/// Generators alive now, by file.
+pub fn live_generators(path: &Path) -> usize {
+    let path = canonical(path);
+    let map = GENERATORS.lock().unwrap_or_else(|p| p.into_inner());
+    map.iter().filter(|(k, w)| k.0 == path && w.strong_count() > 0).count()
+}
