@@ -19,6 +19,7 @@ type DetectorKey = (PathBuf, Option<DetectorVariant>, String);
 static GENERATORS: Lazy<Mutex<HashMap<GeneratorKey, Weak<FullGenerator>>>> = Lazy::new(Default::default);
 static DETECTORS: Lazy<Mutex<HashMap<DetectorKey, Weak<RetinaFace>>>> = Lazy::new(Default::default);
 static GENERATOR_LOADS: AtomicU64 = AtomicU64::new(0);
+static LOADS_BY_FILE: Lazy<Mutex<HashMap<PathBuf, u64>>> = Lazy::new(Default::default);
 
 fn canonical(path: &Path) -> PathBuf {
     path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
@@ -35,6 +36,7 @@ pub fn generator(path: &Path, key: Option<&str>, device: Device, kind: Kind) -> 
     }
     let model = Arc::new(FullGenerator::load(path, key, device, kind)?);
     GENERATOR_LOADS.fetch_add(1, Ordering::Relaxed);
+    *LOADS_BY_FILE.lock().unwrap_or_else(|p| p.into_inner()).entry(k.0.clone()).or_default() += 1;
     map.insert(k, Arc::downgrade(&model));
     Ok(model)
 }
@@ -55,6 +57,11 @@ pub fn detector(path: &Path, variant: Option<DetectorVariant>, device: Device) -
 /// Generator loads since the process started (for tests and statistics).
 pub fn generator_loads() -> u64 {
     GENERATOR_LOADS.load(Ordering::Relaxed)
+}
+
+/// Times the generator file at `path` was loaded since the process started.
+pub fn loads_of(path: &Path) -> u64 {
+    LOADS_BY_FILE.lock().unwrap_or_else(|p| p.into_inner()).get(&canonical(path)).copied().unwrap_or(0)
 }
 
 /// Generators alive now, by file.

@@ -348,6 +348,9 @@ fn gst_inspect_shows_metadata_and_every_property() {
         ("min-face-size", "Range: 0 - 16384 Default: 16"),
         ("alpha", "Range: 0 - 1 Default: 1"),
         ("face-batch", "Range: 1 - 256 Default: 4"),
+        ("vram-budget", "Range: 0 - 4294967295 Default: 0"),
+        ("memory-policy", "Default: 0, \"degrade\""),
+        ("post-messages", "Default: false"),
     ] {
         let at = text.find(&format!("  {property}")).unwrap_or_else(|| panic!("no property {property}"));
         let block: String = text[at..].lines().take(3).collect::<Vec<_>>().join(" ");
