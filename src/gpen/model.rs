@@ -65,11 +65,11 @@ impl FusedLeakyReLU {
         Ok(FusedLeakyReLU { bias: b.f_reshape(shape)? })
     }
 
+    /// In place on `x`, which the caller gives up: no activation-sized temporaries.
     fn forward(&self, mut x: Tensor) -> Result<Tensor> {
-        let x = x.f_add_(&self.bias)?;
-        // tch's leaky_relu has no slope argument; leaky_relu_backward(x, x, s) computes
-        // `x > 0 ? x : x * s`, which is exactly leaky_relu(x, s), in one pass.
-        x.f_leaky_relu_backward(&x, 0.2, false)?.f_mul_scalar_(SQRT_2)
+        let mut x = x.f_add_(&self.bias)?;
+        crate::nn::leaky_relu_(&mut x, 0.2)?;
+        x.f_mul_scalar_(SQRT_2)
     }
 }
 
@@ -135,6 +135,42 @@ impl Blur {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.f_conv2d::<Tensor>(&self.weight, None, [1, 1], [self.pad, self.pad], [1, 1], self.channels)
     }
+
+    /// The same on the first `n` channels' worth of weights (all channels share the kernel).
+    fn forward_channels(&self, x: &Tensor, n: i64) -> Result<Tensor> {
+        let w = self.weight.f_narrow(0, 0, n)?;
+        x.f_conv2d::<Tensor>(&w, None, [1, 1], [self.pad, self.pad], [1, 1], n)
+    }
+}
+
+/// Largest transposed-convolution output computed at once; bigger ones go in channel slices,
+/// since the `(2H+1)^2` output before the blur is the largest tensor of the whole forward.
+const UP_CHUNK_BYTES: i64 = 64 << 20;
+
+/// `conv_transpose2d(x, w, stride 2, groups)` then `blur`, in output-channel slices when the
+/// intermediate would be large. `w` is `(groups * in, out, k, k)`; the result `(b, out, 2H, 2W)`.
+fn up_conv_blur(x: &Tensor, w: &Tensor, groups: i64, b: i64, blur: &Blur) -> Result<Tensor> {
+    let (h, wd) = (x.size()[2], x.size()[3]);
+    let out = w.size()[1];
+    let elem = x.kind().elt_size_in_bytes() as i64;
+    let full = b * out * (2 * h + 1) * (2 * wd + 1) * elem;
+    let step = if full <= UP_CHUNK_BYTES { out } else { (out * UP_CHUNK_BYTES / full).max(1) };
+    let run = |o0: i64, n: i64| -> Result<Tensor> {
+        let y = x.f_conv_transpose2d::<Tensor>(&w.f_narrow(1, o0, n)?, None, [2, 2], [0, 0], [0, 0], groups, [1, 1])?;
+        let ys = y.size();
+        blur.forward_channels(&y.f_reshape([b, n, ys[2], ys[3]])?, n)
+    };
+    if step >= out {
+        return run(0, out);
+    }
+    let result = Tensor::f_empty([b, out, 2 * h, 2 * wd], (x.kind(), x.device()))?;
+    let mut o0 = 0;
+    while o0 < out {
+        let n = step.min(out - o0);
+        result.f_narrow(1, o0, n)?.f_copy_(&run(o0, n)?)?;
+        o0 += n;
+    }
+    Ok(result)
 }
 
 /// `Upsample` (factor 2, pad (2, 1)): zero-stuffing then blur, written as the equivalent
@@ -300,9 +336,7 @@ impl ModulatedConv2d {
         match &self.blur {
             Some(blur) => {
                 let wt = weight.f_transpose(1, 2)?.f_reshape([b * i, o, k, k])?;
-                let y = x.f_conv_transpose2d::<Tensor>(&wt, None, [2, 2], [0, 0], [0, 0], b, [1, 1])?;
-                let ys = y.size();
-                blur.forward(&y.f_reshape([b, o, ys[2], ys[3]])?)
+                up_conv_blur(&x, &wt, b, b, blur)
             }
             None => {
                 let wt = weight.f_reshape([b * o, i, k, k])?;
@@ -317,7 +351,7 @@ impl ModulatedConv2d {
         let b = x.size()[0];
         let xs = x.f_mul(&style.f_to_kind(x.kind())?.f_reshape([b, i, 1, 1])?)?;
         let y = match &self.blur {
-            Some(blur) => blur.forward(&xs.f_conv_transpose2d::<Tensor>(weight, None, [2, 2], [0, 0], [0, 0], 1, [1, 1])?)?,
+            Some(blur) => up_conv_blur(&xs, weight, 1, b, blur)?,
             None => xs.f_conv2d::<Tensor>(weight, None, [1, 1], [k / 2, k / 2], [1, 1], 1)?,
         };
         if !self.demodulate {
@@ -364,9 +398,13 @@ impl StyledConv {
         })
     }
 
-    fn forward(&self, x: &Tensor, latent: &Tensor, noise: &Tensor) -> Result<Tensor> {
-        let y = self.conv.forward(x, latent)?;
-        self.activate.forward(self.noise.forward(&y, noise)?)
+    /// Takes `x` so that it is freed as soon as the convolution has read it.
+    fn forward(&self, x: Tensor, latent: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        let y = self.conv.forward(&x, latent)?;
+        drop(x);
+        let cat = self.noise.forward(&y, noise)?;
+        drop(y);
+        self.activate.forward(cat)
     }
 }
 
@@ -447,12 +485,12 @@ impl Generator {
         let b = w.size()[0];
         let last = feats.len() - 1;
         let x = self.input.input.f_repeat([b, 1, 1, 1])?;
-        let mut x = self.conv1.forward(&x, w, &feats[last])?;
+        let mut x = self.conv1.forward(x, w, &feats[last])?;
         let mut skip = self.to_rgb1.forward(&x, w, None)?;
         for (r, (pair, to_rgb)) in self.convs.chunks(2).zip(&self.to_rgbs).enumerate() {
             let noise = &feats[last - 1 - r];
-            x = pair[0].forward(&x, w, noise)?;
-            x = pair[1].forward(&x, w, noise)?;
+            x = pair[0].forward(x, w, noise)?;
+            x = pair[1].forward(x, w, noise)?;
             skip = to_rgb.forward(&x, w, Some(&skip))?;
         }
         Ok(skip)

@@ -1,0 +1,141 @@
+//! Restoring a synthetic 1920x1080 clip with 8 faces under memory budgets: peak memory, frames
+//! per second and what the memory policy did, for GPEN-512/1024 (random weights in the
+//! official shapes) in fp32 and half precision. Also prints what the estimator predicts.
+//!
+//! ```text
+//! cargo run --release --example bench_memory -- [--device cuda|cpu] [--frames 10]
+//!     [--sizes 512,1024] [--budgets 2048,4096,8192] [--precisions fp32,fp16] [--estimate-only]
+//! ```
+//! `scripts/device-check.sh` runs it on a GPU machine.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use gstgpen::gpen::{random_state_dict, GpenConfig};
+use gstgpen::memory::{self, Estimator, Plan};
+use gstgpen::restorer::{FaceSettings, MemorySettings, Outcome, PackedLayout, Restorer, RestorerSettings};
+use tch::{Device, Kind, Tensor};
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// 1920x1080 with a 4x2 grid of grace_hopper_512x512.jpg at 480 px: 8 faces.
+fn frame() -> (Vec<u8>, PackedLayout) {
+    let img = image::open(shared().join("media/images/grace_hopper_512x512.jpg")).expect("image").to_rgb8();
+    let t = Tensor::from_slice(img.as_raw()).reshape([512, 512, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float);
+    let cell = t.upsample_bilinear2d([480, 480], false, None, None);
+    let big = Tensor::zeros([1, 3, 1080, 1920], (Kind::Float, Device::Cpu));
+    for row in 0..2 {
+        for col in 0..4 {
+            big.narrow(2, 30 + row * 540, 480).narrow(3, col * 480, 480).copy_(&cell);
+        }
+    }
+    let hwc = big.round().clamp(0.0, 255.0).to_kind(Kind::Uint8).squeeze_dim(0).permute([1, 2, 0]).contiguous();
+    let layout = PackedLayout { width: 1920, height: 1080, stride: 1920 * 3, pixel_stride: 3, rgb_offsets: [0, 1, 2] };
+    (Vec::try_from(hwc.flatten(0, -1)).unwrap(), layout)
+}
+
+fn list<T: std::str::FromStr>(v: &str) -> Vec<T> {
+    v.split(',').filter_map(|x| x.trim().parse().ok()).collect()
+}
+
+fn main() {
+    let mut device = if tch::Cuda::is_available() { "cuda".to_owned() } else { "cpu".to_owned() };
+    let mut frames = 10;
+    let mut sizes: Vec<i64> = vec![512, 1024];
+    let mut budgets: Vec<u64> = vec![2048, 4096, 8192];
+    let mut precisions: Vec<String> = vec!["fp32".into(), "fp16".into()];
+    let mut estimate_only = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--device" => device = value(),
+            "--frames" => frames = value().parse().expect("--frames N"),
+            "--sizes" => sizes = list(&value()),
+            "--budgets" => budgets = list(&value()),
+            "--precisions" => precisions = list(&value()),
+            "--estimate-only" => estimate_only = true,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+
+    println!("estimator, 1920x1080 frame with 8 faces (weights included):");
+    for &size in &[512i64, 1024] {
+        for half in [false, true] {
+            for batch in [1usize, 4, 8] {
+                let plan = Plan { size, half, face_batch: batch };
+                let b = Estimator::default().peak_bytes(&GpenConfig::official(size), &plan, 8, (1920, 1080));
+                println!("  {plan}: {} MiB", memory::mib(b));
+            }
+        }
+    }
+    if estimate_only {
+        return;
+    }
+
+    let dir = std::env::temp_dir().join(format!("gst-gpen-bench-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (bytes, layout) = frame();
+    println!("\n{:<6} {:<5} {:>8} {:>10} {:>8} {:>7} {:>7} {:>7}  plan at the end", "size", "prec", "budget", "peak MiB", "fps", "frames", "drops", "retries");
+    for &size in &sizes {
+        let path = dir.join(format!("GPEN-BFR-{size}.safetensors"));
+        let sd = random_state_dict(&GpenConfig::official(size), 0);
+        let tensors: Vec<(String, Tensor)> = sd.iter().map(|(n, t)| (n.to_owned(), t.shallow_clone())).collect();
+        Tensor::write_safetensors(&tensors, &path).unwrap();
+        drop((tensors, sd));
+        for prec in &precisions {
+            for &budget in &budgets {
+                let settings = RestorerSettings {
+                    model: Some(path.clone()),
+                    size,
+                    fp16: prec == "fp16",
+                    device: device.clone(),
+                    faces: FaceSettings { detector_model: Some(shared().join("weights/retinaface-mnet025-fd1mb.pth")), ..Default::default() },
+                    memory: MemorySettings { budget_mib: budget, ..Default::default() },
+                    ..Default::default()
+                };
+                let mut r = match Restorer::new(&settings) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        println!("{size:<6} {prec:<5} {budget:>8} cannot start: {e}");
+                        continue;
+                    }
+                };
+                let dev = r.model().device();
+                memory::release_cached();
+                memory::reset_peak(dev);
+                let (mut drops, mut retries, mut restored) = (0, 0, 0);
+                let t = Instant::now();
+                for _ in 0..frames {
+                    let det = r.detect(&bytes, &layout).expect("detect");
+                    let mut out = bytes.clone();
+                    match r.process(Some(&det), &mut out, &layout) {
+                        Ok(Outcome::Restored { retried, .. }) => {
+                            restored += 1;
+                            retries += retried as u32;
+                        }
+                        Ok(Outcome::Dropped { .. }) => drops += 1,
+                        Ok(other) => println!("  {other:?}"),
+                        Err(e) => {
+                            println!("  error: {e}");
+                            break;
+                        }
+                    }
+                }
+                if let Device::Cuda(_) = dev {
+                    tch::Cuda::synchronize(0);
+                }
+                let secs = t.elapsed().as_secs_f64();
+                let peak = memory::figures(dev).map(|f| memory::mib(f.peak)).unwrap_or(0);
+                println!(
+                    "{size:<6} {prec:<5} {budget:>8} {peak:>10} {:>8.2} {restored:>7} {drops:>7} {retries:>7}  {}",
+                    frames as f64 / secs,
+                    r.plan()
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
