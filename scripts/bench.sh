@@ -38,3 +38,21 @@ for size in 256 512; do
   unset t rss
 done
 echo "ratio = ours / reference fp32; seconds are the best median of $rounds rounds"
+
+# Peak memory while restoring one face (weights resident), same precision, same measurement
+# (peak resident size reset after the weights are built): scripts/reference_memory.py.
+echo
+printf '%-5s %-5s %14s %14s %7s %16s %16s %7s\n' size dtype ours_peak_mib ref_peak_mib ratio ours_extra_mib ref_extra_mib ratio
+for size in 512 1024; do
+  for dtype in fp32 bf16; do
+    o=$(target/release/examples/bench_gpen --size "$size" --dtype "$dtype" --threads 2 --reps 1)
+    r=$($py scripts/reference_memory.py "$size" --dtype "$dtype" --threads 2)
+    $py - "$o" "$r" "$size" "$dtype" <<'PY'
+import json, sys
+o, r = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+oe, re_ = o["peak_rss_mib"] - o["resident_mib"], r["peak_rss_mib"] - r["resident_mib"]
+print(f'{sys.argv[3]:<5} {sys.argv[4]:<5} {o["peak_rss_mib"]:>14} {r["peak_rss_mib"]:>14} {o["peak_rss_mib"]/r["peak_rss_mib"]:>7.2f} {oe:>16.1f} {re_:>16.1f} {oe/re_:>7.2f}')
+PY
+  done
+done
+echo "peak: resident size at its highest during the forwards; extra: that peak minus what was resident before"
