@@ -499,6 +499,16 @@ impl BaseTransformImpl for GpenFilter {
         Ok(())
     }
 
+    fn sink_event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::Eos(_) = event.view() {
+            // Every frame before EOS has been pushed: these are the final figures.
+            if self.settings.lock().unwrap().post_messages {
+                self.post_stats(true);
+            }
+        }
+        self.parent_sink_event(event)
+    }
+
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         // Dropping the state frees the models and their device memory.
         self.state.lock().unwrap().take();
@@ -609,13 +619,18 @@ impl GpenFilter {
             let _ = self.obj().post_message(gst::message::Latency::builder().src(&*self.obj()).build());
         }
         if post_stats {
-            let s = self.stats.lock().unwrap().structure();
-            let mut b = gst::Structure::builder("gpenfilter-stats");
-            for (name, value) in s.iter() {
-                b = b.field(name.as_str(), value.clone());
-            }
-            let _ = self.obj().post_message(gst::message::Element::builder(b.build()).src(&*self.obj()).build());
+            self.post_stats(false);
         }
+    }
+
+    /// The statistics as a `gpenfilter-stats` element message; `last` marks the one sent at EOS.
+    fn post_stats(&self, last: bool) {
+        let s = self.stats.lock().unwrap().structure();
+        let mut b = gst::Structure::builder("gpenfilter-stats").field("eos", last);
+        for (name, value) in s.iter() {
+            b = b.field(name.as_str(), value.clone());
+        }
+        let _ = self.obj().post_message(gst::message::Element::builder(b.build()).src(&*self.obj()).build());
     }
 
     /// A QoS message for a frame the memory policy dropped.
