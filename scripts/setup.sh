@@ -11,7 +11,7 @@ APT_PACKAGES=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-  meson ninja-build python3-gi gir1.2-gstreamer-1.0
+  meson ninja-build python3-gi gir1.2-gstreamer-1.0 libturbojpeg0-dev
 )
 
 missing=()

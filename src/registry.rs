@@ -11,6 +11,7 @@ use tch::{Device, Kind};
 
 use crate::detect::{DetectorVariant, RetinaFace};
 use crate::gpen::FullGenerator;
+use crate::upscale::RrdbNet;
 use crate::Error;
 
 type GeneratorKey = (PathBuf, Option<String>, String, String);
@@ -18,6 +19,7 @@ type DetectorKey = (PathBuf, Option<DetectorVariant>, String);
 
 static GENERATORS: Lazy<Mutex<HashMap<GeneratorKey, Weak<FullGenerator>>>> = Lazy::new(Default::default);
 static DETECTORS: Lazy<Mutex<HashMap<DetectorKey, Weak<RetinaFace>>>> = Lazy::new(Default::default);
+static UPSCALERS: Lazy<Mutex<HashMap<(PathBuf, String), Weak<RrdbNet>>>> = Lazy::new(Default::default);
 static GENERATOR_LOADS: AtomicU64 = AtomicU64::new(0);
 static LOADS_BY_FILE: Lazy<Mutex<HashMap<PathBuf, u64>>> = Lazy::new(Default::default);
 
@@ -41,17 +43,31 @@ pub fn generator(path: &Path, key: Option<&str>, device: Device, kind: Kind) -> 
     Ok(model)
 }
 
-/// The detector of `path`, loaded once for the whole process.
-pub fn detector(path: &Path, variant: Option<DetectorVariant>, device: Device) -> Result<Arc<RetinaFace>, Error> {
-    let k = (canonical(path), variant, format!("{device:?}"));
-    let mut map = DETECTORS.lock().unwrap_or_else(|p| p.into_inner());
+/// The live model under `k` in `map`, or a new one from `load` (the map stays locked while
+/// loading, so two streams asking at once load the file once).
+fn shared<K: std::hash::Hash + Eq, T>(
+    map: &Mutex<HashMap<K, Weak<T>>>,
+    k: K,
+    load: impl FnOnce() -> Result<T, Error>,
+) -> Result<Arc<T>, Error> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
     map.retain(|_, w| w.strong_count() > 0);
     if let Some(model) = map.get(&k).and_then(Weak::upgrade) {
         return Ok(model);
     }
-    let model = Arc::new(RetinaFace::load(path, variant, device)?);
+    let model = Arc::new(load()?);
     map.insert(k, Arc::downgrade(&model));
     Ok(model)
+}
+
+/// The detector of `path`, loaded once for the whole process.
+pub fn detector(path: &Path, variant: Option<DetectorVariant>, device: Device) -> Result<Arc<RetinaFace>, Error> {
+    shared(&DETECTORS, (canonical(path), variant, format!("{device:?}")), || RetinaFace::load(path, variant, device))
+}
+
+/// The RRDBNet upscaler of `path`, loaded once for the whole process.
+pub fn upscaler(path: &Path, device: Device) -> Result<Arc<RrdbNet>, Error> {
+    shared(&UPSCALERS, (canonical(path), format!("{device:?}")), || RrdbNet::new(path, device))
 }
 
 /// Generator loads since the process started (for tests and statistics).
