@@ -230,8 +230,11 @@ fn statistics_are_posted_as_element_messages() {
         }
     }
     p.set_state(gst::State::Null).unwrap();
-    // At most one a second: the first frame's.
-    assert_eq!(posted.len(), 1, "{posted:?}");
+    // At most one a second (the first frame's), then the final one at EOS.
+    assert_eq!(posted.len(), 2, "{posted:?}");
     assert_eq!(count(&posted[0], "frames-in"), 1);
+    assert!(!posted[0].get::<bool>("eos").unwrap());
     assert!(posted[0].get::<f64>("mean-ms").unwrap() > 0.0);
+    assert!(posted[1].get::<bool>("eos").unwrap());
+    assert_eq!((count(&posted[1], "frames-in"), count(&posted[1], "frames-out")), (3, 3));
 }

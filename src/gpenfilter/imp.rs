@@ -298,7 +298,7 @@ impl ObjectImpl for GpenFilter {
                     .build(),
                 glib::ParamSpecBoolean::builder("post-messages")
                     .nick("Post messages")
-                    .blurb("Post the statistics as a gpenfilter-stats element message, at most once per second")
+                    .blurb("Post the statistics as a gpenfilter-stats element message, at most once per second, and a last one at EOS (field eos=true)")
                     .default_value(false)
                     .mutable_playing()
                     .build(),
