@@ -11,6 +11,7 @@
 
 use gstgpen::gpen::GpenConfig;
 use gstgpen::memory::{self, Estimator, Plan};
+use gstgpen::upscale::{rrdbnet::random_state_dict, RrdbConfig, RrdbNet, Upscaler};
 
 const CONTEXT_MIB: u64 = 500;
 
@@ -26,7 +27,7 @@ fn main() {
             let cfg = GpenConfig::official(size);
             for half in [false, true] {
                 let Some((batch, peak)) = [8usize, 4, 2, 1].into_iter().find_map(|b| {
-                    let p = memory::mib(Estimator::default().peak_bytes(&cfg, &Plan { size, half, face_batch: b }, faces, frame));
+                    let p = memory::mib(Estimator::default().peak_bytes(&cfg, &Plan { size, half, face_batch: b, tile: None }, faces, frame));
                     (p <= usable).then_some((b, p))
                 }) else {
                     continue;
@@ -43,4 +44,14 @@ fn main() {
             println!("| {card_gb} GB | none fits | | | | |");
         }
     }
+
+    // The upscaler's share with upscale=2 (RealESRNet's shape: num_feat 32, 23 blocks), by tile.
+    let cfg = RrdbConfig { scale: 2, num_feat: 32, num_block: 23, num_grow_ch: 32 };
+    let net = RrdbNet::from_state_dict(&random_state_dict(&cfg, 0), cfg, tch::Device::Cpu).expect("model");
+    let up = Upscaler::Net(std::sync::Arc::new(net));
+    println!();
+    println!("| upscale=2, RealESRNet, 1920x1080 input | `tile-size=0` | `tile-size=512` | `tile-size=256` |");
+    println!("| --- | --- | --- | --- |");
+    let mibs: Vec<String> = [0, 512, 256].iter().map(|&t| format!("{} MiB", memory::mib(up.peak_bytes(t, frame)))).collect();
+    println!("| predicted upscaler peak | {} |", mibs.join(" | "));
 }

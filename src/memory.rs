@@ -135,11 +135,17 @@ pub struct Plan {
     pub size: i64,
     pub half: bool,
     pub face_batch: usize,
+    /// Input pixels per upscaler tile (0: the whole frame); `None` when nothing is upscaled.
+    pub tile: Option<i64>,
 }
 
 impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "size={} fp16={} face-batch={}", self.size, self.half, self.face_batch)
+        write!(f, "size={} fp16={} face-batch={}", self.size, self.half, self.face_batch)?;
+        match self.tile {
+            Some(t) => write!(f, " tile-size={t}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -215,7 +221,7 @@ mod tests {
     use super::*;
 
     fn plan(size: i64, half: bool, face_batch: usize) -> Plan {
-        Plan { size, half, face_batch }
+        Plan { size, half, face_batch, tile: None }
     }
 
     #[test]

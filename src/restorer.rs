@@ -11,6 +11,7 @@ use crate::align::{self, Alignment, Border};
 use crate::detect::{detect_at_scales, DetectorVariant, Face, RetinaFace};
 use crate::gpen::{FullGenerator, GpenConfig};
 use crate::memory::{self, Estimator, Plan};
+use crate::upscale::Upscaler;
 use crate::{registry, Error};
 
 /// Environment variable naming the folder where `GPEN-BFR-{size}.pth` files are looked up.
@@ -102,6 +103,26 @@ pub struct RestorerSettings {
     pub aligned: bool,
     pub faces: FaceSettings,
     pub memory: MemorySettings,
+    pub upscale: UpscaleSettings,
+}
+
+/// Background upscaling of whole frames (GPEN's `--use_sr`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpscaleSettings {
+    /// 1 (off), 2 or 4.
+    pub factor: i64,
+    /// An RRDBNet checkpoint of that scale; `None`: bicubic.
+    pub model: Option<PathBuf>,
+    /// Input pixels per tile (0: the whole frame at once).
+    pub tile: i64,
+    /// Input pixels by which neighbouring tiles overlap and are cross-faded.
+    pub overlap: i64,
+}
+
+impl Default for UpscaleSettings {
+    fn default() -> Self {
+        UpscaleSettings { factor: 1, model: None, tile: 0, overlap: 32 }
+    }
 }
 
 /// What happens to a frame that does not fit in the memory budget.
@@ -163,6 +184,7 @@ impl Default for RestorerSettings {
             aligned: false,
             faces: FaceSettings::default(),
             memory: MemorySettings::default(),
+            upscale: UpscaleSettings::default(),
         }
     }
 }
@@ -220,6 +242,8 @@ const REDUCED_PASS: f64 = 320.0;
 pub struct Detections {
     pub faces: Vec<Face>,
     frame: Tensor,
+    /// What the faces are pasted onto when it is not `frame` (the upscaler's output).
+    background: Option<Tensor>,
 }
 
 /// What [`Restorer::restore_faces`] did to a frame.
@@ -299,6 +323,8 @@ pub struct Restorer {
     forwards: AtomicU64,
     /// Present in whole-frame mode.
     faces: Option<FaceStage>,
+    /// Present when frames are upscaled.
+    upscaler: Option<Upscaler>,
 }
 
 #[derive(Debug)]
@@ -395,10 +421,23 @@ impl Restorer {
             let mask = align::soft_mask(settings.size, device)?;
             Some(FaceStage { detector, detector_path, mask, settings: f.clone() })
         };
+        let u = &settings.upscale;
+        let upscaler = match u.factor {
+            1 => None,
+            2 | 4 if settings.aligned => {
+                return Err(Error::Settings(format!("upscale={} works on whole frames: set aligned=false or upscale=1", u.factor)))
+            }
+            2 | 4 => {
+                crate::upscale::check_tiles(u.tile, u.overlap).map_err(Error::Settings)?;
+                Some(Upscaler::new(u.model.as_deref(), u.factor, device)?)
+            }
+            f => return Err(Error::Settings(format!("upscale={f}: the factor must be 1 (off), 2 or 4"))),
+        };
         let plan = Plan {
             size: settings.size,
             half: settings.fp16,
             face_batch: if settings.aligned { 1 } else { settings.faces.face_batch },
+            tile: upscaler.as_ref().map(|_| u.tile),
         };
         let mut restorer = Restorer {
             model,
@@ -412,6 +451,7 @@ impl Restorer {
             estimator: Estimator::default(),
             forwards: AtomicU64::new(0),
             faces,
+            upscaler,
         };
         restorer.calibrate()?;
         Ok(restorer)
@@ -463,7 +503,17 @@ impl Restorer {
             official = GpenConfig::official(plan.size);
             &official
         };
-        self.estimator.peak_bytes(cfg, plan, faces, frame)
+        let up = match (&self.upscaler, plan.tile) {
+            (Some(u), Some(tile)) => u.peak_bytes(tile, frame),
+            _ => 0,
+        };
+        let f = self.upscale_factor();
+        self.estimator.peak_bytes(cfg, plan, faces, (frame.0 * f, frame.1 * f)) + up
+    }
+
+    /// 1 when nothing is upscaled.
+    pub fn upscale_factor(&self) -> i64 {
+        self.upscaler.as_ref().map_or(1, Upscaler::factor)
     }
 
     /// The next rung of the degradation ladder below the current plan, if any.
@@ -474,6 +524,14 @@ impl Restorer {
         }
         if p.face_batch > 1 {
             return Some(Plan { face_batch: p.face_batch / 2, ..p });
+        }
+        // Smaller upscaler tiles: from the whole frame to 512, then halves, while a tile keeps
+        // more than its overlap.
+        if let Some(t) = p.tile {
+            let next = if t == 0 { 512 } else { t / 2 };
+            if next >= (2 * self.settings.upscale.overlap).max(64) {
+                return Some(Plan { tile: Some(next), ..p });
+            }
         }
         // A smaller size needs its checkpoint in the model folder.
         let folder = match &self.settings.model {
@@ -540,10 +598,76 @@ impl Restorer {
             None => 1,
         };
         let frame = (layout.width as i64, layout.height as i64);
+        if let Some(outcome) = self.fit_to_budget(faces, frame)? {
+            return Ok(outcome);
+        }
+        self.run_with_retry(faces, frame, &mut |this: &Self| match detections {
+            Some(d) => this.restore_faces(d, data, layout).map(|r| r.restored),
+            None => this.restore_aligned(data, layout).map(|_| 1),
+        })
+    }
+
+    /// Upscaling mode: the frame the detections were found on, upscaled into `out` (the whole
+    /// frame is written), with the faces restored and pasted at the upscaled coordinates, under
+    /// the memory policy as [`process`](Self::process). Faces are cropped from the frame
+    /// upscaled bilinearly and pasted onto the upscaler's output, as GPEN does. A frame the
+    /// policy passes through is upscaled bicubically with its faces untouched.
+    pub fn process_upscaled(&mut self, detections: &Detections, out: &mut [u8], out_layout: &PackedLayout) -> Result<Outcome, Error> {
+        if self.upscaler.is_none() {
+            return Err(Error::Settings("process_upscaled() needs upscale > 1".into()));
+        }
+        let (h, w) = (detections.frame.size()[2], detections.frame.size()[3]);
+        let f = self.upscale_factor();
+        if (out_layout.width as i64, out_layout.height as i64) != (w * f, h * f) {
+            return Err(Error::Settings(format!(
+                "a {w}x{h} frame upscaled x{f} does not fill a {}x{} output",
+                out_layout.width, out_layout.height
+            )));
+        }
+        let faces = detections.faces.len();
+        let outcome = match self.fit_to_budget(faces, (w, h))? {
+            Some(o) => o,
+            None => self.run_with_retry(faces, (w, h), &mut |this: &Self| this.upscale_and_restore(detections, out, out_layout))?,
+        };
+        match outcome {
+            Outcome::Restored { faces: 0, .. } => Ok(Outcome::NoFaces),
+            Outcome::PassedThrough { .. } => {
+                let plain = Upscaler::Bicubic(f).upscale(&detections.frame, 0, 0)?;
+                write_frame(&plain, out, out_layout)?;
+                Ok(outcome)
+            }
+            o => Ok(o),
+        }
+    }
+
+    fn upscale_and_restore(&self, detections: &Detections, out: &mut [u8], layout: &PackedLayout) -> Result<usize, TchError> {
+        let up = self.upscaler.as_ref().ok_or_else(|| TchError::Kind("no upscaler".into()))?;
+        let background = up.upscale(&detections.frame, self.plan.tile.unwrap_or(0), self.settings.upscale.overlap)?;
+        write_frame(&background, out, layout)?;
+        if detections.faces.is_empty() {
+            return Ok(0);
+        }
+        let f = up.factor();
+        // Pixel centres: x in the frame is (x + 0.5) * f - 0.5 in the upscaled one.
+        let scale = |v: f32| (v + 0.5) * f as f32 - 0.5;
+        let faces = detections
+            .faces
+            .iter()
+            .map(|x| Face { bbox: x.bbox.map(scale), score: x.score, landmarks: x.landmarks.map(|[a, b]| [scale(a), scale(b)]) })
+            .collect();
+        let (h, w) = (detections.frame.size()[2], detections.frame.size()[3]);
+        let crops_from = detections.frame.f_upsample_bilinear2d([h * f, w * f], false, None, None)?;
+        let scaled = Detections { faces, frame: crops_from, background: Some(background) };
+        self.restore_faces(&scaled, out, layout).map(|r| r.restored)
+    }
+
+    /// Steps the plan down until the estimate fits the budget (policy `degrade`); `Some` when
+    /// the policy decided the frame's fate instead.
+    fn fit_to_budget(&mut self, faces: usize, frame: (i64, i64)) -> Result<Option<Outcome>, Error> {
         loop {
             let need = self.estimate(&self.plan, faces, frame);
             if need <= self.budget {
-                break;
+                return Ok(None);
             }
             let reason = format!(
                 "{} needs about {} MiB for {faces} face(s), over the budget of {} MiB",
@@ -552,16 +676,22 @@ impl Restorer {
                 memory::mib(self.budget)
             );
             if self.settings.memory.policy != MemoryPolicy::Degrade || !self.step_down()? {
-                return self.give_up(reason);
+                return self.give_up(reason).map(Some);
             }
         }
+    }
+
+    /// Runs `work` (which returns the faces restored); on out-of-memory releases the cache and
+    /// retries once on the next rung (policy `degrade`), else the policy decides.
+    fn run_with_retry(
+        &mut self,
+        faces: usize,
+        frame: (i64, i64),
+        work: &mut dyn FnMut(&Self) -> Result<usize, TchError>,
+    ) -> Result<Outcome, Error> {
         let mut retried = false;
         loop {
-            let result = match detections {
-                Some(d) => self.restore_faces(d, data, layout).map(|r| r.restored),
-                None => self.restore_aligned(data, layout).map(|_| 1),
-            };
-            match result {
+            match work(self) {
                 Ok(n) => {
                     self.ok_streak += 1;
                     self.maybe_recover(faces, frame)?;
@@ -640,7 +770,7 @@ impl Restorer {
         if f.max_faces > 0 {
             faces.truncate(f.max_faces);
         }
-        Ok(Detections { faces, frame })
+        Ok(Detections { faces, frame, background: None })
     }
 
     /// Whole-frame mode: restores the detected faces and pastes them back into the frame in
@@ -739,19 +869,11 @@ impl Restorer {
             mask_window.f_copy_(&mask.f_where_self(&take, &mask_window)?)?;
             pasted += 1;
         }
-        let bg = frame.f_narrow(2, uy0, uy1 - uy0)?.f_narrow(3, ux0, ux1 - ux0)?;
+        let bg = detections.background.as_ref().unwrap_or(frame).f_narrow(2, uy0, uy1 - uy0)?.f_narrow(3, ux0, ux1 - ux0)?;
         let (m, img) = (full_mask, full_img);
         // bg * (1 - m) + img * m, rounded and saturated (cv2.convertScaleAbs); where m is 0
         // this is bg exactly.
-        let out = bg
-            .f_mul(&m.f_neg()?.f_add_scalar(1.0)?)?
-            .f_add(&img.f_mul(&m)?)?
-            .f_round()?
-            .f_clamp(0.0, 255.0)?
-            .f_to_kind(Kind::Uint8)?
-            .f_squeeze_dim(0)?
-            .f_permute([1, 2, 0])?
-            .f_to_device(Device::Cpu)?;
+        let out = hwc_bytes(&bg.f_mul(&m.f_neg()?.f_add_scalar(1.0)?)?.f_add(&img.f_mul(&m)?)?)?;
         // SAFETY: checked above; `data` is exclusively borrowed for the whole function.
         let mut view = unsafe { frame_view(data.as_mut_ptr(), layout)? }.f_narrow(0, uy0, uy1 - uy0)?.f_narrow(1, ux0, ux1 - ux0)?;
         let channels = Tensor::f_from_slice(&layout.rgb_offsets.map(|o| o as i64))?;
@@ -809,4 +931,25 @@ impl Restorer {
         let mut frame = frame;
         frame.f_index_copy_(2, &channels, &out).map(drop)
     }
+}
+
+/// A `1 x 3 x H x W` float 0..255 image as `H x W x 3` bytes on the CPU, rounded and saturated
+/// (cv2.convertScaleAbs).
+fn hwc_bytes(image: &Tensor) -> Result<Tensor, TchError> {
+    image.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8)?.f_squeeze_dim(0)?.f_permute([1, 2, 0])?.f_to_device(Device::Cpu)
+}
+
+/// Writes a `1 x 3 x H x W` float 0..255 frame into a packed frame's R, G and B bytes (rounded
+/// and saturated); other bytes (alpha, padding) become 255.
+fn write_frame(frame: &Tensor, data: &mut [u8], layout: &PackedLayout) -> Result<(), TchError> {
+    layout.check(data.len())?;
+    let rgb = hwc_bytes(frame)?;
+    // SAFETY: `check` proved every index of the view lies in `data`, exclusively borrowed here.
+    let mut view = unsafe { frame_view(data.as_mut_ptr(), layout)? };
+    if layout.pixel_stride > 3 {
+        let _ = view.f_fill_(255)?;
+    }
+    let channels = Tensor::f_from_slice(&layout.rgb_offsets.map(|o| o as i64))?;
+    let _ = view.f_index_copy_(2, &channels, &rgb)?;
+    Ok(())
 }

@@ -351,6 +351,10 @@ fn gst_inspect_shows_metadata_and_every_property() {
         ("vram-budget", "Range: 0 - 4294967295 Default: 0"),
         ("memory-policy", "Default: 0, \"degrade\""),
         ("post-messages", "Default: false"),
+        ("upscale", "Default: 1, \"1\""),
+        ("upscaler-model", "Default: null"),
+        ("tile-size", "Range: 0 - 65536 Default: 0"),
+        ("tile-overlap", "Range: 0 - 4096 Default: 32"),
     ] {
         let at = text.find(&format!("  {property}")).unwrap_or_else(|| panic!("no property {property}"));
         let block: String = text[at..].lines().take(3).collect::<Vec<_>>().join(" ");

@@ -206,3 +206,32 @@ fn a_missing_model_exits_with_1_and_names_it() {
     assert!(log.contains("/nonexistent/GPEN-BFR-512.pth"), "{log}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn upscale_doubles_the_picture_and_keeps_every_frame() {
+    gst::init().unwrap();
+    let dir = common::scratch("cli-up");
+    let input = dir.join("test.mp4");
+    let p = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=20 ! video/x-raw,width=160,height=120,framerate=10/1 ! x264enc ! mp4mux ! filesink location={}",
+        input.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    run_to_eos(&p);
+    let output = dir.join("up.mkv");
+    let o = restore_cmd(&input, &output)
+        .args(["--upscale", "2", "--tile-size", "64", "--upscaler-model"])
+        .arg(common::shared().join("fixtures/rrdbnet/rrdbnet-x2-tiny.pth"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("tile-size=64"), "the plan shows the tiles: {}", stderr(&o));
+    let d = gst_pbutils::Discoverer::new(gst::ClockTime::from_seconds(30)).unwrap();
+    let info = d.discover_uri(&glib::filename_to_uri(&output, None).unwrap()).unwrap();
+    let v = info.video_streams().into_iter().next().unwrap();
+    assert_eq!((v.width(), v.height()), (320, 240));
+    assert_eq!(count_frames(&output), 20);
+    std::fs::remove_dir_all(dir).ok();
+}

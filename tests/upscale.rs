@@ -184,3 +184,20 @@ fn any_frame_size_from_one_pixel() {
 }
 
 
+
+#[test]
+fn bare_and_prefixed_safetensors_load_too() {
+    let dir = common::scratch("rrdb-st");
+    let sd = gstgpen::checkpoint::load(&fixture("rrdbnet-x2-tiny.pth"), None).unwrap();
+    let x = Tensor::rand([1, 3, 32, 48], (Kind::Float, Device::Cpu));
+    let reference = RrdbNet::new(&fixture("rrdbnet-x2-tiny.pth"), Device::Cpu).unwrap().forward(&x).unwrap();
+    for prefix in ["", "params.", "params_ema."] {
+        let tensors: Vec<(String, Tensor)> = sd.iter().map(|(n, t)| (format!("{prefix}{n}"), t.shallow_clone())).collect();
+        let path = dir.join(format!("x2{prefix}safetensors"));
+        Tensor::write_safetensors(&tensors, &path).unwrap();
+        let net = RrdbNet::new(&path, Device::Cpu).unwrap_or_else(|e| panic!("{prefix}: {e}"));
+        assert_eq!(net.config().scale, 2);
+        assert_eq!(net.forward(&x).unwrap(), reference, "{prefix}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! gst-gpen-restore INPUT OUTPUT.{mp4,mkv} [--size 512] [--fp16] [--model PATH] [--detector-model PATH]
+//!                  [--upscale 1|2|4] [--upscaler-model PATH] [--tile-size PX]
 //!                  [--memory-policy degrade|drop|passthrough|error] [--vram-budget MIB] [--device auto|cpu|cuda:N]
 //! ```
 //!
@@ -21,8 +22,8 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 
 const USAGE: &str = "usage: gst-gpen-restore INPUT OUTPUT.{mp4,mkv} [--size 256|512|1024|2048] [--fp16] \
-[--model PATH] [--detector-model PATH] [--memory-policy degrade|drop|passthrough|error] [--vram-budget MIB] \
-[--device auto|cpu|cuda:N]";
+[--model PATH] [--detector-model PATH] [--upscale 1|2|4] [--upscaler-model PATH] [--tile-size PX] \
+[--memory-policy degrade|drop|passthrough|error] [--vram-budget MIB] [--device auto|cpu|cuda:N]";
 
 struct Args {
     input: PathBuf,
@@ -43,6 +44,9 @@ fn parse_args() -> Result<Args, String> {
             "--fp16" => properties.push(("fp16".into(), "true".into())),
             "--model" => properties.push(value("model")?),
             "--detector-model" => properties.push(value("detector-model")?),
+            "--upscale" => properties.push(value("upscale")?),
+            "--upscaler-model" => properties.push(value("upscaler-model")?),
+            "--tile-size" => properties.push(value("tile-size")?),
             "--memory-policy" => properties.push(value("memory-policy")?),
             "--vram-budget" => properties.push(value("vram-budget")?),
             "--device" => properties.push(value("device")?),

@@ -17,10 +17,11 @@ use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use super::{DetectorVariant, MemoryPolicy, Size};
+use super::{DetectorVariant, MemoryPolicy, Size, Upscale};
 use crate::memory;
 use crate::restorer::{
-    Detections, FaceSettings, MemorySettings, Outcome, PackedLayout, Restorer, RestorerSettings, MODEL_DIR_ENV,
+    Detections, FaceSettings, MemorySettings, Outcome, PackedLayout, Restorer, RestorerSettings, UpscaleSettings,
+    MODEL_DIR_ENV,
 };
 use crate::Error;
 
@@ -47,6 +48,10 @@ struct Settings {
     vram_budget: u32,
     memory_policy: MemoryPolicy,
     post_messages: bool,
+    upscale: Upscale,
+    upscaler_model: Option<String>,
+    tile_size: u32,
+    tile_overlap: u32,
 }
 
 impl Default for Settings {
@@ -64,6 +69,10 @@ impl Default for Settings {
             vram_budget: 0,
             memory_policy: MemoryPolicy::Degrade,
             post_messages: false,
+            upscale: Upscale::X1,
+            upscaler_model: None,
+            tile_size: UpscaleSettings::default().tile as u32,
+            tile_overlap: UpscaleSettings::default().overlap as u32,
         }
     }
 }
@@ -296,6 +305,42 @@ impl ObjectImpl for GpenFilter {
                     )
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("upscale", Upscale::X1)
+                    .nick("Upscale")
+                    .blurb(
+                        "Background upscaling factor: the output is this many times the input in width and height; \
+                         faces are restored at the upscaled size (GPEN's --use_sr)",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("upscaler-model")
+                    .nick("Upscaler model")
+                    .blurb(
+                        "RRDBNet checkpoint of the upscale factor (GPEN's realesrnet_x2/x4.pth, Real-ESRGAN's \
+                         RealESRGAN_x2plus/x4plus.pth); unset: bicubic interpolation",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("tile-size")
+                    .nick("Tile size")
+                    .blurb(
+                        "Input pixels per side of the tiles the upscaler works on, bounding its memory (0 = the \
+                         whole frame at once); the memory policy may lower it",
+                    )
+                    .maximum(1 << 16)
+                    .default_value(UpscaleSettings::default().tile as u32)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("tile-overlap")
+                    .nick("Tile overlap")
+                    .blurb(
+                        "Input pixels by which neighbouring upscaler tiles overlap and are cross-faded (no seams); \
+                         tile-size must be at least twice this",
+                    )
+                    .maximum(1 << 12)
+                    .default_value(UpscaleSettings::default().overlap as u32)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("post-messages")
                     .nick("Post messages")
                     .blurb("Post the statistics as a gpenfilter-stats element message, at most once per second, and a last one at EOS (field eos=true)")
@@ -338,6 +383,10 @@ impl ObjectImpl for GpenFilter {
             "vram-budget" => s.vram_budget = value.get().expect(CHECKED),
             "memory-policy" => s.memory_policy = value.get().expect(CHECKED),
             "post-messages" => s.post_messages = value.get().expect(CHECKED),
+            "upscale" => s.upscale = value.get().expect(CHECKED),
+            "upscaler-model" => s.upscaler_model = non_empty(value.get().expect(CHECKED)),
+            "tile-size" => s.tile_size = value.get().expect(CHECKED),
+            "tile-overlap" => s.tile_overlap = value.get().expect(CHECKED),
             other => unreachable!("unknown property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} set to {:?}", pspec.name(), value);
@@ -366,6 +415,10 @@ impl ObjectImpl for GpenFilter {
             "vram-budget" => s.vram_budget.to_value(),
             "memory-policy" => s.memory_policy.to_value(),
             "post-messages" => s.post_messages.to_value(),
+            "upscale" => s.upscale.to_value(),
+            "upscaler-model" => s.upscaler_model.to_value(),
+            "tile-size" => s.tile_size.to_value(),
+            "tile-overlap" => s.tile_overlap.to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -432,7 +485,7 @@ fn packed_layout<T>(frame: &gst_video::VideoFrameRef<T>) -> PackedLayout {
 }
 
 impl BaseTransformImpl for GpenFilter {
-    const MODE: gst_base::subclass::BaseTransformMode = gst_base::subclass::BaseTransformMode::AlwaysInPlace;
+    const MODE: gst_base::subclass::BaseTransformMode = gst_base::subclass::BaseTransformMode::Both;
     const PASSTHROUGH_ON_SAME_CAPS: bool = false;
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
 
@@ -463,6 +516,12 @@ impl BaseTransformImpl for GpenFilter {
                     MemoryPolicy::Error => crate::restorer::MemoryPolicy::Error,
                 },
                 fail_every: memory::fail_every_from_env(),
+            },
+            upscale: UpscaleSettings {
+                factor: settings.upscale as i64,
+                model: settings.upscaler_model.as_ref().map(PathBuf::from),
+                tile: settings.tile_size as i64,
+                overlap: settings.tile_overlap as i64,
             },
         };
         let started = std::time::Instant::now();
@@ -553,7 +612,8 @@ impl BaseTransformImpl for GpenFilter {
                 }
             },
         };
-        let no_faces = matches!(&detections, Ok(d) if d.faces.is_empty());
+        // With upscaling every frame is written anew; the restorer counts it.
+        let no_faces = settings.upscale == Upscale::X1 && matches!(&detections, Ok(d) if d.faces.is_empty());
         if no_faces {
             let mut stats = self.stats.lock().unwrap();
             stats.frames_without_faces += 1;
@@ -569,6 +629,20 @@ impl BaseTransformImpl for GpenFilter {
         if no_faces {
             self.after_frame(&settings);
         }
+    }
+
+    fn transform_caps(
+        &self,
+        direction: gst::PadDirection,
+        caps: &gst::Caps,
+        filter: Option<&gst::Caps>,
+    ) -> Option<gst::Caps> {
+        let factor = self.settings.lock().unwrap().upscale as i32;
+        let caps = if factor == 1 { caps.clone() } else { scale_caps(caps, factor, direction == gst::PadDirection::Sink) };
+        Some(match filter {
+            Some(f) => f.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
+            None => caps,
+        })
     }
 
     fn query(&self, direction: gst::PadDirection, query: &mut gst::QueryRef) -> bool {
@@ -664,13 +738,58 @@ impl VideoFilterImpl for GpenFilter {
         _incaps: &gst::Caps,
         in_info: &gst_video::VideoInfo,
         _outcaps: &gst::Caps,
-        _out_info: &gst_video::VideoInfo,
+        out_info: &gst_video::VideoInfo,
     ) -> Result<(), gst::LoggableError> {
+        // Same size in and out: frames are restored in place; upscaled: into a new buffer.
+        self.obj().set_in_place(in_info.width() == out_info.width() && in_info.height() == out_info.height());
         if let Some(state) = self.state.lock().unwrap().as_mut() {
             state.info = Some(in_info.clone());
             state.pending = None;
         }
         Ok(())
+    }
+
+    fn transform_frame(
+        &self,
+        in_frame: &gst_video::VideoFrameRef<&gst::BufferRef>,
+        out_frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let settings = self.settings.lock().unwrap().clone();
+        let mut guard = self.state.lock().unwrap();
+        let Some(state) = guard.as_mut() else {
+            gst::element_imp_error!(self, gst::CoreError::StateChange, ("Frame received before the model was loaded"));
+            return Err(gst::FlowError::Flushing);
+        };
+        let started = state.started.take().unwrap_or_else(Instant::now);
+        let detections = match state.pending.take() {
+            Some(Ok(d)) => d,
+            Some(Err(e)) if memory::is_out_of_memory(&e) => {
+                drop(guard);
+                if settings.memory_policy == MemoryPolicy::Error {
+                    gst::element_imp_error!(self, gst::ResourceError::NoSpaceLeft, ("Face detection ran out of memory: {}", e));
+                    return Err(gst::FlowError::Error);
+                }
+                // An upscaled frame cannot pass through unchanged: the frame is dropped.
+                return self.apply_outcome(Outcome::Dropped { reason: format!("face detection: {e}") }, in_frame.buffer(), started, &settings);
+            }
+            Some(Err(e)) => {
+                gst::element_imp_error!(self, gst::StreamError::Failed, ("Face detection failed: {}", e));
+                return Err(gst::FlowError::Error);
+            }
+            None => {
+                gst::element_imp_error!(self, gst::StreamError::Failed, ("A frame arrived without detections"));
+                return Err(gst::FlowError::Error);
+            }
+        };
+        let out_layout = packed_layout(out_frame);
+        let data = out_frame.plane_data_mut(0).map_err(|e| {
+            gst::element_imp_error!(self, gst::StreamError::Failed, ("Cannot map the output frame: {}", e));
+            gst::FlowError::Error
+        })?;
+        let outcome = state.restorer.process_upscaled(&detections, data, &out_layout);
+        let plan = state.restorer.plan().to_string();
+        drop(guard);
+        self.finish_frame(outcome, detections.faces.len(), plan, in_frame.buffer(), started, &settings)
     }
 
     fn transform_frame_ip(
@@ -722,6 +841,21 @@ impl VideoFilterImpl for GpenFilter {
         let outcome = state.restorer.process(detections.as_ref(), data, &layout);
         let plan = state.restorer.plan().to_string();
         drop(guard);
+        self.finish_frame(outcome, detected, plan, frame.buffer(), started, &settings)
+    }
+}
+
+impl GpenFilter {
+    /// Statistics and errors of a processed frame.
+    fn finish_frame(
+        &self,
+        outcome: Result<Outcome, Error>,
+        detected: usize,
+        plan: String,
+        buffer: &gst::BufferRef,
+        started: Instant,
+        settings: &Settings,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
         {
             let mut stats = self.stats.lock().unwrap();
             stats.faces_detected += detected as u64;
@@ -731,13 +865,13 @@ impl VideoFilterImpl for GpenFilter {
             }
         }
         match outcome {
-            Ok(o) => self.apply_outcome(o, frame.buffer(), started, &settings),
+            Ok(o) => self.apply_outcome(o, buffer, started, settings),
             Err(e @ Error::OutOfMemory(_)) => {
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::NoSpaceLeft,
                     ("Out of memory, and memory-policy=error: {}", e),
-                    ["set a larger vram-budget, a smaller size, fp16=true, or memory-policy=degrade"]
+                    ["set a larger vram-budget, a smaller size, fp16=true, a smaller tile-size, or memory-policy=degrade"]
                 );
                 Err(gst::FlowError::Error)
             }
@@ -797,4 +931,46 @@ impl GpenFilter {
         self.after_frame(settings);
         result
     }
+}
+
+/// Caps with width and height multiplied by `factor` (`up`) or divided by it (sizes that do not
+/// divide are left out).
+fn scale_caps(caps: &gst::Caps, factor: i32, up: bool) -> gst::Caps {
+    let mut out = gst::Caps::new_empty();
+    let map = |v: i32| -> Option<i32> {
+        if up {
+            v.checked_mul(factor)
+        } else {
+            (v % factor == 0).then_some(v / factor)
+        }
+    };
+    for (s, features) in caps.iter_with_features() {
+        let mut s = s.to_owned();
+        let mut ok = true;
+        for field in ["width", "height"] {
+            if let Ok(v) = s.get::<i32>(field) {
+                match map(v) {
+                    Some(v) => s.set(field, v),
+                    None => ok = false,
+                }
+            } else if let Ok(r) = s.get::<gst::IntRange<i32>>(field) {
+                let (min, max) = if up {
+                    (r.min().saturating_mul(factor).min(i32::MAX), r.max().saturating_mul(factor))
+                } else {
+                    ((r.min() + factor - 1) / factor, r.max() / factor)
+                };
+                if min > max {
+                    ok = false;
+                } else if min == max {
+                    s.set(field, min);
+                } else {
+                    s.set(field, gst::IntRange::new(min.max(1), max));
+                }
+            }
+        }
+        if ok {
+            out.get_mut().unwrap().append_structure_full(s, Some(features.to_owned()));
+        }
+    }
+    out
 }

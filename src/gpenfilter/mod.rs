@@ -33,6 +33,21 @@ pub enum Size {
     S2048 = 2048,
 }
 
+/// Background upscaling factor (GPEN's `--sr_scale`): the output frame is this many times the
+/// input in each direction.
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstGpenUpscale")]
+pub enum Upscale {
+    #[default]
+    #[enum_value(name = "Off: output size = input size", nick = "1")]
+    X1 = 1,
+    #[enum_value(name = "Twice the width and height", nick = "2")]
+    X2 = 2,
+    #[enum_value(name = "Four times the width and height", nick = "4")]
+    X4 = 4,
+}
+
 /// Which RetinaFace weights a MobileNet-0.25 detector file holds (they differ in activation
 /// and anchors, and neither works with the other's settings).
 #[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
@@ -71,5 +86,6 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     MemoryPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Size::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     DetectorVariant::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    Upscale::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(Some(plugin), "gpenfilter", gst::Rank::NONE, GpenFilter::static_type())
 }

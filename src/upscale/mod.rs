@@ -117,6 +117,15 @@ pub enum Upscaler {
     Bicubic(i64),
 }
 
+impl std::fmt::Debug for Upscaler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upscaler::Net(n) => write!(f, "RRDBNet {:?}", n.config()),
+            Upscaler::Bicubic(x) => write!(f, "bicubic x{x}"),
+        }
+    }
+}
+
 impl Upscaler {
     /// The RRDBNet in `path` for `factor` (its scale must be `factor`), or bicubic without a path.
     pub fn new(path: Option<&Path>, factor: i64, device: tch::Device) -> std::result::Result<Self, Error> {
@@ -130,6 +139,23 @@ impl Upscaler {
             )));
         }
         Ok(Upscaler::Net(net))
+    }
+
+    /// Predicted peak bytes of upscaling a `width x height` frame in tiles of `tile` (0: whole).
+    pub fn peak_bytes(&self, tile: i64, (width, height): (i64, i64)) -> u64 {
+        let f = self.factor() as f64;
+        let pixels = (width * height) as f64;
+        match self {
+            Upscaler::Bicubic(_) => (pixels * (1.0 + f * f) * 3.0 * 4.0 * 2.0) as u64,
+            Upscaler::Net(n) => {
+                let cfg = n.config();
+                let tile_pixels = if tile <= 0 { pixels } else { ((tile.min(width) * tile.min(height)) as f64).min(pixels) };
+                // The input in 0..1; with tiles also the output and weight accumulators and the
+                // two output-sized results of normalising and scaling them.
+                let frame = pixels * 3.0 * 4.0 * 2.0 + if tile > 0 { pixels * f * f * 4.0 * (3.0 + 1.0 + 6.0) } else { 0.0 };
+                (tile_pixels * cfg.peak_floats_per_pixel() * 4.0 + frame) as u64
+            }
+        }
     }
 
     pub fn factor(&self) -> i64 {

@@ -71,6 +71,34 @@ impl RrdbConfig {
     }
 }
 
+/// A state dict of `cfg`'s shapes with small random weights (benchmarks and tests: the official
+/// weights cannot be had everywhere).
+pub fn random_state_dict(cfg: &RrdbConfig, seed: i64) -> StateDict {
+    tch::manual_seed(seed);
+    let (nf, gc) = (cfg.num_feat, cfg.num_grow_ch);
+    let u = cfg.unshuffle();
+    let mut convs: Vec<(String, i64, i64)> = vec![("conv_first".into(), 3 * u * u, nf)];
+    for b in 0..cfg.num_block {
+        for r in 1..=3 {
+            for i in 0..5 {
+                let cout = if i == 4 { nf } else { gc };
+                convs.push((format!("body.{b}.rdb{r}.conv{}", i + 1), nf + i * gc, cout));
+            }
+        }
+    }
+    for name in ["conv_body", "conv_up1", "conv_up2", "conv_hr"] {
+        convs.push((name.into(), nf, nf));
+    }
+    convs.push(("conv_last".into(), nf, 3));
+    let mut tensors = Vec::new();
+    for (name, cin, cout) in convs {
+        let std = 0.1 / ((cin * 9) as f64).sqrt();
+        tensors.push((format!("{name}.weight"), Tensor::randn([cout, cin, 3, 3], (Kind::Float, Device::Cpu)) * std));
+        tensors.push((format!("{name}.bias"), Tensor::zeros([cout], (Kind::Float, Device::Cpu))));
+    }
+    StateDict::new("random".into(), tensors)
+}
+
 /// `ResidualDenseBlock`: five 3x3 convs, each seeing the block input and every earlier output.
 pub struct ResidualDenseBlock {
     convs: [Conv2d; 5],
@@ -136,7 +164,13 @@ impl RrdbNet {
     /// (Real-ESRGAN and GPEN's RealESRNet keep theirs under `params_ema`, some under `params`),
     /// with the configuration read from its shapes.
     pub fn new(path: &Path, device: Device) -> std::result::Result<Self, Error> {
-        let sd = crate::checkpoint::load(path, None)?;
+        let mut sd = crate::checkpoint::load(path, None)?;
+        // Flat files (safetensors) keep the wrapper as a name prefix.
+        if sd.get("conv_first.weight").is_none() {
+            if let Some(k) = ["params_ema", "params"].iter().find(|k| sd.get(&format!("{k}.conv_first.weight")).is_some()) {
+                sd = crate::checkpoint::load(path, Some(k))?;
+            }
+        }
         let cfg = RrdbConfig::from_state_dict(&sd).map_err(|e| Error::Settings(format!("{}: {e}", path.display())))?;
         Self::from_state_dict(&sd, cfg, device)
             .map_err(|e| match e {
