@@ -12,6 +12,7 @@ pub mod memory;
 pub mod nn;
 pub mod registry;
 pub mod restorer;
+pub mod track;
 pub mod upscale;
 
 pub use restorer::{PackedLayout, Restorer, RestorerSettings};
