@@ -761,24 +761,16 @@ impl VideoFilterImpl for GpenFilter {
             return Err(gst::FlowError::Flushing);
         };
         let started = state.started.take().unwrap_or_else(Instant::now);
-        let detections = match state.pending.take() {
-            Some(Ok(d)) => d,
-            Some(Err(e)) if memory::is_out_of_memory(&e) => {
-                drop(guard);
-                if settings.memory_policy == MemoryPolicy::Error {
-                    gst::element_imp_error!(self, gst::ResourceError::NoSpaceLeft, ("Face detection ran out of memory: {}", e));
-                    return Err(gst::FlowError::Error);
-                }
-                // An upscaled frame cannot pass through unchanged: the frame is dropped.
-                return self.apply_outcome(Outcome::Dropped { reason: format!("face detection: {e}") }, in_frame.buffer(), started, &settings);
-            }
-            Some(Err(e)) => {
-                gst::element_imp_error!(self, gst::StreamError::Failed, ("Face detection failed: {}", e));
-                return Err(gst::FlowError::Error);
-            }
-            None => {
+        let detections = match self.pending_detections(state.pending.take(), &settings, false) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
                 gst::element_imp_error!(self, gst::StreamError::Failed, ("A frame arrived without detections"));
                 return Err(gst::FlowError::Error);
+            }
+            Err(FrameEnd::Flow(e)) => return Err(e),
+            Err(FrameEnd::Policy(o)) => {
+                drop(guard);
+                return self.apply_outcome(o, in_frame.buffer(), started, &settings);
             }
         };
         let out_layout = packed_layout(out_frame);
@@ -804,33 +796,12 @@ impl VideoFilterImpl for GpenFilter {
         };
         let layout = packed_layout(frame);
         let started = state.started.take().unwrap_or_else(Instant::now);
-        let detections = match state.pending.take() {
-            None if settings.aligned => None,
-            None => {
-                gst::element_imp_error!(self, gst::StreamError::Failed, ("A frame arrived without detections"));
-                return Err(gst::FlowError::Error);
-            }
-            Some(Ok(d)) => Some(d),
-            Some(Err(e)) if memory::is_out_of_memory(&e) => {
-                // The detector ran out of memory: no smaller plan helps it; the policy decides.
+        let detections = match self.pending_detections(state.pending.take(), &settings, true) {
+            Ok(d) => d,
+            Err(FrameEnd::Flow(e)) => return Err(e),
+            Err(FrameEnd::Policy(o)) => {
                 drop(guard);
-                return self.apply_outcome(
-                    match settings.memory_policy {
-                        MemoryPolicy::Passthrough => Outcome::PassedThrough { reason: format!("face detection: {e}") },
-                        MemoryPolicy::Error => {
-                            gst::element_imp_error!(self, gst::ResourceError::NoSpaceLeft, ("Face detection ran out of memory: {}", e));
-                            return Err(gst::FlowError::Error);
-                        }
-                        _ => Outcome::Dropped { reason: format!("face detection: {e}") },
-                    },
-                    frame.buffer(),
-                    started,
-                    &settings,
-                );
-            }
-            Some(Err(e)) => {
-                gst::element_imp_error!(self, gst::StreamError::Failed, ("Face detection failed: {}", e));
-                return Err(gst::FlowError::Error);
+                return self.apply_outcome(o, frame.buffer(), started, &settings);
             }
         };
         let data = frame.plane_data_mut(0).map_err(|e| {
@@ -845,7 +816,49 @@ impl VideoFilterImpl for GpenFilter {
     }
 }
 
+/// Why a frame ends before restoration.
+enum FrameEnd {
+    /// An error already posted on the bus.
+    Flow(gst::FlowError),
+    /// What the memory policy does with it.
+    Policy(Outcome),
+}
+
 impl GpenFilter {
+    /// The detections `before_transform` left for this frame (`None` in aligned mode). When the
+    /// detector ran out of memory no smaller plan helps it and the policy decides; `in_place`
+    /// says whether the frame can pass through unchanged (not when upscaling: it is dropped).
+    fn pending_detections(
+        &self,
+        pending: Option<Result<Detections, tch::TchError>>,
+        settings: &Settings,
+        in_place: bool,
+    ) -> Result<Option<Detections>, FrameEnd> {
+        match pending {
+            Some(Ok(d)) => Ok(Some(d)),
+            None if settings.aligned => Ok(None),
+            None => {
+                gst::element_imp_error!(self, gst::StreamError::Failed, ("A frame arrived without detections"));
+                Err(FrameEnd::Flow(gst::FlowError::Error))
+            }
+            Some(Err(e)) if memory::is_out_of_memory(&e) => {
+                let reason = format!("face detection: {e}");
+                match settings.memory_policy {
+                    MemoryPolicy::Error => {
+                        gst::element_imp_error!(self, gst::ResourceError::NoSpaceLeft, ("Face detection ran out of memory: {}", e));
+                        Err(FrameEnd::Flow(gst::FlowError::Error))
+                    }
+                    MemoryPolicy::Passthrough if in_place => Err(FrameEnd::Policy(Outcome::PassedThrough { reason })),
+                    _ => Err(FrameEnd::Policy(Outcome::Dropped { reason })),
+                }
+            }
+            Some(Err(e)) => {
+                gst::element_imp_error!(self, gst::StreamError::Failed, ("Face detection failed: {}", e));
+                Err(FrameEnd::Flow(gst::FlowError::Error))
+            }
+        }
+    }
+
     /// Statistics and errors of a processed frame.
     fn finish_frame(
         &self,

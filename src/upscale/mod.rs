@@ -186,11 +186,14 @@ impl Upscaler {
         let dev = frame.device();
         let out = Tensor::f_zeros([1, 3, h * s, w * s], (Kind::Float, dev))?;
         let weights = Tensor::f_zeros([1, 1, h * s, w * s], (Kind::Float, dev))?;
+        // Column windows are the same for every row of tiles.
+        let wxs = (0..plan.xs.len())
+            .map(|ix| Tensor::f_from_slice(&window(&plan.xs, ix, s))?.f_to_device(dev)?.f_reshape([1, 1, 1, -1]))
+            .collect::<Result<Vec<_>>>()?;
         for (iy, y) in plan.ys.iter().enumerate() {
             let wy = Tensor::f_from_slice(&window(&plan.ys, iy, s))?.f_to_device(dev)?.f_reshape([1, 1, -1, 1])?;
-            for (ix, x) in plan.xs.iter().enumerate() {
-                let wx = Tensor::f_from_slice(&window(&plan.xs, ix, s))?.f_to_device(dev)?.f_reshape([1, 1, 1, -1])?;
-                let w = wy.f_mul(&wx)?;
+            for (x, wx) in plan.xs.iter().zip(&wxs) {
+                let w = wy.f_mul(wx)?;
                 let part = run_padded(net, &unit.f_narrow(2, y.start, y.len)?.f_narrow(3, x.start, x.len)?)?;
                 let _ = out
                     .f_narrow(2, y.start * s, y.len * s)?
