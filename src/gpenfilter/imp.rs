@@ -48,6 +48,7 @@ struct Settings {
     vram_budget: u32,
     memory_policy: MemoryPolicy,
     post_messages: bool,
+    post_faces: bool,
     upscale: Upscale,
     upscaler_model: Option<String>,
     tile_size: u32,
@@ -69,6 +70,7 @@ impl Default for Settings {
             vram_budget: 0,
             memory_policy: MemoryPolicy::Degrade,
             post_messages: false,
+            post_faces: false,
             upscale: Upscale::X1,
             upscaler_model: None,
             tile_size: UpscaleSettings::default().tile as u32,
@@ -91,6 +93,10 @@ struct Stats {
     frames_without_faces: u64,
     faces_detected: u64,
     faces_restored: u64,
+    /// Frames the detector ran on (the others' faces were carried by their tracks).
+    detector_runs: u64,
+    scene_cuts: u64,
+    tracks_started: u64,
     /// Frames redone on the next plan after an out-of-memory error.
     retries: u64,
     plan: String,
@@ -118,6 +124,9 @@ impl Stats {
             .field("frames-without-faces", self.frames_without_faces)
             .field("faces-detected", self.faces_detected)
             .field("faces-restored", self.faces_restored)
+            .field("detector-runs", self.detector_runs)
+            .field("scene-cuts", self.scene_cuts)
+            .field("tracks-started", self.tracks_started)
             .field("retries", self.retries)
             .field("plan", &self.plan)
             .field("peak-memory-mib", peak)
@@ -144,6 +153,8 @@ struct State {
     /// Processing time last reported to the latency query.
     reported_latency: Duration,
     last_post: Option<Instant>,
+    /// Timestamp of the previous frame, for the time between frames that tracking needs.
+    last_pts: Option<gst::ClockTime>,
 }
 
 #[derive(Default)]
@@ -279,6 +290,30 @@ impl ObjectImpl for GpenFilter {
                     .default_value(d.alpha)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecDouble::builder("temporal-smoothing")
+                    .nick("Temporal smoothing")
+                    .blurb(
+                        "Strength (0 = off, 1 = strongest) of the smoothing of each tracked face's landmarks \
+                         across frames (One-Euro filter: still faces steady, moving ones followed); at 0.5 a \
+                         still face's landmarks are low-passed at 1 Hz",
+                    )
+                    .minimum(0.0)
+                    .maximum(1.0)
+                    .default_value(d.smoothing)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("detection-interval")
+                    .nick("Detection interval")
+                    .blurb(
+                        "Frames per detector run: 1 = every frame; N: every Nth frame and after scene cuts, \
+                         tracks moving the faces at their last speed in between (faster; faces entering or \
+                         turning are picked up up to N-1 frames late)",
+                    )
+                    .minimum(1)
+                    .maximum(1000)
+                    .default_value(d.detection_interval)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("face-batch")
                     .nick("Face batch")
                     .blurb("Most faces restored together in one forward pass (memory grows with it)")
@@ -347,12 +382,23 @@ impl ObjectImpl for GpenFilter {
                     .default_value(false)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecBoolean::builder("post-faces")
+                    .nick("Post faces")
+                    .blurb(
+                        "Post a gpenfilter-faces element message per frame: its timestamps, whether the detector \
+                         ran, whether a scene cut began, and each face's track id, box and five landmarks \
+                         (pixels, as aligned)",
+                    )
+                    .default_value(false)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
                         "Since start: frames-in, frames-out, frames-dropped (memory policy), frames-late-dropped \
                          (QoS), frames-passed-through (memory policy), frames-without-faces, faces-detected, \
-                         faces-restored, retries, plan, peak-memory-mib, mean-ms, worst-ms",
+                         faces-restored, detector-runs, scene-cuts, tracks-started, retries, plan, \
+                         peak-memory-mib, mean-ms, worst-ms",
                     )
                     .read_only()
                     .build(),
@@ -380,6 +426,9 @@ impl ObjectImpl for GpenFilter {
             "min-face-size" => s.faces.min_face_size = value.get::<u32>().expect(CHECKED) as f32,
             "alpha" => s.faces.alpha = value.get().expect(CHECKED),
             "face-batch" => s.faces.face_batch = value.get::<u32>().expect(CHECKED) as usize,
+            "temporal-smoothing" => s.faces.smoothing = value.get().expect(CHECKED),
+            "detection-interval" => s.faces.detection_interval = value.get().expect(CHECKED),
+            "post-faces" => s.post_faces = value.get().expect(CHECKED),
             "vram-budget" => s.vram_budget = value.get().expect(CHECKED),
             "memory-policy" => s.memory_policy = value.get().expect(CHECKED),
             "post-messages" => s.post_messages = value.get().expect(CHECKED),
@@ -415,6 +464,9 @@ impl ObjectImpl for GpenFilter {
             "vram-budget" => s.vram_budget.to_value(),
             "memory-policy" => s.memory_policy.to_value(),
             "post-messages" => s.post_messages.to_value(),
+            "post-faces" => s.post_faces.to_value(),
+            "temporal-smoothing" => s.faces.smoothing.to_value(),
+            "detection-interval" => s.faces.detection_interval.to_value(),
             "upscale" => s.upscale.to_value(),
             "upscaler-model" => s.upscaler_model.to_value(),
             "tile-size" => s.tile_size.to_value(),
@@ -554,16 +606,27 @@ impl BaseTransformImpl for GpenFilter {
             started: None,
             reported_latency: Duration::ZERO,
             last_post: None,
+            last_pts: None,
         });
         Ok(())
     }
 
     fn sink_event(&self, event: gst::Event) -> bool {
-        if let gst::EventView::Eos(_) = event.view() {
-            // Every frame before EOS has been pushed: these are the final figures.
-            if self.settings.lock().unwrap().post_messages {
-                self.post_stats(true);
+        match event.view() {
+            gst::EventView::Eos(_) => {
+                // Every frame before EOS has been pushed: these are the final figures.
+                if self.settings.lock().unwrap().post_messages {
+                    self.post_stats(true);
+                }
             }
+            // A seek or a new stream: the next frame does not follow the last one.
+            gst::EventView::FlushStop(_) | gst::EventView::StreamStart(_) => {
+                if let Some(state) = self.state.lock().unwrap().as_mut() {
+                    state.restorer.reset_tracks();
+                    state.last_pts = None;
+                }
+            }
+            _ => {}
         }
         self.parent_sink_event(event)
     }
@@ -598,7 +661,11 @@ impl BaseTransformImpl for GpenFilter {
             f.max_faces = settings.faces.max_faces;
             f.min_face_size = settings.faces.min_face_size;
             f.alpha = settings.faces.alpha;
+            f.smoothing = settings.faces.smoothing;
+            f.detection_interval = settings.faces.detection_interval;
         }
+        let dt = frame_interval(state.last_pts, inbuf.pts(), state.info.as_ref());
+        state.last_pts = inbuf.pts();
         let detections = match state.info.as_ref() {
             None => Err(tch::TchError::Kind("no caps were negotiated before the first frame".into())),
             Some(info) => match gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, info) {
@@ -606,7 +673,7 @@ impl BaseTransformImpl for GpenFilter {
                 Ok(frame) => {
                     let layout = packed_layout(&frame);
                     match frame.plane_data(0) {
-                        Ok(d) => state.restorer.detect(d, &layout),
+                        Ok(d) => state.restorer.detect_video(d, &layout, dt),
                         Err(e) => Err(tch::TchError::Kind(e.to_string())),
                     }
                 }
@@ -622,6 +689,18 @@ impl BaseTransformImpl for GpenFilter {
             }
         }
         gst::log!(CAT, imp = self, "{:?} face(s) in {:?}", detections.as_ref().map(|d| d.faces.len()), inbuf.pts());
+        {
+            let counters = state.restorer.video_counters();
+            let mut stats = self.stats.lock().unwrap();
+            stats.detector_runs = counters.detector_runs;
+            stats.scene_cuts = counters.scene_cuts;
+            stats.tracks_started = counters.tracks_started;
+        }
+        if settings.post_faces {
+            if let Ok(d) = &detections {
+                self.post_faces(inbuf, d);
+            }
+        }
         // No face: pass the buffer through, neither copied nor written.
         self.obj().set_passthrough(no_faces);
         state.pending = Some(detections);
@@ -707,6 +786,29 @@ impl GpenFilter {
         let _ = self.obj().post_message(gst::message::Element::builder(b.build()).src(&*self.obj()).build());
     }
 
+    /// The faces of a frame, as aligned, in a `gpenfilter-faces` element message.
+    fn post_faces(&self, buffer: &gst::BufferRef, detections: &Detections) {
+        let faces = detections.faces.iter().enumerate().map(|(i, f)| {
+            gst::Structure::builder("face")
+                .field("id", detections.ids.get(i).copied().unwrap_or(0))
+                .field("score", f.score as f64)
+                .field("box", gst::Array::new(f.bbox.map(|v| v as f64)))
+                .field("landmarks", gst::Array::new(f.landmarks.as_flattened().iter().map(|&v| v as f64)))
+                .build()
+                .to_send_value()
+        });
+        let segment = self.obj().segment();
+        let running = segment.downcast_ref::<gst::ClockTime>().and_then(|seg| buffer.pts().and_then(|p| seg.to_running_time(p)));
+        let s = gst::Structure::builder("gpenfilter-faces")
+            .field("timestamp", buffer.pts())
+            .field("running-time", running)
+            .field("detected", detections.detected)
+            .field("scene-cut", detections.scene_cut)
+            .field("faces", gst::Array::from_values(faces))
+            .build();
+        let _ = self.obj().post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+    }
+
     /// A QoS message for a frame the memory policy dropped.
     fn post_drop(&self, buffer: &gst::BufferRef) {
         let (processed, dropped) = {
@@ -745,6 +847,9 @@ impl VideoFilterImpl for GpenFilter {
         if let Some(state) = self.state.lock().unwrap().as_mut() {
             state.info = Some(in_info.clone());
             state.pending = None;
+            // A new size or format: nothing carries over from the old frames.
+            state.restorer.reset_tracks();
+            state.last_pts = None;
         }
         Ok(())
     }
@@ -948,6 +1053,20 @@ impl GpenFilter {
 
 /// Caps with width and height multiplied by `factor` (`up`) or divided by it (sizes that do not
 /// divide are left out).
+/// Seconds between the previous frame and this one: from their timestamps, else the frame rate,
+/// else 1/30 (tracking only needs it roughly).
+fn frame_interval(last: Option<gst::ClockTime>, pts: Option<gst::ClockTime>, info: Option<&gst_video::VideoInfo>) -> f64 {
+    if let (Some(a), Some(b)) = (last, pts) {
+        if b > a {
+            return (b - a).nseconds() as f64 / 1e9;
+        }
+    }
+    match info.map(|i| i.fps()) {
+        Some(f) if f.numer() > 0 && f.denom() > 0 => f.denom() as f64 / f.numer() as f64,
+        _ => 1.0 / 30.0,
+    }
+}
+
 fn scale_caps(caps: &gst::Caps, factor: i32, up: bool) -> gst::Caps {
     let mut out = gst::Caps::new_empty();
     let map = |v: i32| -> Option<i32> {

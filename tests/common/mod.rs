@@ -1,7 +1,18 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod motion;
+
 use std::path::PathBuf;
+
+/// Initialises GStreamer and registers the plugin statically, once per test process.
+pub fn init() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstgpen::plugin_register_static().expect("register the gpen plugin");
+    });
+}
 
 /// `../shared` beside the repository root (override with `GST_GPEN_SHARED`).
 pub fn shared() -> PathBuf {
