@@ -109,12 +109,26 @@ pub fn is_out_of_memory(e: &TchError) -> bool {
 }
 
 /// Environment variable that makes every Nth generator forward of an element fail as out of
-/// memory (a testing switch, read when the element starts; unset or 0 = off).
+/// memory (a testing switch, read when the element starts; unset or 0 = off): `N` for every
+/// element, or `NAME:N[,NAME:N…]` for the elements of those names only.
 pub const FAIL_EVERY_ENV: &str = "GST_GPEN_FAIL_EVERY";
 
-/// The value of [`FAIL_EVERY_ENV`] (0 when unset or not a number).
-pub fn fail_every_from_env() -> u64 {
-    std::env::var(FAIL_EVERY_ENV).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+/// What [`FAIL_EVERY_ENV`] asks of the element named `element` (0 when unset, not for it, or
+/// not a number).
+pub fn fail_every_from_env(element: &str) -> u64 {
+    std::env::var(FAIL_EVERY_ENV).map(|v| fail_every_for(&v, element)).unwrap_or(0)
+}
+
+fn fail_every_for(spec: &str, element: &str) -> u64 {
+    let spec = spec.trim();
+    if let Ok(n) = spec.parse() {
+        return n;
+    }
+    spec.split(',')
+        .filter_map(|part| part.trim().rsplit_once(':'))
+        .find(|(name, _)| *name == element)
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Counts a generator forward in `counter` and, every `every` forwards (0 = never), fails it
@@ -218,6 +232,15 @@ pub fn mib(bytes: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn fault_injection_names_elements() {
+        assert_eq!(fail_every_for("3", "any"), 3);
+        assert_eq!(fail_every_for("g1:2, g3:5", "g3"), 5);
+        assert_eq!(fail_every_for("g1:2,g3:5", "g2"), 0);
+        assert_eq!(fail_every_for("nonsense", "g1"), 0);
+    }
+
     use super::*;
 
     fn plan(size: i64, half: bool, face_batch: usize) -> Plan {

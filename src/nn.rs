@@ -19,6 +19,7 @@ pub struct Params<'a> {
     requested: RefCell<Vec<(String, Vec<i64>)>>,
     missing: RefCell<Vec<String>>,
     misshaped: RefCell<Vec<String>>,
+    non_float: RefCell<Vec<String>>,
 }
 
 impl<'a> Params<'a> {
@@ -30,6 +31,7 @@ impl<'a> Params<'a> {
             requested: Default::default(),
             missing: Default::default(),
             misshaped: Default::default(),
+            non_float: Default::default(),
         }
     }
 
@@ -40,7 +42,11 @@ impl<'a> Params<'a> {
         self.used.borrow_mut().insert(name.to_owned());
         self.requested.borrow_mut().push((name.to_owned(), shape.to_vec()));
         match self.sd.get(name) {
-            Some(t) if t.size() == shape => t.f_to_kind(Kind::Float)?.f_to_device(self.device),
+            Some(t) if t.size() == shape && t.is_floating_point() => t.f_to_kind(Kind::Float)?.f_to_device(self.device),
+            Some(t) if t.size() == shape => {
+                self.non_float.borrow_mut().push(format!("{name} ({:?})", t.kind()));
+                Tensor::f_zeros(shape, (Kind::Float, self.device))
+            }
             Some(t) => {
                 self.misshaped.borrow_mut().push(format!("{name} (expected {shape:?}, found {:?})", t.size()));
                 Tensor::f_zeros(shape, (Kind::Float, self.device))
@@ -62,8 +68,8 @@ impl<'a> Params<'a> {
         self.requested.borrow().clone()
     }
 
-    /// `Ok` when every expected tensor was there with its shape and nothing else was; otherwise
-    /// every problem, by name.
+    /// `Ok` when every expected tensor was there with its shape, floating point and finite, and
+    /// nothing else was; otherwise every problem, by name.
     pub fn finish(self) -> std::result::Result<(), String> {
         let used = self.used.into_inner();
         let unexpected: Vec<String> = self
@@ -84,6 +90,8 @@ impl<'a> Params<'a> {
             list("missing", &self.missing.into_inner()),
             list("unexpected", &unexpected),
             list("mis-shaped", &self.misshaped.into_inner()),
+            list("not floating point", &self.non_float.into_inner()),
+            list("with NaN or infinite values", &crate::checkpoint::non_finite(self.sd)),
         ]
         .into_iter()
         .flatten()

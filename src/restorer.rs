@@ -371,8 +371,7 @@ pub const SCENE_CUT: f64 = 0.075;
 #[derive(Debug, Default)]
 struct VideoFaces {
     tracker: Tracker,
-    /// A small grey thumbnail of the previous frame, for scene cuts.
-    thumbnail: Option<Tensor>,
+    scenes: SceneChange,
     /// Frames since the detector last ran; `None` before the first frame.
     since_detection: Option<u32>,
     counters: VideoCounters,
@@ -387,16 +386,36 @@ pub struct VideoCounters {
     pub live_tracks: u64,
 }
 
-/// `1 x 1 x 18 x 32` grey summary of a `1 x 3 x H x W` frame, from a subsample of its pixels
-/// (a 1080p frame costs a few thousand reads, not two million).
-fn thumbnail(frame: &Tensor) -> Result<Tensor, TchError> {
-    let (h, w) = (frame.size()[2], frame.size()[3]);
-    let step = (h.min(w) / 72).max(1);
-    frame
-        .f_slice(2, 0, h, step)?
-        .f_slice(3, 0, w, step)?
-        .f_mean_dim(1, true, Kind::Float)?
-        .f_adaptive_avg_pool2d([18, 32])
+/// How much each frame differs from the previous one, from small grey thumbnails.
+#[derive(Debug, Default)]
+pub struct SceneChange {
+    previous: Option<Tensor>,
+}
+
+impl SceneChange {
+    /// The mean absolute change (0..1) of the thumbnail of `frame` (`1 x 3 x H x W`, 0..255)
+    /// from the previous frame's; 0 for the first frame and after a change of size.
+    pub fn observe(&mut self, frame: &Tensor) -> Result<f64, TchError> {
+        let _guard = tch::no_grad_guard();
+        let (h, w) = (frame.size()[2], frame.size()[3]);
+        // A subsample of the pixels: a 1080p frame costs about 30 000 reads, not two million.
+        let step = (h.min(w) / 72).max(1);
+        let thumb = frame
+            .f_slice(2, 0, h, step)?
+            .f_slice(3, 0, w, step)?
+            .f_mean_dim(1, true, Kind::Float)?
+            .f_adaptive_avg_pool2d([18, 32])?;
+        let change = match &self.previous {
+            Some(prev) if prev.size() == thumb.size() => prev.f_sub(&thumb)?.f_abs()?.f_mean(Kind::Float)?.f_double_value(&[])? / 255.0,
+            _ => 0.0,
+        };
+        self.previous = Some(thumb);
+        Ok(change)
+    }
+
+    pub fn forget(&mut self) {
+        self.previous = None;
+    }
 }
 
 /// Finds the detector file: a file as given, or the first known name in a folder.
@@ -831,15 +850,8 @@ impl Restorer {
         let Some(stage) = self.faces.as_mut() else {
             return Err(TchError::Kind("detect_video() needs whole-frame mode (aligned=false)".into()));
         };
-        let _guard = tch::no_grad_guard();
-        let thumb = thumbnail(&frame)?;
-        let change = match &stage.video.thumbnail {
-            Some(prev) if prev.size() == thumb.size() => prev.f_sub(&thumb)?.f_abs()?.f_mean(Kind::Float)?.f_double_value(&[])? / 255.0,
-            _ => 0.0,
-        };
-        stage.video.thumbnail = Some(thumb);
         let video = &mut stage.video;
-        let scene_cut = change > SCENE_CUT;
+        let scene_cut = video.scenes.observe(&frame)? > SCENE_CUT;
         if scene_cut {
             video.tracker.reset();
             video.counters.scene_cuts += 1;
@@ -873,7 +885,7 @@ impl Restorer {
     pub fn reset_tracks(&mut self) {
         if let Some(stage) = self.faces.as_mut() {
             stage.video.tracker.reset();
-            stage.video.thumbnail = None;
+            stage.video.scenes.forget();
             stage.video.since_detection = None;
         }
     }

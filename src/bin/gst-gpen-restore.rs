@@ -3,6 +3,7 @@
 //! ```text
 //! gst-gpen-restore INPUT OUTPUT.{mp4,mkv} [--size 512] [--fp16] [--model PATH] [--detector-model PATH]
 //!                  [--upscale 1|2|4] [--upscaler-model PATH] [--tile-size PX]
+//!                  [--temporal-smoothing 0..1] [--detection-interval N]
 //!                  [--memory-policy degrade|drop|passthrough|error] [--vram-budget MIB] [--device auto|cpu|cuda:N]
 //! ```
 //!
@@ -23,6 +24,7 @@ use gst::prelude::*;
 
 const USAGE: &str = "usage: gst-gpen-restore INPUT OUTPUT.{mp4,mkv} [--size 256|512|1024|2048] [--fp16] \
 [--model PATH] [--detector-model PATH] [--upscale 1|2|4] [--upscaler-model PATH] [--tile-size PX] \
+[--temporal-smoothing 0..1] [--detection-interval N] \
 [--memory-policy degrade|drop|passthrough|error] [--vram-budget MIB] [--device auto|cpu|cuda:N]";
 
 struct Args {
@@ -47,6 +49,8 @@ fn parse_args() -> Result<Args, String> {
             "--upscale" => properties.push(value("upscale")?),
             "--upscaler-model" => properties.push(value("upscaler-model")?),
             "--tile-size" => properties.push(value("tile-size")?),
+            "--temporal-smoothing" => properties.push(value("temporal-smoothing")?),
+            "--detection-interval" => properties.push(value("detection-interval")?),
             "--memory-policy" => properties.push(value("memory-policy")?),
             "--vram-budget" => properties.push(value("vram-budget")?),
             "--device" => properties.push(value("device")?),

@@ -154,9 +154,9 @@ pub fn load_bytes(path: &Path, data: &[u8], key: Option<&str>) -> Result<StateDi
     if data.starts_with(b"PK\x03\x04") || data.starts_with(b"PK\x05\x06") {
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(data))
             .map_err(|e| corrupt(format!("zip archive: {e}")))?;
-        let (object, root) = read_zip_pickle(path, &mut zip)?;
+        let (object, root) = read_zip_pickle(path, &mut zip, data.len())?;
         let selected = select_state_dict(path, object, key)?;
-        let mut storages = ZipStorages { zip: &mut zip, root };
+        let mut storages = ZipStorages { zip: &mut zip, root, file_len: data.len() };
         materialise(path, selected, &mut storages)
     } else if data.starts_with(b"\x80\x02\x8a\x0a") {
         let (object, storages) = read_legacy(path, data)?;
@@ -175,6 +175,41 @@ pub fn load_bytes(path: &Path, data: &[u8], key: Option<&str>) -> Result<StateDi
     }
 }
 
+/// A tensor name that the safetensors header lists twice (its top-level keys).
+fn duplicate_json_key(data: &[u8]) -> Option<String> {
+    struct Keys(Option<String>);
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(k.clone()) {
+                    return Ok(Some(k));
+                }
+            }
+            Ok(self.0)
+        }
+    }
+    let n = u64::from_le_bytes(data.get(..8)?.try_into().ok()?) as usize;
+    let header = data.get(8..8usize.checked_add(n)?)?;
+    let mut de = serde_json::Deserializer::from_slice(header);
+    serde::Deserializer::deserialize_map(&mut de, Keys(None)).ok().flatten()
+}
+
+/// Names of floating-point tensors holding NaN or infinity (a diverged or damaged training
+/// run): such weights turn every output into NaN.
+pub fn non_finite(sd: &StateDict) -> Vec<String> {
+    sd.iter()
+        .filter(|(_, t)| t.is_floating_point())
+        .filter(|(_, t)| t.f_isfinite().and_then(|f| f.f_all()).and_then(|a| a.f_int64_value(&[])).map(|v| v == 0).unwrap_or(true))
+        .map(|(n, _)| n.to_owned())
+        .collect()
+}
+
 fn looks_like_safetensors(data: &[u8]) -> bool {
     data.len() >= 10 && {
         let n = u64::from_le_bytes(data[..8].try_into().unwrap());
@@ -185,6 +220,7 @@ fn looks_like_safetensors(data: &[u8]) -> bool {
 fn read_zip_pickle(
     path: &Path,
     zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+    file_len: usize,
 ) -> Result<(Value, String), CheckpointError> {
     let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
     let Some(pkl) = zip.file_names().find(|n| *n == "data.pkl" || n.ends_with("/data.pkl")).map(str::to_owned)
@@ -202,10 +238,18 @@ fn read_zip_pickle(
             return Err(corrupt(format!("byte order `{}` is not supported (only little-endian)", order.trim())));
         }
     }
-    let bytes = read_entry(path, zip, &pkl, 256 << 20)?;
+    let bytes = read_entry(path, zip, &pkl, (256 << 20).min(inflation_limit(file_len)))?;
     let (object, _) =
         pickle::unpickle(&bytes, PersistentIds::Zip).map_err(|e| corrupt(format!("{pkl}: {e}")))?;
     Ok((object, root))
+}
+
+/// How many times its own size a zip checkpoint may inflate to. torch.save stores entries
+/// uncompressed; a compressed entry claiming far more (a zip bomb) is refused before reading.
+const MAX_INFLATION: u64 = 16;
+
+fn inflation_limit(file_len: usize) -> u64 {
+    (file_len as u64).saturating_mul(MAX_INFLATION)
 }
 
 /// Reads a zip entry, refusing to allocate more than `limit` bytes or more than the entry claims.
@@ -272,9 +316,14 @@ fn select_state_dict(
         }
     };
     let mut out = Vec::with_capacity(chosen.len());
+    let mut seen = std::collections::HashSet::new();
     for (k, v) in chosen {
         // Non-tensor values (step counters, strings) sit beside the tensors in training files.
         if let (Value::Str(name), Value::Tensor(t)) = (k, v) {
+            // torch.save never writes a key twice; a file that does is ambiguous.
+            if !seen.insert(name.clone()) {
+                return Err(structure(format!("tensor `{name}` appears twice in the state dict")));
+            }
             out.push((name, t));
         }
     }
@@ -293,6 +342,7 @@ trait Storages {
 struct ZipStorages<'a, 'b> {
     zip: &'a mut zip::ZipArchive<std::io::Cursor<&'b [u8]>>,
     root: String,
+    file_len: usize,
 }
 
 impl Storages for ZipStorages<'_, '_> {
@@ -307,6 +357,13 @@ impl Storages for ZipStorages<'_, '_> {
             return Err(CheckpointError::Corrupt {
                 path: path.into(),
                 reason: format!("storage `{}` claims {} elements ({want} bytes) but holds {got} bytes", s.key, s.numel),
+            });
+        }
+        let limit = inflation_limit(self.file_len);
+        if want > limit {
+            return Err(CheckpointError::Corrupt {
+                path: path.into(),
+                reason: format!("storage `{}` inflates to {want} bytes, more than {MAX_INFLATION} times the file", s.key),
             });
         }
         read_entry(path, self.zip, &name, want)
@@ -479,6 +536,10 @@ fn read_safetensors(path: &Path, data: &[u8], key: Option<&str>) -> Result<State
     views.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
     let prefix = key.map(|k| format!("{k}."));
     let mut out = Vec::with_capacity(views.len());
+    // Safetensors headers are JSON maps: a repeated name would silently hide a tensor.
+    if let Some(name) = duplicate_json_key(data) {
+        return Err(CheckpointError::Structure { path: path.into(), reason: format!("tensor `{name}` appears twice in the header") });
+    }
     for (name, view) in views {
         let short = match &prefix {
             Some(p) => match name.strip_prefix(p.as_str()) {

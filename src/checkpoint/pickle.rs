@@ -490,11 +490,13 @@ impl<'a> Machine<'a> {
                         match self.top_mut()? {
                             Value::Dict(d) => {
                                 for (k, v) in pairs {
-                                    // A repeated key replaces the earlier value, as in Python.
-                                    match d.iter_mut().find(|(dk, _)| *dk == k) {
-                                        Some(slot) => slot.1 = v,
-                                        None => d.push((k, v)),
+                                    // Python would keep the last value; torch.save never
+                                    // writes a key twice, so a file that does is refused.
+                                    if d.iter().any(|(dk, _)| *dk == k) {
+                                        let name = k.as_str().map(|s| format!("`{s}`")).unwrap_or_else(|| format!("{k:?}"));
+                                        return self.err(format!("dict key {name} appears twice"));
                                     }
+                                    d.push((k, v));
                                 }
                             }
                             other => {
@@ -633,10 +635,12 @@ mod tests {
     }
 
     #[test]
-    fn repeated_keys_keep_the_last_value() {
-        // {'a': 1} then SETITEM 'a' 2
+    fn repeated_keys_are_refused() {
+        // {'a': 1} then SETITEMS 'a' 2: Python keeps the last, we refuse the ambiguity.
         let p = b"\x80\x02}(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00aK\x02u.";
-        let v = run(p).unwrap();
-        assert_eq!(v, Value::Dict(vec![(Value::Str("a".into()), Value::Int(2))]));
+        let e = run(p).unwrap_err().to_string();
+        assert!(e.contains("`a` appears twice"), "{e}");
+        let once = b"\x80\x02}(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00bK\x02u.";
+        assert!(run(once).is_ok());
     }
 }

@@ -187,7 +187,8 @@ impl GpenConfig {
         out
     }
 
-    /// Strict check: missing, unexpected and mis-shaped tensors, reported together by name.
+    /// Strict check: missing, unexpected, mis-shaped, non-float and non-finite tensors, reported
+    /// together by name.
     pub fn check_state_dict(&self, sd: &StateDict) -> Result<(), ModelError> {
         let expected = self.expected_shapes();
         let mut missing = Vec::new();
@@ -209,7 +210,8 @@ impl GpenConfig {
                 non_float.push(format!("{name} ({:?})", t.kind()));
             }
         }
-        if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() && non_float.is_empty() {
+        let non_finite = crate::checkpoint::non_finite(sd);
+        if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() && non_float.is_empty() && non_finite.is_empty() {
             return Ok(());
         }
         let list = |what: &str, v: &[String]| -> Option<String> {
@@ -225,6 +227,7 @@ impl GpenConfig {
             list("unexpected", &unexpected),
             list("mis-shaped", &misshaped),
             list("not floating point", &non_float),
+            list("with NaN or infinite values", &non_finite),
         ]
         .into_iter()
         .flatten()

@@ -90,6 +90,8 @@ struct Stats {
     frames_late_dropped: u64,
     /// Pushed unprocessed by the memory policy.
     frames_passed_through: u64,
+    /// In the element when a flushing seek discarded them (GStreamer's flush semantics).
+    frames_flushed: u64,
     frames_without_faces: u64,
     faces_detected: u64,
     faces_restored: u64,
@@ -121,6 +123,7 @@ impl Stats {
             .field("frames-dropped", self.frames_dropped)
             .field("frames-late-dropped", self.frames_late_dropped)
             .field("frames-passed-through", self.frames_passed_through)
+            .field("frames-flushed", self.frames_flushed)
             .field("frames-without-faces", self.frames_without_faces)
             .field("faces-detected", self.faces_detected)
             .field("faces-restored", self.faces_restored)
@@ -396,7 +399,8 @@ impl ObjectImpl for GpenFilter {
                     .nick("Statistics")
                     .blurb(
                         "Since start: frames-in, frames-out, frames-dropped (memory policy), frames-late-dropped \
-                         (QoS), frames-passed-through (memory policy), frames-without-faces, faces-detected, \
+                         (QoS), frames-passed-through (memory policy), frames-flushed (by a flushing seek), \
+                         frames-without-faces, faces-detected, \
                          faces-restored, detector-runs, scene-cuts, tracks-started, retries, plan, \
                          peak-memory-mib, mean-ms, worst-ms",
                     )
@@ -567,7 +571,7 @@ impl BaseTransformImpl for GpenFilter {
                     MemoryPolicy::Passthrough => crate::restorer::MemoryPolicy::Passthrough,
                     MemoryPolicy::Error => crate::restorer::MemoryPolicy::Error,
                 },
-                fail_every: memory::fail_every_from_env(),
+                fail_every: memory::fail_every_from_env(&self.obj().name()),
             },
             upscale: UpscaleSettings {
                 factor: settings.upscale as i64,
@@ -621,6 +625,13 @@ impl BaseTransformImpl for GpenFilter {
             }
             // A seek or a new stream: the next frame does not follow the last one.
             gst::EventView::FlushStop(_) | gst::EventView::StreamStart(_) => {
+                if matches!(event.view(), gst::EventView::FlushStop(_)) {
+                    // The streaming thread has stopped: a frame that came in and did not go out
+                    // was discarded by the flush. Count it, so that in = out + dropped + flushed.
+                    let mut s = self.stats.lock().unwrap();
+                    let accounted = s.frames_out + s.frames_dropped + s.frames_late_dropped + s.frames_flushed;
+                    s.frames_flushed += s.frames_in.saturating_sub(accounted);
+                }
                 if let Some(state) = self.state.lock().unwrap().as_mut() {
                     state.restorer.reset_tracks();
                     state.last_pts = None;
