@@ -27,7 +27,10 @@ find "$shared/fixtures" "$shared/weights" -type f \( -name '*.pth' -o -name '*.s
 # allocation limits are what this run relies on.
 cargo fuzz build --sanitizer none -O checkpoint
 started=$(date +%s)
+# More than one job: libFuzzer forks workers that log to fuzz-N.log in the current directory.
+parallel=()
+[ "$jobs" -gt 1 ] && parallel=(-jobs="$jobs" -workers="$jobs")
 cargo fuzz run --sanitizer none -O checkpoint "$corpus" fuzz/seeds -- \
-    -max_total_time="$seconds" -jobs="$jobs" -workers="$jobs" -max_len=8388608 \
+    -max_total_time="$seconds" "${parallel[@]}" -max_len=8388608 \
     -malloc_limit_mb=2048 -rss_limit_mb=4096 -print_final_stats=1 2>&1 | tee fuzz/last-run.log | grep -E 'stat::|#[0-9]+ +DONE|ERROR|SUMMARY|crash-' || true
 echo "fuzzed $(( $(date +%s) - started )) s; artifacts: $(ls fuzz/artifacts/checkpoint 2>/dev/null | wc -l)"
