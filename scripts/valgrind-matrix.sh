@@ -15,6 +15,7 @@ bin=$(cargo test --test frame_matrix --no-run --message-format=json 2>/dev/null 
 [ -x "$bin" ] || { echo "could not build tests/frame_matrix.rs" >&2; exit 1; }
 log=target/valgrind-matrix.log
 valgrind --tool=memcheck --undef-value-errors=no --error-exitcode=99 --num-callers=30 \
+    --suppressions=scripts/valgrind.supp \
     --log-file="$log" "$bin" --test-threads 1 && status=0 || status=$?
 grep -E "ERROR SUMMARY|Invalid (read|write)" "$log" | sort | uniq -c | head -20
 echo "valgrind exit status $status (99: memcheck found errors; log: $log)"

@@ -370,8 +370,20 @@ struct NoiseInjection {
 }
 
 impl NoiseInjection {
-    fn forward(&self, y: &Tensor, noise: &Tensor) -> Result<Tensor> {
-        Tensor::f_cat(&[y, &self.weight.f_mul(noise)?], 1)
+    /// `cat([y, weight * noise], 1)`, written into one buffer: `y` is freed once copied and the
+    /// product is formed in place, so neither a product temporary nor `y` outlives the copy
+    /// (at the top level of GPEN-512 that is 64 MiB each in fp32).
+    fn forward(&self, y: Tensor, noise: &Tensor) -> Result<Tensor> {
+        let s = y.size();
+        let (cy, cn) = (s[1], noise.size()[1]);
+        let out = Tensor::f_empty([s[0], cy + cn, s[2], s[3]], (y.kind(), y.device()))?;
+        out.f_narrow(1, 0, cy)?.f_copy_(&y)?;
+        drop(y);
+        // noise * weight rounds exactly as weight * noise: the product is commutative.
+        let mut slot = out.f_narrow(1, cy, cn)?;
+        slot.f_copy_(noise)?;
+        slot.f_mul_(&self.weight)?;
+        Ok(out)
     }
 }
 
@@ -402,8 +414,7 @@ impl StyledConv {
     fn forward(&self, x: Tensor, latent: &Tensor, noise: &Tensor) -> Result<Tensor> {
         let y = self.conv.forward(&x, latent)?;
         drop(x);
-        let cat = self.noise.forward(&y, noise)?;
-        drop(y);
+        let cat = self.noise.forward(y, noise)?;
         self.activate.forward(cat)
     }
 }
@@ -480,17 +491,21 @@ impl Generator {
         Ok(w)
     }
 
-    /// `feats` are the encoder features from the face size down to 4x4.
-    fn forward(&self, w: &Tensor, feats: &[Tensor]) -> Result<Tensor> {
+    /// `feats` are the encoder features from the face size down to 4x4; each is freed once
+    /// its level is done (unless the caller keeps a handle).
+    fn forward(&self, w: &Tensor, mut feats: Vec<Tensor>) -> Result<Tensor> {
         let b = w.size()[0];
-        let last = feats.len() - 1;
+        let missing = || TchError::Shape("GPEN decoder: fewer encoder features than levels".into());
         let x = self.input.input.f_repeat([b, 1, 1, 1])?;
-        let mut x = self.conv1.forward(x, w, &feats[last])?;
+        let noise = feats.pop().ok_or_else(missing)?;
+        let mut x = self.conv1.forward(x, w, &noise)?;
+        drop(noise);
         let mut skip = self.to_rgb1.forward(&x, w, None)?;
-        for (r, (pair, to_rgb)) in self.convs.chunks(2).zip(&self.to_rgbs).enumerate() {
-            let noise = &feats[last - 1 - r];
-            x = pair[0].forward(x, w, noise)?;
-            x = pair[1].forward(x, w, noise)?;
+        for (pair, to_rgb) in self.convs.chunks(2).zip(&self.to_rgbs) {
+            let noise = feats.pop().ok_or_else(missing)?;
+            x = pair[0].forward(x, w, &noise)?;
+            x = pair[1].forward(x, w, &noise)?;
+            drop(noise);
             skip = to_rgb.forward(&x, w, Some(&skip))?;
         }
         Ok(skip)
@@ -573,11 +588,17 @@ impl FullGenerator {
     /// Restores a batch of aligned faces: `B x 3 x size x size`, RGB in [-1, 1]. The output is
     /// fp32, on the model's device.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_intermediates(x)?.output)
+        Ok(self.run(x, false)?.output)
     }
 
     /// As [`forward`](Self::forward), keeping the encoder features and latents.
     pub fn forward_intermediates(&self, x: &Tensor) -> Result<Intermediates> {
+        self.run(x, true)
+    }
+
+    /// The forward pass; without `keep` each encoder feature is freed as soon as the decoder
+    /// has used it (`ecd` comes back empty).
+    fn run(&self, x: &Tensor, keep: bool) -> Result<Intermediates> {
         let _guard = tch::no_grad_guard();
         let s = x.size();
         let size = self.config.size;
@@ -591,8 +612,10 @@ impl FullGenerator {
             ecd.push(h.shallow_clone());
         }
         let z = self.final_linear.forward(&h.f_reshape([s[0], -1])?.f_to_kind(Kind::Float)?)?;
+        drop(h);
         let w = self.generator.map(&z)?;
-        let output = self.generator.forward(&w, &ecd)?;
+        let feats = if keep { ecd.iter().map(Tensor::shallow_clone).collect() } else { std::mem::take(&mut ecd) };
+        let output = self.generator.forward(&w, feats)?;
         Ok(Intermediates { ecd, z, w, output })
     }
 }
