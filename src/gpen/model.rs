@@ -382,7 +382,7 @@ impl NoiseInjection {
         // noise * weight rounds exactly as weight * noise: the product is commutative.
         let mut slot = out.f_narrow(1, cy, cn)?;
         slot.f_copy_(noise)?;
-        slot.f_mul_(&self.weight)?;
+        let _ = slot.f_mul_(&self.weight)?;
         Ok(out)
     }
 }
