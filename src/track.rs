@@ -151,9 +151,7 @@ impl Tracker {
     }
 
     fn filters(&self) -> [[OneEuro; 2]; 5] {
-        // Beta measured on the detector's landmarks on sub-pixel motion (tests/tracking.rs):
-        // 0.02 per px/s halves their jitter and keeps steady motion within half a pixel.
-        [[OneEuro::new(self.min_cutoff(), 0.02); 2]; 5]
+        filters_at(self.min_cutoff())
     }
 
     /// Matches this frame's detections (`dt` seconds after the previous frame) to the tracks:
@@ -201,12 +199,11 @@ impl Tracker {
                     self.tracks.len() - 1
                 }
             };
-            let fresh = self.filters();
             let track = &mut self.tracks[t];
             if track.misses > 0 {
                 // After a gap the landmarks start afresh: the face may have moved or turned, and
                 // its speed is unknown.
-                track.filters = fresh;
+                track.filters = filters_at(min_cutoff);
             }
             let mut face = *det;
             if smoothing {
@@ -224,6 +221,13 @@ impl Tracker {
         self.tracks.retain(|t| t.misses <= max);
         out
     }
+}
+
+/// The ten filters of a track's five landmarks.
+fn filters_at(min_cutoff: f64) -> [[OneEuro; 2]; 5] {
+    // Beta measured on the detector's landmarks on sub-pixel motion (tests/tracking.rs):
+    // 0.02 per px/s halves their jitter and keeps steady motion within half a pixel.
+    [[OneEuro::new(min_cutoff, 0.02); 2]; 5]
 }
 
 #[cfg(test)]
