@@ -6,7 +6,8 @@
 //! ```
 //! Frames: astronaut.png (from ../shared) moving along a sub-pixel path, 320x320, cycling
 //! through 90 poses. `--fail-every N` makes every Nth generator forward fail as out of memory,
-//! so the memory policy degrades and recovers over and over.
+//! so the memory policy degrades and recovers over and over (it goes back up after
+//! `RECOVER_AFTER` good frames, so N must be larger than that to see both).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -73,10 +74,21 @@ fn main() {
     let started = Instant::now();
     {
         let out = out.clone();
+        let element = g.downgrade();
         g.static_pad("src").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {
             let n = out.fetch_add(1, Ordering::Relaxed) + 1;
             if n % every == 0 {
-                println!("frames {n:>6}  rss {:>7.1} MiB  {:>6.1} s", rss_mib(), started.elapsed().as_secs_f64());
+                // The element's locks are free here: the buffer is already on its way downstream.
+                let s = element.upgrade().map(|e| e.property::<gst::Structure>("stats"));
+                let field = |name: &str| s.as_ref().and_then(|s| s.get::<u64>(name).ok()).unwrap_or(u64::MAX);
+                println!(
+                    "frames {n:>6}  rss {:>7.1} MiB  {:>6.1} s  retries {}  dropped {}  plan {}",
+                    rss_mib(),
+                    started.elapsed().as_secs_f64(),
+                    field("retries"),
+                    field("frames-dropped"),
+                    s.as_ref().and_then(|s| s.get::<String>("plan").ok()).unwrap_or_default()
+                );
                 let _ = std::io::stdout().flush();
             }
             gst::PadProbeReturn::Ok

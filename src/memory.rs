@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tch::{Device, TchError};
 
-use crate::gpen::GpenConfig;
+use crate::gpen::{GpenConfig, Strips};
 
 extern "C" {
     fn gpen_accelerator_device_count() -> i32;
@@ -102,6 +102,18 @@ pub fn release_cached() {
     let _ = shim_call(|e, l| unsafe { gpen_accelerator_empty_cache(e, l) });
 }
 
+/// Gives the heap's free pages back to the system. glibc keeps freed blocks below its mmap
+/// threshold (which grows to 32 MiB as large blocks are freed) in the heap, so without this
+/// the resident size after one forward stays near its peak and the next forward's peak comes
+/// on top of that retained memory. A no-op on other C libraries.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Whether a libtorch error is an out-of-memory condition (CUDA or host allocator).
 pub fn is_out_of_memory(e: &TchError) -> bool {
     let text = e.to_string().to_lowercase();
@@ -191,11 +203,24 @@ impl Estimator {
         params as u64 * bytes
     }
 
-    /// Elements alive at the peak of one forward, per face.
-    pub fn activation_elements(cfg: &GpenConfig) -> u64 {
+    /// Elements alive at the peak of one forward of `batch` faces with `elem_bytes` per element
+    /// (which decide the banding of the top levels, [`Strips::plan`]).
+    pub fn activation_elements(cfg: &GpenConfig, batch: i64, elem_bytes: i64) -> u64 {
         let size = cfg.size;
-        // Encoder features stay alive until the decoder uses them.
-        let encoder: i64 = (0..cfg.log_size() - 1).map(|i| cfg.channels(size >> i) * (size >> i) * (size >> i)).sum();
+        let strips = Strips::plan(cfg, batch, elem_bytes);
+        let entry = strips.map_or(size, |s| size >> s.levels);
+        // Banded levels exist a band (with its halos) at a time, beside the whole entry map.
+        let (share, held) = match strips {
+            Some(s) => {
+                let rows = s.rows + 2 * Strips::halo(s.levels) * (1 << s.levels);
+                ((rows as f64 / size as f64).min(1.0), 2 * cfg.channels(entry) * entry * entry)
+            }
+            None => (1.0, 0),
+        };
+        // Encoder features stay alive until the decoder uses them; with bands the top one never
+        // exists whole.
+        let first = i64::from(strips.is_some());
+        let encoder: i64 = (first..cfg.log_size() - 1).map(|i| cfg.channels(size >> i) * (size >> i) * (size >> i)).sum();
         // Worst decoder level: the up-convolution's (2r+1)^2 output and its blurred copy, the
         // level's input, and the concatenation with the encoder feature and its activation.
         let level = (3..=cfg.log_size())
@@ -205,18 +230,22 @@ impl Estimator {
                 let input = 2 * cfg.channels(r / 2) * (r / 2) * (r / 2);
                 let up = c * (2 * r + 1) * (2 * r + 1) + c * r * r;
                 let styled = 5 * c * r * r;
-                input + up.max(styled)
+                let work = (input + up.max(styled)) as f64;
+                if r > entry {
+                    held as f64 + work * share
+                } else {
+                    work
+                }
             })
-            .max()
-            .unwrap_or(0);
-        (encoder + level) as u64
+            .fold(0.0, f64::max);
+        ((encoder as f64 + level) * batch as f64) as u64
     }
 
     /// Peak bytes of restoring a frame of `width x height` with `faces` faces under `plan`.
     pub fn peak_bytes(&self, cfg: &GpenConfig, plan: &Plan, faces: usize, (width, height): (i64, i64)) -> u64 {
         let elem = if plan.half { 2.0 } else { 4.0 };
-        let batch = faces.min(plan.face_batch).max(1) as f64;
-        let activations = Self::activation_elements(cfg) as f64 * elem * batch * self.calibration;
+        let batch = faces.min(plan.face_batch).max(1) as i64;
+        let activations = Self::activation_elements(cfg, batch, elem as i64) as f64 * elem * self.calibration;
         // The float frame, the crops and restored faces of every face (fp32), paste buffers.
         let s = (plan.size * plan.size) as f64;
         let frame = (width * height) as f64 * 4.0 * (3.0 + 4.0);
@@ -264,10 +293,24 @@ mod tests {
 
     #[test]
     fn estimate_for_one_512_face_is_in_the_measured_range() {
-        // Measured on CPU (scripts/bench.sh): about 1.3 GiB peak resident for one fp32 512 face,
-        // of which about 0.3 GiB is the libtorch runtime itself.
+        // Measured on CPU (scripts/bench.sh): about 0.95 GiB peak resident for one fp32 512
+        // face with banded top levels, of which about 0.37 GiB is the libtorch runtime itself.
         let b = Estimator::default().peak_bytes(&GpenConfig::official(512), &plan(512, false, 1), 1, (512, 512));
-        assert!((700 << 20..1400 << 20).contains(&b), "{} MiB", mib(b));
+        assert!((450 << 20..900 << 20).contains(&b), "{} MiB", mib(b));
+    }
+
+    #[test]
+    fn banded_levels_cut_the_estimate_of_large_maps_only() {
+        // GPEN-512 fp32 bands its top two levels; the tiny maps of GPEN-256 bf16 are not banded.
+        // Whole maps: ~130 MiB of encoder features and ~400 MiB at the top level; banded: the
+        // encoder below its top, the 128x128 map held, one band of the top level.
+        let c512 = GpenConfig::official(512);
+        let banded = Estimator::activation_elements(&c512, 1, 4) * 4;
+        assert!((128 << 20..320 << 20).contains(&banded), "{} MiB", mib(banded));
+        assert!(Estimator::activation_elements(&c512, 4, 4) > Estimator::activation_elements(&c512, 1, 4));
+        let c256 = GpenConfig::official(256);
+        assert_eq!(Strips::plan(&c256, 1, 2), None);
+        assert_eq!(Estimator::activation_elements(&c256, 2, 2), 2 * Estimator::activation_elements(&c256, 1, 2));
     }
 
     #[test]
@@ -276,7 +319,7 @@ mod tests {
         let hd = (640, 360);
         let base = Estimator::default().peak_bytes(&c, &plan(256, false, 1), 1, hd);
         let double = Estimator { calibration: 2.0 }.peak_bytes(&c, &plan(256, false, 1), 1, hd);
-        let act = Estimator::activation_elements(&c) * 4;
+        let act = Estimator::activation_elements(&c, 1, 4) * 4;
         assert!((double - base).abs_diff(act) < 1024);
     }
 

@@ -562,7 +562,7 @@ impl Restorer {
         let _y = self.model.forward(&x)?;
         let peak = memory::figures(self.device).map_err(Error::Settings)?.peak;
         let elem = if self.plan.half { 2.0 } else { 4.0 };
-        let predicted = Estimator::activation_elements(self.model.config()) as f64 * elem;
+        let predicted = Estimator::activation_elements(self.model.config(), 1, elem as i64) as f64 * elem;
         if predicted > 0.0 && peak > before {
             self.estimator.calibration = (peak - before) as f64 / predicted;
         }

@@ -4,7 +4,7 @@
 mod common;
 
 use gstgpen::checkpoint;
-use gstgpen::gpen::{FullGenerator, GpenConfig};
+use gstgpen::gpen::{FullGenerator, GpenConfig, Strips};
 use tch::{Device, Kind, Tensor};
 
 fn expected(model: &serde_json::Value) -> std::collections::HashMap<String, Tensor> {
@@ -56,6 +56,28 @@ fn fp32_matches_the_official_code_on_every_fixture() {
         let (max, mean) = common::diff(&out.output, &e["output"]);
         println!("{name}: fp32 output max abs {max:.3e}, mean abs {mean:.3e}; features max {worst:.3e}");
         assert!(max <= 1e-4, "{name}: output max abs {max}");
+    }
+}
+
+#[test]
+fn banded_top_levels_match_the_official_output() {
+    for m in common::manifest() {
+        let name = m["file"].as_str().unwrap();
+        let e = expected(&m);
+        let model = load(&m, Kind::Float);
+        let whole = model.forward_strips(&e["input"], None).unwrap();
+        for levels in 1..=3 {
+            // The thinnest bands (every level's rows cut), then uneven ones.
+            for rows in [1 << levels, 40, 100] {
+                let strips = Strips { levels, rows };
+                let out = model.forward_strips(&e["input"], Some(strips)).unwrap();
+                let (max, _) = common::diff(&out, &e["output"]);
+                let (to_whole, _) = common::diff(&out, &whole);
+                println!("{name}: {strips:?}: max abs {max:.3e} from the official output, {to_whole:.3e} from whole maps");
+                assert!(max <= 1e-4, "{name} {strips:?}: {max}");
+                assert!(to_whole <= 1e-5, "{name} {strips:?}: {to_whole} from whole maps");
+            }
+        }
     }
 }
 

@@ -145,7 +145,7 @@ impl Blur {
 
 /// Largest transposed-convolution output computed at once; bigger ones go in channel slices,
 /// since the `(2H+1)^2` output before the blur is the largest tensor of the whole forward.
-const UP_CHUNK_BYTES: i64 = 64 << 20;
+const UP_CHUNK_BYTES: i64 = 16 << 20;
 
 /// `conv_transpose2d(x, w, stride 2, groups)` then `blur`, in output-channel slices when the
 /// intermediate would be large. `w` is `(groups * in, out, k, k)`; the result `(b, out, 2H, 2W)`.
@@ -491,9 +491,20 @@ impl Generator {
         Ok(w)
     }
 
+    /// One level above 4x4: the up-sampling conv, the conv, and the RGB skip. `k` counts levels
+    /// from 8x8.
+    fn level(&self, k: usize, x: Tensor, w: &Tensor, noise: &Tensor, skip: &Tensor) -> Result<(Tensor, Tensor)> {
+        let x = self.convs[2 * k].forward(x, w, noise)?;
+        let x = self.convs[2 * k + 1].forward(x, w, noise)?;
+        let skip = self.to_rgbs[k].forward(&x, w, Some(skip))?;
+        Ok((x, skip))
+    }
+
     /// `feats` are the encoder features from the face size down to 4x4; each is freed once
-    /// its level is done (unless the caller keeps a handle).
-    fn forward(&self, w: &Tensor, mut feats: Vec<Tensor>) -> Result<Tensor> {
+    /// its level is done (unless the caller keeps a handle). With `bands`, the top levels run
+    /// on bands of rows (see [`Strips`]) and `feats` lacks the top feature: the band's rows of
+    /// it come from the function (start row, rows).
+    fn forward(&self, w: &Tensor, mut feats: Vec<Tensor>, bands: Option<(Strips, TopFeature)>) -> Result<Tensor> {
         let b = w.size()[0];
         let missing = || TchError::Shape("GPEN decoder: fewer encoder features than levels".into());
         let x = self.input.input.f_repeat([b, 1, 1, 1])?;
@@ -501,14 +512,124 @@ impl Generator {
         let mut x = self.conv1.forward(x, w, &noise)?;
         drop(noise);
         let mut skip = self.to_rgb1.forward(&x, w, None)?;
-        for (pair, to_rgb) in self.convs.chunks(2).zip(&self.to_rgbs) {
+        let levels = self.to_rgbs.len();
+        let banded = bands.as_ref().map_or(0, |(s, _)| s.levels.clamp(1, levels));
+        for k in 0..levels - banded {
             let noise = feats.pop().ok_or_else(missing)?;
-            x = pair[0].forward(x, w, &noise)?;
-            x = pair[1].forward(x, w, &noise)?;
-            drop(noise);
-            skip = to_rgb.forward(&x, w, Some(&skip))?;
+            (x, skip) = self.level(k, x, w, &noise, &skip)?;
+            trim_heap_on(&skip);
         }
-        Ok(skip)
+        match bands {
+            Some((s, top)) => {
+                if feats.len() + 1 != banded {
+                    return Err(missing());
+                }
+                self.forward_strips(w, x, skip, &feats, top, Strips { levels: banded, ..s })
+            }
+            None => Ok(skip),
+        }
+    }
+
+    /// The top `s.levels` levels on bands of `s.rows` output rows: each band starts from the
+    /// rows of the last whole level that it depends on (its rows plus [`Strips::halo`] on each
+    /// side), runs the levels on them, and keeps the rows that the halo made exact. `feats`
+    /// holds the encoder features of the banded levels below the top, the highest first.
+    fn forward_strips(&self, w: &Tensor, x: Tensor, skip: Tensor, feats: &[Tensor], top: TopFeature, s: Strips) -> Result<Tensor> {
+        let first = self.to_rgbs.len() - s.levels;
+        let (entry, scale) = (x.size()[2], 1i64 << s.levels);
+        let size = entry * scale;
+        let rows = ceil_div(s.rows.max(1), scale) * scale;
+        let halo = Strips::halo(s.levels);
+        let sk = skip.size();
+        let out = Tensor::f_empty([sk[0], sk[1], size, size], (skip.kind(), skip.device()))?;
+        let mut row = 0;
+        while row < size {
+            let n = rows.min(size - row);
+            let e0 = (row / scale - halo).max(0);
+            let e1 = ((row + n) / scale + halo).min(entry);
+            let mut xs = x.f_narrow(2, e0, e1 - e0)?;
+            let mut ss = skip.f_narrow(2, e0, e1 - e0)?;
+            for j in 0..s.levels {
+                let f = 2i64 << j;
+                let noise = if j + 1 == s.levels {
+                    top(e0 * f, (e1 - e0) * f)?
+                } else {
+                    feats[s.levels - 2 - j].f_narrow(2, e0 * f, (e1 - e0) * f)?
+                };
+                (xs, ss) = self.level(first + j, xs, w, &noise, &ss)?;
+            }
+            drop(xs);
+            out.f_narrow(2, row, n)?.f_copy_(&ss.f_narrow(2, row - e0 * scale, n)?)?;
+            row += n;
+            trim_heap_on(&skip);
+        }
+        Ok(out)
+    }
+}
+
+/// [`memory::trim_heap`](crate::memory::trim_heap) when `t` lives on the CPU: called between
+/// the phases of a forward (encoder, each decoder level, each band), so that a phase's peak
+/// does not come on top of what the phases before it left in the heap.
+fn trim_heap_on(t: &Tensor) {
+    if t.device() == Device::Cpu {
+        crate::memory::trim_heap();
+    }
+}
+
+/// The rows `(start, count)` of the top level's encoder feature, computed when a band needs them.
+type TopFeature<'a> = &'a dyn Fn(i64, i64) -> Result<Tensor>;
+
+/// Runs the top levels of the decoder on horizontal bands, so that their feature maps (the
+/// largest of the forward: 128 channels of 512x512 at the top of GPEN-512) never exist whole.
+/// Exact: every op of a level is a convolution or pointwise, so a band computed from enough
+/// rows of the level below equals the same rows of the whole map (up to the rounding of the
+/// convolution kernels chosen for its shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strips {
+    /// How many of the top levels run on bands.
+    pub levels: usize,
+    /// Output rows per band (rounded up to a multiple of `2^levels`).
+    pub rows: i64,
+}
+
+/// `a / b` rounded up, for positive numbers (`i64::div_ceil` is not stable).
+fn ceil_div(a: i64, b: i64) -> i64 {
+    (a + b - 1) / b
+}
+
+/// The largest banded feature map (per band, halo included) that [`Strips::plan`] aims for.
+pub const STRIP_BYTES: i64 = 32 << 20;
+
+impl Strips {
+    /// Rows of the first whole level that a band needs on each side: going up a level, the
+    /// rows spoiled at a band's edges by the zero padding of its convolutions become
+    /// `2c + 2` (the up-sampling conv and its blur, also the RGB skip's up-sampling) and one
+    /// more (the 3x3 conv), from none at the whole level.
+    pub fn halo(levels: usize) -> i64 {
+        let spoiled = (0..levels).fold(0i64, |c, _| 2 * c + 3);
+        ceil_div(spoiled, 1 << levels)
+    }
+
+    /// The banding for a batch: every top level whose concatenated map (conv output plus
+    /// encoder feature) would exceed [`STRIP_BYTES`] runs on bands, as many as keep each band's
+    /// map under it; `None` when no level is that large.
+    pub fn plan(cfg: &GpenConfig, batch: i64, elem_bytes: i64) -> Option<Strips> {
+        let map = |res: i64| batch * 2 * cfg.channels(res) * res * res * elem_bytes;
+        let mut levels = 0;
+        while levels + 3 < cfg.log_size() as usize && map(cfg.size >> levels) > STRIP_BYTES {
+            levels += 1;
+        }
+        if levels == 0 {
+            return None;
+        }
+        let scale = 1i64 << levels;
+        let row_bytes = batch * 2 * cfg.channels(cfg.size) * cfg.size * elem_bytes;
+        // Bands at least as tall as their two halos: past that the recomputed rows would cost
+        // more than the memory saved is worth.
+        let halos = 2 * Self::halo(levels) * scale;
+        let fit = (STRIP_BYTES / row_bytes - halos).max(halos);
+        let bands = ceil_div(cfg.size, fit);
+        Some(Strips { levels, rows: ceil_div(ceil_div(cfg.size, bands), scale) * scale })
     }
 }
 
@@ -586,36 +707,118 @@ impl FullGenerator {
     }
 
     /// Restores a batch of aligned faces: `B x 3 x size x size`, RGB in [-1, 1]. The output is
-    /// fp32, on the model's device.
+    /// fp32, on the model's device. The top levels run on bands when their maps are large
+    /// ([`Strips::plan`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.run(x, false)?.output)
+        let strips = Strips::plan(&self.config, x.size().first().copied().unwrap_or(1), self.kind.elt_size_in_bytes() as i64);
+        Ok(self.run(x, false, strips)?.output)
     }
 
-    /// As [`forward`](Self::forward), keeping the encoder features and latents.
+    /// As [`forward`](Self::forward) with the banding given (`None`: whole maps throughout).
+    pub fn forward_strips(&self, x: &Tensor, strips: Option<Strips>) -> Result<Tensor> {
+        Ok(self.run(x, false, strips)?.output)
+    }
+
+    /// As [`forward`](Self::forward) on whole maps, keeping the encoder features and latents.
     pub fn forward_intermediates(&self, x: &Tensor) -> Result<Intermediates> {
-        self.run(x, true)
+        self.run(x, true, None)
     }
 
     /// The forward pass; without `keep` each encoder feature is freed as soon as the decoder
     /// has used it (`ecd` comes back empty).
-    fn run(&self, x: &Tensor, keep: bool) -> Result<Intermediates> {
+    fn run(&self, x: &Tensor, keep: bool, strips: Option<Strips>) -> Result<Intermediates> {
         let _guard = tch::no_grad_guard();
         let s = x.size();
         let size = self.config.size;
         if s.len() != 4 || s[1] != 3 || s[2] != size || s[3] != size {
             return Err(TchError::Shape(format!("GPEN-{size} takes B x 3 x {size} x {size} input, got {s:?}")));
         }
-        let mut h = x.f_to_device(self.device)?.f_to_kind(self.kind)?;
+        let input = x.f_to_device(self.device)?.f_to_kind(self.kind)?;
+        let strips = strips.filter(|s| s.levels > 0 && !keep);
         let mut ecd = Vec::with_capacity(self.ecd.len());
-        for layer in &self.ecd {
+        let mut h = match strips {
+            // The top feature (the largest map of the encoder) never exists whole: the next
+            // level is computed from it band by band, and the decoder's bands recompute their
+            // rows of it (a 1x1 conv of the input).
+            Some(s) => self.second_feature_in_bands(&input, s.rows)?,
+            None => {
+                let top = self.ecd[0].forward(&input)?;
+                ecd.push(top.shallow_clone());
+                self.ecd[1].forward(&top)?
+            }
+        };
+        ecd.push(h.shallow_clone());
+        for layer in &self.ecd[2..] {
             h = layer.forward(&h)?;
             ecd.push(h.shallow_clone());
         }
         let z = self.final_linear.forward(&h.f_reshape([s[0], -1])?.f_to_kind(Kind::Float)?)?;
         drop(h);
         let w = self.generator.map(&z)?;
+        trim_heap_on(&w);
         let feats = if keep { ecd.iter().map(Tensor::shallow_clone).collect() } else { std::mem::take(&mut ecd) };
-        let output = self.generator.forward(&w, feats)?;
+        let top = |start: i64, rows: i64| self.ecd[0].forward(&input.f_narrow(2, start, rows)?);
+        let output = self.generator.forward(&w, feats, strips.map(|s| (s, &top as TopFeature)))?;
+        trim_heap_on(&output);
         Ok(Intermediates { ecd, z, w, output })
     }
 }
+
+impl FullGenerator {
+    /// `ecd1(ecd0(input))` computed on bands of about `rows` input rows. `ecd1` (blur with
+    /// padding 2, 3x3 conv with stride 2) makes output row `r` from input rows `2r-2 ..= 2r+3`,
+    /// so a band of output rows needs one more output row's worth on each side; bands start on
+    /// even input rows so that they keep the stride's phase.
+    fn second_feature_in_bands(&self, input: &Tensor, rows: i64) -> Result<Tensor> {
+        let size = input.size()[2];
+        let half = size / 2;
+        let step = (rows / 2).max(1);
+        let mut out: Option<Tensor> = None;
+        let mut r0 = 0;
+        while r0 < half {
+            let r1 = (r0 + step).min(half);
+            let (a0, a1) = ((2 * r0 - 2).max(0), (2 * r1 + 2).min(size));
+            let band = self.ecd[1].forward(&self.ecd[0].forward(&input.f_narrow(2, a0, a1 - a0)?)?)?;
+            let part = band.f_narrow(2, r0 - a0 / 2, r1 - r0)?;
+            let whole = match &out {
+                Some(t) => t,
+                None => {
+                    let p = part.size();
+                    out.insert(Tensor::f_empty([p[0], p[1], half, p[3]], (part.kind(), part.device()))?)
+                }
+            };
+            whole.f_narrow(2, r0, r1 - r0)?.f_copy_(&part)?;
+            r0 = r1;
+            trim_heap_on(whole);
+        }
+        out.ok_or_else(|| TchError::Shape("GPEN encoder: empty input".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halo_covers_the_rows_spoiled_at_band_edges() {
+        // 0 -> 3 -> 9 -> 21 spoiled rows at the top level, over 2, 4, 8 times the entry rows.
+        assert_eq!(Strips::halo(1), 2);
+        assert_eq!(Strips::halo(2), 3);
+        assert_eq!(Strips::halo(3), 3);
+    }
+
+    #[test]
+    fn bands_only_where_maps_are_large() {
+        let gpen512 = GpenConfig::official(512);
+        // fp32, one face: 128 MiB at 512, 64 MiB at 256, 32 MiB at 128 (not over).
+        let s = Strips::plan(&gpen512, 1, 4).unwrap();
+        assert_eq!(s.levels, 2);
+        // 32 MiB of 256 KiB rows, less 2 x 3 x 4 halo rows: 104 rows, 5 bands.
+        assert_eq!(s.rows, 104);
+        assert_eq!(Strips::plan(&gpen512, 1, 2).unwrap().levels, 1);
+        assert_eq!(Strips::plan(&GpenConfig::official(256), 1, 2), None);
+        let s = Strips::plan(&GpenConfig::official(1024), 4, 4).unwrap();
+        assert!(s.levels >= 3 && s.rows % (1 << s.levels) == 0, "{s:?}");
+    }
+}
+
