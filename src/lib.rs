@@ -5,6 +5,7 @@
 
 pub mod align;
 pub mod checkpoint;
+pub mod cuda;
 pub mod detect;
 pub mod gpen;
 pub mod gpenfilter;
@@ -35,6 +36,8 @@ pub enum Error {
 }
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // Before libtorch is first asked about CUDA, which it answers once for the process.
+    let _ = cuda::load_backend();
     gpenfilter::register(plugin)
 }
 

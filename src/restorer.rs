@@ -54,14 +54,19 @@ pub fn resolve_model_path(model: Option<&Path>, size: i64) -> PathBuf {
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N` and checks that the device exists.
 pub fn parse_device(spec: &str) -> Result<Device, Error> {
     let spec = spec.trim();
+    if spec != "cpu" {
+        // Without it libtorch sees no CUDA device; the reason shows in the error below.
+        let _ = crate::cuda::load_backend();
+    }
     let cuda = |n: usize| {
         let count = tch::Cuda::device_count();
         if (n as i64) < count {
             Ok(Device::Cuda(n))
         } else {
             Err(Error::Settings(format!(
-                "device `{spec}` was requested but libtorch sees {count} CUDA device(s) (no GPU, no driver, \
-                 or a CPU-only libtorch); use device=cpu, or device=auto to pick CUDA when present"
+                "device `{spec}` was requested but libtorch sees {count} CUDA device(s) ({}); use \
+                 device=cpu, or device=auto to pick CUDA when present",
+                crate::cuda::load_backend().err().unwrap_or("no GPU visible")
             )))
         }
     };

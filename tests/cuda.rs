@@ -13,13 +13,15 @@ fn expected(name: &str) -> std::collections::HashMap<String, Tensor> {
 
 #[test]
 fn cuda_is_linked_and_found() {
-    assert!(tch::Cuda::is_available(), "libtorch_cuda is not linked or no GPU is visible");
+    gstgpen::cuda::load_backend().unwrap();
+    assert!(tch::Cuda::is_available(), "libtorch_cuda is loaded but no GPU is visible");
     assert_eq!(parse_device("auto").unwrap(), Device::Cuda(0));
     assert_eq!(compute_kind(true, Device::Cuda(0)), Kind::Half);
 }
 
 #[test]
 fn fp32_and_fp16_on_cuda_match_the_official_cpu_output() {
+    gstgpen::cuda::load_backend().unwrap();
     for m in common::manifest() {
         let file = m["file"].as_str().unwrap();
         let name = file.trim_end_matches(".pth");

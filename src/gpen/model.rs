@@ -674,6 +674,10 @@ impl FullGenerator {
     pub fn from_state_dict(sd: &StateDict, device: Device, kind: Kind) -> std::result::Result<Self, ModelError> {
         let config = GpenConfig::from_state_dict(sd)?;
         config.check_state_dict(sd)?;
+        if device.is_cuda() {
+            // A library user may come here without resolving a device first.
+            let _ = crate::cuda::load_backend();
+        }
         let l = Loader { sd, device, kind };
         let build = || -> Result<Self> {
             let mut ecd = vec![ConvLayer::new(&l, "ecd0.0", 3, false)?];
