@@ -369,7 +369,8 @@ fn gst_inspect_shows_metadata_and_every_property() {
     let dynamic = std::process::Command::new("readelf").args(["-d"]).arg(&so).output().unwrap();
     let dynamic = String::from_utf8_lossy(&dynamic.stdout);
     assert!(dynamic.contains("RUNPATH") && dynamic.contains("libtorch"), "{dynamic}");
-    assert!(dynamic.contains("libtorch_cuda.so"), "libtorch_cuda not linked:\n{dynamic}");
+    // The CUDA backend is opened at run time where a driver exists (src/cuda.rs), not linked.
+    assert!(!dynamic.contains("libtorch_cuda.so"), "libtorch_cuda linked:\n{dynamic}");
 }
 
 #[test]
