@@ -78,7 +78,10 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("gst-gpen-bench-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (bytes, layout) = frame();
-    println!("\n{:<6} {:<5} {:>8} {:>10} {:>8} {:>7} {:>7} {:>7}  plan at the end", "size", "prec", "budget", "peak MiB", "fps", "frames", "drops", "retries");
+    println!(
+        "\n{:<6} {:<5} {:>8} {:>10} {:>8} {:>7} {:>7} {:>7}  plan at the end",
+        "size", "prec", "budget", "peak MiB", "fps", "frames", "drops", "retries"
+    );
     for &size in &sizes {
         let path = dir.join(format!("GPEN-BFR-{size}.safetensors"));
         let sd = random_state_dict(&GpenConfig::official(size), 0);
@@ -92,7 +95,10 @@ fn main() {
                     size,
                     fp16: prec == "fp16",
                     device: device.clone(),
-                    faces: FaceSettings { detector_model: Some(shared().join("weights/retinaface-mnet025-fd1mb.pth")), ..Default::default() },
+                    faces: FaceSettings {
+                        detector_model: Some(shared().join("weights/retinaface-mnet025-fd1mb.pth")),
+                        ..Default::default()
+                    },
                     memory: MemorySettings { budget_mib: budget, ..Default::default() },
                     ..Default::default()
                 };

@@ -86,8 +86,8 @@ fn main() {
             big.narrow(2, 30 + row * 540, 480).narrow(3, col * 480, 480).copy_(&hopper);
         }
     }
-    let official = FullGenerator::from_state_dict(&random_state_dict(&GpenConfig::official(512), 0), Device::Cpu, Kind::Float)
-        .expect("GPEN-512");
+    let official =
+        FullGenerator::from_state_dict(&random_state_dict(&GpenConfig::official(512), 0), Device::Cpu, Kind::Float).expect("GPEN-512");
     let x = Tensor::rand([1, 3, 512, 512], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let _warm = official.forward(&x).unwrap();
     let forward = median(

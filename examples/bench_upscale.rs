@@ -26,7 +26,11 @@ fn run_one(width: i64, height: i64, tile: i64, overlap: i64) {
     let secs = t.elapsed().as_secs_f64();
     let peak = memory::figures(Device::Cpu).unwrap().peak;
     assert_eq!(out.size(), [1, 3, 2 * height, 2 * width]);
-    println!("RESULT tile={tile} seconds={secs:.2} peak_extra_mib={} peak_mib={}", memory::mib(peak.saturating_sub(before)), memory::mib(peak));
+    println!(
+        "RESULT tile={tile} seconds={secs:.2} peak_extra_mib={} peak_mib={}",
+        memory::mib(peak.saturating_sub(before)),
+        memory::mib(peak)
+    );
 }
 
 fn main() {
@@ -55,11 +59,19 @@ fn main() {
             .output()
             .expect("run");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let line = text.lines().find(|l| l.starts_with("RESULT")).unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr))).to_owned();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("RESULT"))
+            .unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+            .to_owned();
         println!("{line}");
         let field = |k: &str| line.split_whitespace().find_map(|f| f.strip_prefix(k)).unwrap().parse::<f64>().unwrap();
         results.push((field("seconds="), field("peak_extra_mib=")));
     }
     let ((ts, tm), (ws, wm)) = (results[0], results[1]);
-    println!("tile {tile} overlap {overlap} against the whole frame: peak {:.2} (target <= 0.3), time {:.2} (target <= 1.3)", tm / wm, ts / ws);
+    println!(
+        "tile {tile} overlap {overlap} against the whole frame: peak {:.2} (target <= 0.3), time {:.2} (target <= 1.3)",
+        tm / wm,
+        ts / ws
+    );
 }

@@ -69,9 +69,7 @@ pub fn figures(device: Device) -> Result<MemoryFigures, String> {
             let (mut free, mut total, mut allocated, mut reserved, mut peak) = (0, 0, 0, 0, 0);
             // SAFETY: the out-pointers are valid locals; the shim catches every exception.
             shim_call(|e, l| unsafe { gpen_accelerator_memory_info(i as i32, &mut free, &mut total, e, l) })?;
-            shim_call(|e, l| unsafe {
-                gpen_accelerator_allocator_stats(i as i32, &mut allocated, &mut reserved, &mut peak, e, l)
-            })?;
+            shim_call(|e, l| unsafe { gpen_accelerator_allocator_stats(i as i32, &mut allocated, &mut reserved, &mut peak, e, l) })?;
             Ok(MemoryFigures { free, total, allocated, reserved, peak })
         }
         _ => {
@@ -193,12 +191,8 @@ impl Estimator {
     /// Bytes of the generator's weights in a precision (half keeps the style path in fp32,
     /// which is small, and the modulated convs' fp32 masters).
     pub fn weight_bytes(cfg: &GpenConfig, half: bool) -> u64 {
-        let params: i64 = cfg
-            .expected_shapes()
-            .iter()
-            .filter(|(n, _)| !n.ends_with(".kernel"))
-            .map(|(_, s)| s.iter().product::<i64>())
-            .sum();
+        let params: i64 =
+            cfg.expected_shapes().iter().filter(|(n, _)| !n.ends_with(".kernel")).map(|(_, s)| s.iter().product::<i64>()).sum();
         let bytes = if half { 3 } else { 4 }; // half: about half the convs stay fp32 masters
         params as u64 * bytes
     }
@@ -326,7 +320,9 @@ mod tests {
     #[test]
     fn out_of_memory_errors_are_recognised() {
         assert!(is_out_of_memory(&TchError::Torch("CUDA out of memory. Tried to allocate 20.00 MiB".into())));
-        assert!(is_out_of_memory(&TchError::Torch("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory".into())));
+        assert!(is_out_of_memory(&TchError::Torch(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory".into()
+        )));
         assert!(!is_out_of_memory(&TchError::Torch("Expected 4-dimensional input".into())));
     }
 

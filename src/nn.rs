@@ -72,12 +72,8 @@ impl<'a> Params<'a> {
     /// nothing else was; otherwise every problem, by name.
     pub fn finish(self) -> std::result::Result<(), String> {
         let used = self.used.into_inner();
-        let unexpected: Vec<String> = self
-            .sd
-            .names()
-            .filter(|n| !used.contains(*n) && !n.ends_with("num_batches_tracked"))
-            .map(str::to_owned)
-            .collect();
+        let unexpected: Vec<String> =
+            self.sd.names().filter(|n| !used.contains(*n) && !n.ends_with("num_batches_tracked")).map(str::to_owned).collect();
         let list = |what: &str, v: &[String]| -> Option<String> {
             const SHOWN: usize = 8;
             if v.is_empty() {

@@ -76,9 +76,7 @@ pub fn parse_device(spec: &str) -> Result<Device, Error> {
         "cuda" => cuda(0),
         s => match s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
             Some(n) => cuda(n),
-            None => Err(Error::Settings(format!(
-                "unknown device `{spec}`: expected auto, cpu, cuda or cuda:N (N = 0, 1, …)"
-            ))),
+            None => Err(Error::Settings(format!("unknown device `{spec}`: expected auto, cpu, cuda or cuda:N (N = 0, 1, …)"))),
         },
     }
 }
@@ -405,11 +403,8 @@ impl SceneChange {
         let (h, w) = (frame.size()[2], frame.size()[3]);
         // A subsample of the pixels: a 1080p frame costs about 30 000 reads, not two million.
         let step = (h.min(w) / 72).max(1);
-        let thumb = frame
-            .f_slice(2, 0, h, step)?
-            .f_slice(3, 0, w, step)?
-            .f_mean_dim(1, true, Kind::Float)?
-            .f_adaptive_avg_pool2d([18, 32])?;
+        let thumb =
+            frame.f_slice(2, 0, h, step)?.f_slice(3, 0, w, step)?.f_mean_dim(1, true, Kind::Float)?.f_adaptive_avg_pool2d([18, 32])?;
         let change = match &self.previous {
             Some(prev) if prev.size() == thumb.size() => prev.f_sub(&thumb)?.f_abs()?.f_mean(Kind::Float)?.f_double_value(&[])? / 255.0,
             _ => 0.0,
@@ -477,7 +472,9 @@ impl Restorer {
         }
         // The budget is what is free before our models arrive.
         let budget = match settings.memory.budget_mib {
-            0 => memory::figures(device).map(|f| f.free).map_err(|e| Error::Settings(format!("cannot read the memory of {device:?}: {e}")))?,
+            0 => memory::figures(device)
+                .map(|f| f.free)
+                .map_err(|e| Error::Settings(format!("cannot read the memory of {device:?}: {e}")))?,
             mib => mib << 20,
         };
         let model = registry::generator(&path, settings.model_key.as_deref(), device, compute_kind(settings.fp16, device))?;
@@ -634,11 +631,7 @@ impl Restorer {
             Some(m) if m.is_dir() => Some(m.clone()),
             Some(_) => None,
         }?;
-        SIZES
-            .iter()
-            .rev()
-            .find(|&&s| s < p.size && folder.join(official_file_name(s)).exists())
-            .map(|&size| Plan { size, ..p })
+        SIZES.iter().rev().find(|&&s| s < p.size && folder.join(official_file_name(s)).exists()).map(|&size| Plan { size, ..p })
     }
 
     /// Makes `plan` the current plan, loading (or sharing) its model.
@@ -908,11 +901,7 @@ impl Restorer {
         // SAFETY: checked above; `data` is borrowed for the whole function and only read.
         let view = unsafe { frame_view(data.as_ptr(), layout)? };
         let channels = Tensor::f_from_slice(&layout.rgb_offsets.map(|o| o as i64))?;
-        view.f_index_select(2, &channels)?
-            .f_to_device(self.model.device())?
-            .f_permute([2, 0, 1])?
-            .f_unsqueeze(0)?
-            .f_to_kind(Kind::Float)
+        view.f_index_select(2, &channels)?.f_to_device(self.model.device())?.f_permute([2, 0, 1])?.f_unsqueeze(0)?.f_to_kind(Kind::Float)
     }
 
     /// The faces of a frame tensor, best first, filtered by size and count.
@@ -976,12 +965,8 @@ impl Restorer {
         timings.generator = t1.elapsed();
         let t2 = std::time::Instant::now();
         // GPEN smooths small faces lightly, whose restoration is mostly invented detail.
-        let small: Vec<i64> = faces
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.width().min(f.height()) < SMALL_FACE)
-            .map(|(i, _)| i as i64)
-            .collect();
+        let small: Vec<i64> =
+            faces.iter().enumerate().filter(|(_, f)| f.width().min(f.height()) < SMALL_FACE).map(|(i, _)| i as i64).collect();
         if !small.is_empty() {
             let idx = Tensor::f_from_slice(&small)?.f_to_device(frame.device())?;
             let k = Tensor::f_from_slice(&[1f32, 2., 1., 2., 4., 2., 1., 2., 1.])?
@@ -989,10 +974,14 @@ impl Restorer {
                 .f_reshape([1, 1, 3, 3])?
                 .f_repeat([3, 1, 1, 1])?
                 .f_to_device(frame.device())?;
-            let smooth = restored
-                .f_index_select(0, &idx)?
-                .f_reflection_pad2d([1, 1, 1, 1])?
-                .f_conv2d::<Tensor>(&k, None, [1, 1], [0, 0], [1, 1], 3)?;
+            let smooth = restored.f_index_select(0, &idx)?.f_reflection_pad2d([1, 1, 1, 1])?.f_conv2d::<Tensor>(
+                &k,
+                None,
+                [1, 1],
+                [0, 0],
+                [1, 1],
+                3,
+            )?;
             restored = restored.f_index_copy(0, &idx, &smooth)?;
         }
         let alpha = stage.settings.alpha;
@@ -1001,8 +990,7 @@ impl Restorer {
         }
         // Paste: each face and its mask warped back into its region of the frame, combined over
         // the union of the regions only; that union is then blended and written.
-        let regions: Vec<Option<(i64, i64, i64, i64)>> =
-            alignments.iter().map(|a| align::paste_region(&a.tfm_inv, size, (h, w))).collect();
+        let regions: Vec<Option<(i64, i64, i64, i64)>> = alignments.iter().map(|a| align::paste_region(&a.tfm_inv, size, (h, w))).collect();
         let Some((ux0, uy0, ux1, uy1)) = regions.iter().flatten().fold(None, |u, &(x0, y0, rw, rh)| {
             Some(match u {
                 None => (x0, y0, x0 + rw, y0 + rh),

@@ -30,9 +30,8 @@ fn transforms_and_crops_match_gpen() {
     for case in v["cases"].as_array().unwrap() {
         let label = format!("{} face {} size {}", case["image"], case["face"], case["size"]);
         let size = case["size"].as_i64().unwrap();
-        let lm: [[f32; 2]; 5] = std::array::from_fn(|k| {
-            [case["landmarks"][k][0].as_f64().unwrap() as f32, case["landmarks"][k][1].as_f64().unwrap() as f32]
-        });
+        let lm: [[f32; 2]; 5] =
+            std::array::from_fn(|k| [case["landmarks"][k][0].as_f64().unwrap() as f32, case["landmarks"][k][1].as_f64().unwrap() as f32]);
         let a = align(&lm, size).unwrap();
         for (name, got) in [("tfm", a.tfm.matrix()), ("tfm_inv", a.tfm_inv.matrix())] {
             for r in 0..2 {
@@ -55,8 +54,7 @@ fn transforms_and_crops_match_gpen() {
 
 #[test]
 fn soft_mask_matches_gpen() {
-    let want: Vec<(String, Tensor)> =
-        Tensor::read_safetensors(common::shared().join("fixtures/align/soft-mask-512.safetensors")).unwrap();
+    let want: Vec<(String, Tensor)> = Tensor::read_safetensors(common::shared().join("fixtures/align/soft-mask-512.safetensors")).unwrap();
     let want = &want[0].1;
     let got = soft_mask(512, Device::Cpu).unwrap().squeeze();
     let (max, mean) = common::diff(&got, want);

@@ -16,12 +16,11 @@ fn raw_heads_match_on_astronaut() {
     let (rgb, w, h) = common::decode_image(&common::shared().join("media/images/astronaut.png"));
     let x = common::rgb_tensor(&rgb, w, h).flip([1]) - Tensor::from_slice(&[104f32, 117., 123.]).reshape([1, 3, 1, 1]);
     let raw = det.forward_raw(&x).unwrap();
-    let e: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(
-        common::shared().join("fixtures/retinaface/fd1mb-astronaut-raw.safetensors"),
-    )
-    .unwrap()
-    .into_iter()
-    .collect();
+    let e: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(common::shared().join("fixtures/retinaface/fd1mb-astronaut-raw.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
     for (name, got, want) in [
         ("loc", raw.loc.shallow_clone(), e["loc"].squeeze_dim(0)),
         ("landms", raw.landms.shallow_clone(), e["landms"].squeeze_dim(0)),

@@ -149,10 +149,7 @@ fn timestamps_flags_and_metadata_are_preserved() {
         .build()
         .unwrap();
     let mut h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
-    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgbx, 256, 256)
-        .fps(gst::Fraction::new(25, 1))
-        .build()
-        .unwrap();
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgbx, 256, 256).fps(gst::Fraction::new(25, 1)).build().unwrap();
     h.set_src_caps(info.to_caps().unwrap());
     for n in 0..3u64 {
         let mut buffer = gst::Buffer::with_size(info.size()).unwrap();
@@ -265,11 +262,8 @@ fn bad_input_gives_a_clear_error_on_the_bus() {
 fn mis_shaped_checkpoint_lists_every_problem() {
     let dir = common::scratch("misshaped");
     let sd = gstgpen::checkpoint::load(&fixture("gpen-256-tiny.pth"), None).unwrap();
-    let mut tensors: Vec<(String, tch::Tensor)> = sd
-        .iter()
-        .filter(|(n, _)| *n != "generator.style.2.bias")
-        .map(|(n, t)| (n.to_owned(), t.shallow_clone()))
-        .collect();
+    let mut tensors: Vec<(String, tch::Tensor)> =
+        sd.iter().filter(|(n, _)| *n != "generator.style.2.bias").map(|(n, t)| (n.to_owned(), t.shallow_clone())).collect();
     for (n, t) in tensors.iter_mut() {
         if n == "ecd1.0.1.weight" {
             *t = tch::Tensor::zeros([3, 3, 3, 3], (tch::Kind::Float, tch::Device::Cpu));
@@ -360,7 +354,11 @@ fn gst_inspect_shows_metadata_and_every_property() {
         let block: String = text[at..].lines().take(3).collect::<Vec<_>>().join(" ");
         let block = block.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(block.contains(default), "{property}: {block}");
-        assert!(block.contains("changeable only in NULL or READY state") || block.contains("changeable in NULL, READY, PAUSED or PLAYING state"), "{property}: {block}");
+        assert!(
+            block.contains("changeable only in NULL or READY state")
+                || block.contains("changeable in NULL, READY, PAUSED or PLAYING state"),
+            "{property}: {block}"
+        );
     }
     for size in ["(256)", "(512)", "(1024)", "(2048)"] {
         assert!(text.contains(size), "size value {size} not listed");

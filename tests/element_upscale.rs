@@ -105,7 +105,9 @@ fn tensor(rgb: &[u8], w: usize, h: usize) -> Tensor {
 
 #[test]
 fn caps_are_scaled_and_every_frame_comes_out() {
-    for (factor, props) in [(2, "upscale=2".to_owned()), (4, "upscale=4".to_owned()), (2, format!("upscale=2 upscaler-model={}", x2().display()))] {
+    for (factor, props) in
+        [(2, "upscale=2".to_owned()), (4, "upscale=4".to_owned()), (2, format!("upscale=2 upscaler-model={}", x2().display()))]
+    {
         let r = run("videotestsrc num-buffers=3 ! video/x-raw,format=RGB,width=64,height=48", &props);
         assert!(r.error.is_none(), "{props}: {:?}", r.error);
         assert_eq!(size_of(r.caps.as_ref().unwrap()), (64 * factor, 48 * factor), "{props}");
@@ -236,10 +238,7 @@ fn bad_upscaling_settings_fail_at_start_with_a_reason() {
 
 #[test]
 fn padded_formats_keep_their_alpha_opaque() {
-    let r = run(
-        "videotestsrc num-buffers=1 ! video/x-raw,format=RGBA,width=30,height=20",
-        "upscale=2",
-    );
+    let r = run("videotestsrc num-buffers=1 ! video/x-raw,format=RGBA,width=30,height=20", "upscale=2");
     assert!(r.error.is_none(), "{:?}", r.error);
     let f = &r.frames[0];
     assert_eq!(f.len(), 60 * 40 * 4);

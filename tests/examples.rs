@@ -13,7 +13,21 @@ fn short_clip(dir: &Path) -> PathBuf {
     let status = Command::new("gst-launch-1.0")
         .args(["-q", "filesrc"])
         .arg(format!("location={}", common::shared().join("media/images/two_people.jpg").display()))
-        .args(["!", "jpegdec", "!", "videoconvert", "!", "videoscale", "!", "video/x-raw,width=1126,height=662", "!", "imagefreeze", "num-buffers=10", "!", "video/x-raw,framerate=10/1"])
+        .args([
+            "!",
+            "jpegdec",
+            "!",
+            "videoconvert",
+            "!",
+            "videoscale",
+            "!",
+            "video/x-raw,width=1126,height=662",
+            "!",
+            "imagefreeze",
+            "num-buffers=10",
+            "!",
+            "video/x-raw,framerate=10/1",
+        ])
         .args(["!", "videoconvert", "!", "x264enc", "!", "mp4mux", "!", "filesink"])
         .arg(format!("location={}", out.display()))
         .status()
@@ -33,7 +47,8 @@ fn properties() -> Vec<String> {
 
 /// The last statistics line says all ten frames went in and out, with faces restored.
 fn check_final_line(stdout: &str) {
-    let last = stdout.lines().filter(|l| l.starts_with("stats (final)")).last().unwrap_or_else(|| panic!("no final stats line in:\n{stdout}"));
+    let last =
+        stdout.lines().filter(|l| l.starts_with("stats (final)")).last().unwrap_or_else(|| panic!("no final stats line in:\n{stdout}"));
     assert!(last.contains("frames in 10 out 10 dropped 0 passed-through 0"), "{last}");
     let faces: u64 = last.split("faces restored ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
     assert!(faces >= 10, "two people in ten frames: {last}");

@@ -96,7 +96,8 @@ fn a_face_cut_by_the_frame_edge_is_restored_without_a_black_band() {
     // The crop replicates the edge where GPEN's is black.
     let frame = common::rgb_tensor(&input, w, h);
     let a = align(&det.faces[0].landmarks, 256).unwrap();
-    let black = |b| crop_faces(&frame, &[a], 256, b).unwrap().sum_dim_intlist(1, false, Kind::Float).eq(0.0).sum(Kind::Int64).int64_value(&[]);
+    let black =
+        |b| crop_faces(&frame, &[a], 256, b).unwrap().sum_dim_intlist(1, false, Kind::Float).eq(0.0).sum(Kind::Int64).int64_value(&[]);
     let (zeros, replicate) = (black(Border::Zeros), black(Border::Replicate));
     println!("black crop pixels: {zeros} with GPEN's border, {replicate} replicated");
     assert!(zeros > 1000 && replicate * 100 < zeros);

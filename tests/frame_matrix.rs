@@ -90,10 +90,9 @@ fn padded_rows_restore_like_packed_ones() {
     let (rgb, sw, sh) = common::decode_image(&common::shared().join("media/images/astronaut.png"));
     let (w, h) = (333usize, 333usize);
     let t = common::rgb_tensor(&rgb, sw, sh).upsample_bilinear2d([h as i64, w as i64], false, None, None);
-    let packed: Vec<u8> = Vec::try_from(
-        t.round().clamp(0.0, 255.0).to_kind(tch::Kind::Uint8).squeeze_dim(0).permute([1, 2, 0]).contiguous().flatten(0, -1),
-    )
-    .unwrap();
+    let packed: Vec<u8> =
+        Vec::try_from(t.round().clamp(0.0, 255.0).to_kind(tch::Kind::Uint8).squeeze_dim(0).permute([1, 2, 0]).contiguous().flatten(0, -1))
+            .unwrap();
     let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w as u32, h as u32).build().unwrap();
     let stride = info.stride()[0] as usize;
     assert_eq!(stride, 1000);

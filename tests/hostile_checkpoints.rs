@@ -24,7 +24,15 @@ struct Entry<'a> {
 
 impl Default for Entry<'_> {
     fn default() -> Self {
-        Entry { name: "w", class: "FloatStorage", key: "0", numel: 4, size: &[2, 2], stride: &[2, 1], rebuild: ("torch._utils", "_rebuild_tensor_v2") }
+        Entry {
+            name: "w",
+            class: "FloatStorage",
+            key: "0",
+            numel: 4,
+            size: &[2, 2],
+            stride: &[2, 1],
+            rebuild: ("torch._utils", "_rebuild_tensor_v2"),
+        }
     }
 }
 
@@ -190,7 +198,8 @@ fn absurd_sizes_are_refused_before_any_allocation() {
 
 fn fixture_with(name: &str, change: impl Fn(&str, &Tensor) -> Option<Tensor>) -> PathBuf {
     let sd = checkpoint::load(&common::gpen_fixture("gpen-256-tiny.pth"), None).unwrap();
-    let tensors: Vec<(String, Tensor)> = sd.iter().map(|(n, t)| (n.to_owned(), change(n, t).unwrap_or_else(|| t.shallow_clone()))).collect();
+    let tensors: Vec<(String, Tensor)> =
+        sd.iter().map(|(n, t)| (n.to_owned(), change(n, t).unwrap_or_else(|| t.shallow_clone()))).collect();
     let path = common::scratch("hostile").join(name);
     Tensor::write_safetensors(&tensors, &path).unwrap();
     path
@@ -221,7 +230,12 @@ fn integer_and_non_finite_weights_are_reported_by_name() {
     let det = checkpoint::load(&common::shared().join("weights/retinaface-mnet025-fd1mb.pth"), None).unwrap();
     let tensors: Vec<(String, Tensor)> = det
         .iter()
-        .map(|(n, t)| (n.to_owned(), if n.ends_with("conv.0.weight") || n == det.names().next().unwrap() { t.copy().fill_(f64::NAN) } else { t.shallow_clone() }))
+        .map(|(n, t)| {
+            (
+                n.to_owned(),
+                if n.ends_with("conv.0.weight") || n == det.names().next().unwrap() { t.copy().fill_(f64::NAN) } else { t.shallow_clone() },
+            )
+        })
         .collect();
     let path = common::scratch("hostile").join("det-nan.safetensors");
     Tensor::write_safetensors(&tensors, &path).unwrap();

@@ -80,7 +80,8 @@ fn serve(body: Vec<u8>, plan: Vec<Serve>) -> (String, Arc<Mutex<Vec<Option<Strin
 /// A manifest with the real fd1mb detector's size and sha256, served from `url`.
 fn manifest(dir: &Path, url: &str) -> PathBuf {
     let project: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/manifest.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/manifest.json")).unwrap())
+            .unwrap();
     let mut m = project["models"].as_array().unwrap().iter().find(|m| m["name"] == "retinaface-mnet025-fd1mb").unwrap().clone();
     m["urls"] = serde_json::json!([url]);
     let p = dir.join("manifest.json");
@@ -177,12 +178,22 @@ fn unreachable_and_missing_files_are_named() {
 #[test]
 fn the_manifest_lists_the_known_models() {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/manifest.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/manifest.json")).unwrap())
+            .unwrap();
     let models = v["models"].as_array().unwrap();
     let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
     for n in [
-        "GPEN-BFR-256", "GPEN-BFR-512", "GPEN-BFR-1024", "GPEN-BFR-2048", "RetinaFace-R50", "retinaface-mnet025-fd1mb",
-        "retinaface-mnet025-std", "realesrnet_x2", "realesrnet_x4", "RealESRGAN_x4plus", "RealESRGAN_x2plus",
+        "GPEN-BFR-256",
+        "GPEN-BFR-512",
+        "GPEN-BFR-1024",
+        "GPEN-BFR-2048",
+        "RetinaFace-R50",
+        "retinaface-mnet025-fd1mb",
+        "retinaface-mnet025-std",
+        "realesrnet_x2",
+        "realesrnet_x4",
+        "RealESRGAN_x4plus",
+        "RealESRGAN_x2plus",
     ] {
         assert!(names.contains(&n), "{n} is missing from the manifest");
     }
@@ -198,7 +209,9 @@ fn the_manifest_lists_the_known_models() {
         assert_eq!(m["file"].as_str().unwrap(), gstgpen::restorer::official_file_name(size));
     }
     // The two known checksums are those of the files in ../shared/weights.
-    for (name, file) in [("retinaface-mnet025-fd1mb", "retinaface-mnet025-fd1mb.pth"), ("retinaface-mnet025-std", "retinaface-mnet025-std.pth")] {
+    for (name, file) in
+        [("retinaface-mnet025-fd1mb", "retinaface-mnet025-fd1mb.pth"), ("retinaface-mnet025-std", "retinaface-mnet025-std.pth")]
+    {
         use sha2::Digest;
         let bytes = std::fs::read(common::shared().join("weights").join(file)).unwrap();
         let m = models.iter().find(|m| m["name"] == name).unwrap();

@@ -125,8 +125,8 @@ fn nothing_fits_error_stops_with_a_message() {
 
 #[test]
 fn a_budget_between_the_precisions_degrades_to_half_precision() {
-    use gstgpen::memory::{Estimator, Plan};
     use gstgpen::gpen::GpenConfig;
+    use gstgpen::memory::{Estimator, Plan};
     let cfg = GpenConfig { size: 256, channel_multiplier: 1, narrow: 0.125, ..Default::default() };
     let e = Estimator::default();
     // two_people.jpg: 2 faces above the default threshold.
@@ -190,12 +190,7 @@ fn late_frames_are_dropped_by_qos_and_counted() {
     };
     h.push_and_pull(frame(0)).unwrap();
     // Downstream says: 1 s late at 10 s.
-    assert!(h.push_upstream_event(gst::event::Qos::new(
-        gst::QOSType::Underflow,
-        0.5,
-        1_000_000_000i64,
-        gst::ClockTime::from_seconds(10)
-    )));
+    assert!(h.push_upstream_event(gst::event::Qos::new(gst::QOSType::Underflow, 0.5, 1_000_000_000i64, gst::ClockTime::from_seconds(10))));
     assert_eq!(h.push(frame(5000)), Ok(gst::FlowSuccess::Ok));
     assert!(h.try_pull().is_none(), "a late frame was not dropped");
     let stats = element.property::<gst::Structure>("stats");
@@ -206,7 +201,6 @@ fn late_frames_are_dropped_by_qos_and_counted() {
     let latency = h.query_latency().expect("latency answered");
     assert!(latency > gst::ClockTime::from_mseconds(10), "{latency}");
 }
-
 
 #[test]
 fn statistics_are_posted_as_element_messages() {

@@ -52,9 +52,8 @@ fn table() -> String {
     gst::init().unwrap();
     gstgpen::plugin_register_static().unwrap();
     let element = gst::ElementFactory::make("gpenfilter").build().unwrap();
-    let mut out = String::from(
-        "| property | type | default | range / values | changeable | description |\n| --- | --- | --- | --- | --- | --- |\n",
-    );
+    let mut out =
+        String::from("| property | type | default | range / values | changeable | description |\n| --- | --- | --- | --- | --- | --- |\n");
     for pspec in element.list_properties().iter().filter(|p| p.owner_type() == element.type_()) {
         let (ty, default, range) = describe(pspec);
         let flags = pspec.flags();
@@ -82,8 +81,5 @@ fn readme_property_table_matches_the_element() {
         std::fs::write(&path, format!("{}{BEGIN}{generated}{}", &readme[..start], &readme[end..])).unwrap();
         return;
     }
-    assert_eq!(
-        current, generated,
-        "README's property table is out of date: run GST_GPEN_UPDATE_README=1 cargo test --test readme"
-    );
+    assert_eq!(current, generated, "README's property table is out of date: run GST_GPEN_UPDATE_README=1 cargo test --test readme");
 }

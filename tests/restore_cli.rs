@@ -38,23 +38,16 @@ fn discover(path: &Path) -> Streams {
     let d = gst_pbutils::Discoverer::new(gst::ClockTime::from_seconds(30)).unwrap();
     let uri = glib::filename_to_uri(path, None).unwrap();
     let info = d.discover_uri(&uri).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    Streams {
-        duration: info.duration().expect("a duration"),
-        video: info.video_streams().len(),
-        audio: info.audio_streams().len(),
-    }
+    Streams { duration: info.duration().expect("a duration"), video: info.video_streams().len(), audio: info.audio_streams().len() }
 }
 
 /// Decoded video frames of a file.
 fn count_frames(path: &Path) -> u64 {
     gst::init().unwrap();
-    let p = gst::parse::launch(&format!(
-        "filesrc location={} ! decodebin ! video/x-raw ! fakesink name=sink",
-        path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    let p = gst::parse::launch(&format!("filesrc location={} ! decodebin ! video/x-raw ! fakesink name=sink", path.display()))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
     let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = n.clone();
     p.by_name("sink").unwrap().static_pad("sink").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {

@@ -195,7 +195,14 @@ fn push(src: &gst_app::AppSrc, bytes: &[u8], i: u64) {
 fn a_new_resolution_mid_stream_is_renegotiated() {
     let (pipeline, src, samples) = app_pipeline();
     pipeline.set_state(gst::State::Playing).unwrap();
-    let caps = |w: i32, h: i32| gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w as u32, h as u32).fps(gst::Fraction::new(25, 1)).build().unwrap().to_caps().unwrap();
+    let caps = |w: i32, h: i32| {
+        gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w as u32, h as u32)
+            .fps(gst::Fraction::new(25, 1))
+            .build()
+            .unwrap()
+            .to_caps()
+            .unwrap()
+    };
     src.set_caps(Some(&caps(320, 320)));
     let small = astronaut(320, 320);
     for i in 0..4 {

@@ -109,11 +109,12 @@ fn astronaut_clip(n: usize) -> (Vec<Vec<u8>>, Vec<Pose>, usize, usize) {
 
 /// The single face's landmarks per frame.
 fn landmarks(seen: &[FrameFaces]) -> Vec<[[f64; 2]; 5]> {
-    seen.iter().map(|f| {
-        assert_eq!(f.faces.len(), 1, "{f:?}");
-        f.faces[0].1
-    })
-    .collect()
+    seen.iter()
+        .map(|f| {
+            assert_eq!(f.faces.len(), 1, "{f:?}");
+            f.faces[0].1
+        })
+        .collect()
 }
 
 /// The photo's landmarks that best explain `observed` along `poses` (least squares: the mean
@@ -149,9 +150,8 @@ fn residuals(observed: &[[[f64; 2]; 5]], truth: &[[f64; 2]; 5], poses: &[Pose], 
 /// Root mean square of the frame-to-frame change of the residuals from `from` on: the jitter
 /// that motion does not explain.
 fn jitter(r: &[[[f64; 2]; 5]], from: usize) -> f64 {
-    let d: Vec<f64> = (from.max(1)..r.len())
-        .flat_map(|t| (0..5).flat_map(move |k| (0..2).map(move |c| r[t][k][c] - r[t - 1][k][c])))
-        .collect();
+    let d: Vec<f64> =
+        (from.max(1)..r.len()).flat_map(|t| (0..5).flat_map(move |k| (0..2).map(move |c| r[t][k][c] - r[t - 1][k][c]))).collect();
     (d.iter().map(|v| v * v).sum::<f64>() / d.len() as f64).sqrt()
 }
 

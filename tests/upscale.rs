@@ -183,8 +183,6 @@ fn any_frame_size_from_one_pixel() {
     }
 }
 
-
-
 #[test]
 fn bare_and_prefixed_safetensors_load_too() {
     let dir = common::scratch("rrdb-st");

@@ -260,13 +260,12 @@ fn run(args: Args) -> Result<i32, (i32, String)> {
         });
     }
     {
-        let (pipeline, mux, filter, video_enc, audio_enc) = (pipeline.clone(), mux.clone(), filter.clone(), video_enc.clone(), audio_enc.clone());
+        let (pipeline, mux, filter, video_enc, audio_enc) =
+            (pipeline.clone(), mux.clone(), filter.clone(), video_enc.clone(), audio_enc.clone());
         let interrupted = interrupted.clone();
         parse.connect_pad_added(move |_, pad| {
             if let Err(e) = on_stream(&pipeline, pad, &mux, &filter, &interrupted, &video_enc, audio_enc.as_deref()) {
-                let _ = pipeline.post_message(
-                    gst::message::Error::builder(gst::CoreError::Negotiation, &e).src(&pipeline).build(),
-                );
+                let _ = pipeline.post_message(gst::message::Error::builder(gst::CoreError::Negotiation, &e).src(&pipeline).build());
             }
         });
     }
@@ -316,7 +315,8 @@ fn run(args: Args) -> Result<i32, (i32, String)> {
                     b.set_message(msg);
                 }
                 None if last_line.elapsed() >= Duration::from_secs(5) => {
-                    let left = total_frames.map(|t| format!(", {:.0} s left", t.saturating_sub(done) as f64 / fps.max(1e-3))).unwrap_or_default();
+                    let left =
+                        total_frames.map(|t| format!(", {:.0} s left", t.saturating_sub(done) as f64 / fps.max(1e-3))).unwrap_or_default();
                     eprintln!("gst-gpen-restore: {done}{} frames, {msg}{left}", total_frames.map(|t| format!("/{t}")).unwrap_or_default());
                     last_line = Instant::now();
                 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
-pub use pickle::{PickleError, Value};
 use pickle::{PersistentIds, StorageRef, TensorRef};
+pub use pickle::{PickleError, Value};
 
 /// Keys under which training code wraps a state dict, tried in this order when no key is given.
 pub const WRAPPER_KEYS: [&str; 4] = ["g_ema", "params_ema", "params", "state_dict"];
@@ -152,8 +152,7 @@ pub fn load(path: &Path, key: Option<&str>) -> Result<StateDict, CheckpointError
 pub fn load_bytes(path: &Path, data: &[u8], key: Option<&str>) -> Result<StateDict, CheckpointError> {
     let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
     if data.starts_with(b"PK\x03\x04") || data.starts_with(b"PK\x05\x06") {
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(data))
-            .map_err(|e| corrupt(format!("zip archive: {e}")))?;
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(data)).map_err(|e| corrupt(format!("zip archive: {e}")))?;
         let (object, root) = read_zip_pickle(path, &mut zip, data.len())?;
         let selected = select_state_dict(path, object, key)?;
         let mut storages = ZipStorages { zip: &mut zip, root, file_len: data.len() };
@@ -223,8 +222,7 @@ fn read_zip_pickle(
     file_len: usize,
 ) -> Result<(Value, String), CheckpointError> {
     let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
-    let Some(pkl) = zip.file_names().find(|n| *n == "data.pkl" || n.ends_with("/data.pkl")).map(str::to_owned)
-    else {
+    let Some(pkl) = zip.file_names().find(|n| *n == "data.pkl" || n.ends_with("/data.pkl")).map(str::to_owned) else {
         return Err(CheckpointError::UnknownFormat {
             path: path.into(),
             reason: "a zip archive without `data.pkl` (not a torch.save file)".into(),
@@ -239,8 +237,7 @@ fn read_zip_pickle(
         }
     }
     let bytes = read_entry(path, zip, &pkl, (256 << 20).min(inflation_limit(file_len)))?;
-    let (object, _) =
-        pickle::unpickle(&bytes, PersistentIds::Zip).map_err(|e| corrupt(format!("{pkl}: {e}")))?;
+    let (object, _) = pickle::unpickle(&bytes, PersistentIds::Zip).map_err(|e| corrupt(format!("{pkl}: {e}")))?;
     Ok((object, root))
 }
 
@@ -253,12 +250,7 @@ fn inflation_limit(file_len: usize) -> u64 {
 }
 
 /// Reads a zip entry, refusing to allocate more than `limit` bytes or more than the entry claims.
-fn read_entry(
-    path: &Path,
-    zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
-    name: &str,
-    limit: u64,
-) -> Result<Vec<u8>, CheckpointError> {
+fn read_entry(path: &Path, zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>, name: &str, limit: u64) -> Result<Vec<u8>, CheckpointError> {
     let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
     let f = zip.by_name(name).map_err(|e| corrupt(format!("entry `{name}`: {e}")))?;
     let size = f.size();
@@ -274,11 +266,7 @@ fn read_entry(
 }
 
 /// Picks the state dict out of the unpickled object: its tensors, by name.
-fn select_state_dict(
-    path: &Path,
-    object: Value,
-    key: Option<&str>,
-) -> Result<Vec<(String, TensorRef)>, CheckpointError> {
+fn select_state_dict(path: &Path, object: Value, key: Option<&str>) -> Result<Vec<(String, TensorRef)>, CheckpointError> {
     let structure = |reason: String| CheckpointError::Structure { path: path.into(), reason };
     let Value::Dict(top) = object else {
         return Err(structure(format!(
@@ -287,9 +275,7 @@ fn select_state_dict(
         )));
     };
     let has_tensors = |d: &[(Value, Value)]| d.iter().any(|(_, v)| matches!(v, Value::Tensor(_)));
-    let top_keys = || {
-        top.iter().filter_map(|(k, _)| k.as_str()).take(12).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
-    };
+    let top_keys = || top.iter().filter_map(|(k, _)| k.as_str()).take(12).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
     let chosen = match key {
         Some(k) => match top.iter().find(|(n, _)| n.as_str() == Some(k)) {
             Some((_, Value::Dict(d))) => d.clone(),
@@ -349,10 +335,11 @@ impl Storages for ZipStorages<'_, '_> {
     fn bytes(&mut self, path: &Path, s: &StorageRef) -> Result<Vec<u8>, CheckpointError> {
         let want = storage_bytes(path, s)?;
         let name = format!("{}data/{}", self.root, s.key);
-        let got = self.zip.by_name(&name).map(|f| f.size()).map_err(|e| CheckpointError::Corrupt {
-            path: path.into(),
-            reason: format!("storage `{}`: entry `{name}`: {e}", s.key),
-        })?;
+        let got = self
+            .zip
+            .by_name(&name)
+            .map(|f| f.size())
+            .map_err(|e| CheckpointError::Corrupt { path: path.into(), reason: format!("storage `{}`: entry `{name}`: {e}", s.key) })?;
         if got != want {
             return Err(CheckpointError::Corrupt {
                 path: path.into(),
@@ -416,8 +403,8 @@ fn read_legacy<'a>(path: &Path, data: &'a [u8]) -> Result<(Value, LegacyStorages
     let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
     let mut pos = 0;
     let next = |what: &str, pos: &mut usize| -> Result<Value, CheckpointError> {
-        let (v, n) = pickle::unpickle(&data[*pos..], PersistentIds::Legacy)
-            .map_err(|e| corrupt(format!("{what} (at byte {}): {e}", *pos)))?;
+        let (v, n) =
+            pickle::unpickle(&data[*pos..], PersistentIds::Legacy).map_err(|e| corrupt(format!("{what} (at byte {}): {e}", *pos)))?;
         *pos += n;
         Ok(v)
     };
@@ -452,9 +439,11 @@ fn read_legacy<'a>(path: &Path, data: &'a [u8]) -> Result<(Value, LegacyStorages
         let Some(&es) = esize.get(&k) else {
             return Err(corrupt(format!("storage `{k}` holds data but no tensor uses it")));
         };
-        let len = count.checked_mul(es as u64).filter(|&l| l <= (data.len() - pos) as u64).ok_or_else(|| {
-            corrupt(format!("storage `{k}` claims {count} elements, more than the {} bytes left", data.len() - pos))
-        })? as usize;
+        let len = count
+            .checked_mul(es as u64)
+            .filter(|&l| l <= (data.len() - pos) as u64)
+            .ok_or_else(|| corrupt(format!("storage `{k}` claims {count} elements, more than the {} bytes left", data.len() - pos)))?
+            as usize;
         ranges.insert(k, (pos, len));
         pos += len;
     }
@@ -494,17 +483,10 @@ fn check_extent(t: &TensorRef) -> Result<(), String> {
     Ok(())
 }
 
-fn materialise(
-    path: &Path,
-    refs: Vec<(String, TensorRef)>,
-    storages: &mut dyn Storages,
-) -> Result<StateDict, CheckpointError> {
+fn materialise(path: &Path, refs: Vec<(String, TensorRef)>, storages: &mut dyn Storages) -> Result<StateDict, CheckpointError> {
     // Validate every tensor before reading any storage.
     for (name, t) in &refs {
-        check_extent(t).map_err(|reason| CheckpointError::Corrupt {
-            path: path.into(),
-            reason: format!("tensor `{name}`: {reason}"),
-        })?;
+        check_extent(t).map_err(|reason| CheckpointError::Corrupt { path: path.into(), reason: format!("tensor `{name}`: {reason}") })?;
     }
     let mut loaded: HashMap<String, Tensor> = HashMap::new();
     let mut out = Vec::with_capacity(refs.len());
@@ -518,10 +500,7 @@ fn materialise(
             loaded.insert(id.clone(), flat);
         }
         let flat = &loaded[&id];
-        let tensor = flat
-            .f_as_strided(&t.size, &t.stride, Some(t.offset))
-            .and_then(|v| v.f_contiguous())
-            .map_err(torch)?;
+        let tensor = flat.f_as_strided(&t.size, &t.stride, Some(t.offset)).and_then(|v| v.f_contiguous()).map_err(torch)?;
         out.push((name, tensor));
     }
     Ok(StateDict::new(path.into(), out))
@@ -551,8 +530,11 @@ fn read_safetensors(path: &Path, data: &[u8], key: Option<&str>) -> Result<State
         let dtype = Dtype::from_safetensors(view.dtype())
             .ok_or_else(|| corrupt(format!("tensor `{name}`: dtype {:?} is not supported", view.dtype())))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(view.data(), &shape, dtype.kind())
-            .map_err(|source| CheckpointError::Torch { path: path.into(), name: name.clone(), source })?;
+        let t = Tensor::f_from_data_size(view.data(), &shape, dtype.kind()).map_err(|source| CheckpointError::Torch {
+            path: path.into(),
+            name: name.clone(),
+            source,
+        })?;
         out.push((short, t));
     }
     if out.is_empty() {

@@ -130,15 +130,7 @@ struct Machine<'a> {
 /// Unpickles one object starting at `data[0]`; returns it and the number of bytes consumed
 /// (up to and including STOP), so consecutive pickles can be read.
 pub fn unpickle(data: &[u8], pids: PersistentIds) -> Result<(Value, usize), PickleError> {
-    let mut m = Machine {
-        data,
-        pos: 0,
-        op_pos: 0,
-        stack: Vec::new(),
-        memo: Default::default(),
-        values: 0,
-        pids,
-    };
+    let mut m = Machine { data, pos: 0, op_pos: 0, stack: Vec::new(), memo: Default::default(), values: 0, pids };
     let v = m.run()?;
     Ok((v, m.pos))
 }

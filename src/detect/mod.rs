@@ -26,11 +26,7 @@ impl Face {
 
     /// Maps coordinates found on a frame scaled by `scale` back to the frame.
     pub fn unscaled(&self, scale: f32) -> Face {
-        Face {
-            bbox: self.bbox.map(|v| v / scale),
-            score: self.score,
-            landmarks: self.landmarks.map(|p| p.map(|v| v / scale)),
-        }
+        Face { bbox: self.bbox.map(|v| v / scale), score: self.score, landmarks: self.landmarks.map(|p| p.map(|v| v / scale)) }
     }
 }
 
@@ -40,12 +36,7 @@ pub const NMS_THRESHOLD: f32 = 0.4;
 /// Runs `detector` on `rgb` (`1 x 3 x H x W`, values 0..255, on the detector's device) at each
 /// scale (1.0 = native; the image is resized bilinearly), maps the faces back to `rgb`'s pixels
 /// and merges the passes by non-maximum suppression.
-pub fn detect_at_scales(
-    detector: &RetinaFace,
-    rgb: &tch::Tensor,
-    scales: &[f64],
-    threshold: f64,
-) -> Result<Vec<Face>, tch::TchError> {
+pub fn detect_at_scales(detector: &RetinaFace, rgb: &tch::Tensor, scales: &[f64], threshold: f64) -> Result<Vec<Face>, tch::TchError> {
     let s = rgb.size();
     let (h, w) = (s[2] as f64, s[3] as f64);
     let mut all = Vec::new();

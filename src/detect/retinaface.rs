@@ -42,8 +42,16 @@ impl DetectorVariant {
 
 /// sha256 of the published files whose variant is known.
 const KNOWN_FILES: [(&str, DetectorVariant, &str); 2] = [
-    ("ed6fa7d45a5179f03cb5ce82c73b0c6711372968e53782e88395acee88d319e1", DetectorVariant::Fd1mb, "Face-Detector-1MB mobilenet0.25_Final.pth"),
-    ("38ec7bb3c9cbfe2f40edabc05fab970a6d648747cbc534092be85d5eb9b37ed0", DetectorVariant::Standard, "Pytorch_Retinaface mobilenet0.25_Final.pth"),
+    (
+        "ed6fa7d45a5179f03cb5ce82c73b0c6711372968e53782e88395acee88d319e1",
+        DetectorVariant::Fd1mb,
+        "Face-Detector-1MB mobilenet0.25_Final.pth",
+    ),
+    (
+        "38ec7bb3c9cbfe2f40edabc05fab970a6d648747cbc534092be85d5eb9b37ed0",
+        DetectorVariant::Standard,
+        "Pytorch_Retinaface mobilenet0.25_Final.pth",
+    ),
 ];
 
 /// `conv_bn` / `conv_bn_no_relu` / `conv_bn1X1`: conv, BatchNorm, optional LeakyReLU.
@@ -259,9 +267,8 @@ struct Ssh {
 
 impl Ssh {
     fn new(p: &Params, prefix: &str, c: i64, slope: f64) -> Result<Self> {
-        let conv = |name: &str, i, o, act: bool| {
-            ConvBn::new(p, &format!("{prefix}.{name}"), ConvSpec::new(i, o, 3, 1, 1), act.then_some(slope))
-        };
+        let conv =
+            |name: &str, i, o, act: bool| ConvBn::new(p, &format!("{prefix}.{name}"), ConvSpec::new(i, o, 3, 1, 1), act.then_some(slope));
         Ok(Ssh {
             conv3x3: conv("conv3X3", c, c / 2, false)?,
             conv5x5_1: conv("conv5X5_1", c, c / 4, true)?,
@@ -368,7 +375,8 @@ impl RetinaFace {
             let s = variant.slope();
             (Backbone::MobileNet(MobileNetV1::new(p, s)?), [64, 128, 256], 64, s)
         };
-        let head = |name: &str, i: usize, k: i64| Conv2d::new(p, &format!("{name}.{i}.conv1x1"), ConvSpec::new(out, ANCHORS * k, 1, 1, 0), true);
+        let head =
+            |name: &str, i: usize, k: i64| Conv2d::new(p, &format!("{name}.{i}.conv1x1"), ConvSpec::new(out, ANCHORS * k, 1, 1, 0), true);
         Ok(RetinaFace {
             backbone,
             fpn: Fpn::new(p, in_channels, out, slope)?,

@@ -196,9 +196,7 @@ impl GpenConfig {
         for (name, shape) in &expected {
             match sd.get(name) {
                 None => missing.push(name.clone()),
-                Some(t) if t.size() != *shape => {
-                    misshaped.push(format!("{name} (expected {shape:?}, found {:?})", t.size()))
-                }
+                Some(t) if t.size() != *shape => misshaped.push(format!("{name} (expected {shape:?}, found {:?})", t.size())),
                 Some(_) => {}
             }
         }
@@ -327,8 +325,7 @@ mod tests {
     #[test]
     fn strict_check_reports_every_problem_by_name() {
         let cfg = GpenConfig { size: 256, channel_multiplier: 1, narrow: 0.125, ..Default::default() };
-        let mut tensors: Vec<(String, tch::Tensor)> =
-            cfg.expected_shapes().into_iter().map(|(n, s)| (n, stand_in(&s))).collect();
+        let mut tensors: Vec<(String, tch::Tensor)> = cfg.expected_shapes().into_iter().map(|(n, s)| (n, stand_in(&s))).collect();
         tensors.retain(|(n, _)| n != "generator.style.3.bias");
         let i = tensors.iter().position(|(n, _)| n == "ecd2.0.1.weight").unwrap();
         tensors[i].1 = stand_in(&[9, 9, 3, 3]);

@@ -29,9 +29,7 @@ struct Loader<'a> {
 impl Loader<'_> {
     /// The tensor in fp32 on the CPU, where the constant folding happens.
     fn raw(&self, name: &str) -> Result<Tensor> {
-        let t = self.sd.get(name).ok_or_else(|| {
-            TchError::TensorNameNotFound(name.to_owned(), self.sd.path.display().to_string())
-        })?;
+        let t = self.sd.get(name).ok_or_else(|| TchError::TensorNameNotFound(name.to_owned(), self.sd.path.display().to_string()))?;
         t.f_to_kind(Kind::Float)
     }
 
@@ -89,11 +87,7 @@ impl EqualLinear {
         let weight = l.put_f32(&w.f_mul_scalar(scale)?)?;
         let b = l.raw(&format!("{prefix}.bias"))?.f_mul_scalar(lr_mul)?;
         let bias = l.put_f32(&b)?;
-        let activation = if activation {
-            Some(FusedLeakyReLU { bias: bias.f_reshape([1, -1])? })
-        } else {
-            None
-        };
+        let activation = if activation { Some(FusedLeakyReLU { bias: bias.f_reshape([1, -1])? }) } else { None };
         Ok(EqualLinear { weight, bias, activation })
     }
 
@@ -296,11 +290,7 @@ impl ModulatedConv2d {
         } else {
             Modulation::Fused { weight: l.put_f32(&weight)? }
         };
-        let blur = if upsample {
-            Some(Blur::new(l, &format!("{prefix}.blur.kernel"), out_channels, 1)?)
-        } else {
-            None
-        };
+        let blur = if upsample { Some(Blur::new(l, &format!("{prefix}.blur.kernel"), out_channels, 1)?) } else { None };
         Ok(ModulatedConv2d {
             modulation_kind,
             modulation: EqualLinear::new(l, &format!("{prefix}.modulation"), 1.0, false)?,
@@ -460,9 +450,7 @@ struct Generator {
 
 impl Generator {
     fn new(l: &Loader, cfg: &GpenConfig) -> Result<Self> {
-        let style = (1..=cfg.n_mlp)
-            .map(|j| EqualLinear::new(l, &format!("generator.style.{j}"), LR_MLP, true))
-            .collect::<Result<_>>()?;
+        let style = (1..=cfg.n_mlp).map(|j| EqualLinear::new(l, &format!("generator.style.{j}"), LR_MLP, true)).collect::<Result<_>>()?;
         let levels = cfg.log_size() - 2;
         let mut convs = Vec::new();
         let mut to_rgbs = Vec::new();
@@ -817,4 +805,3 @@ mod tests {
         assert!(s.levels >= 3 && s.rows % (1 << s.levels) == 0, "{s:?}");
     }
 }
-

@@ -20,14 +20,12 @@ use once_cell::sync::Lazy;
 use super::{DetectorVariant, MemoryPolicy, Size, Upscale};
 use crate::memory;
 use crate::restorer::{
-    Detections, FaceSettings, MemorySettings, Outcome, PackedLayout, Restorer, RestorerSettings, UpscaleSettings,
-    MODEL_DIR_ENV,
+    Detections, FaceSettings, MemorySettings, Outcome, PackedLayout, Restorer, RestorerSettings, UpscaleSettings, MODEL_DIR_ENV,
 };
 use crate::Error;
 
-static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
-    gst::DebugCategory::new("gpenfilter", gst::DebugColorFlags::empty(), Some("GPEN face restoration"))
-});
+static CAT: Lazy<gst::DebugCategory> =
+    Lazy::new(|| gst::DebugCategory::new("gpenfilter", gst::DebugColorFlags::empty(), Some("GPEN face restoration")));
 
 const DEFAULT_SIZE: Size = Size::S512;
 const DEFAULT_FP16: bool = false;
@@ -595,13 +593,16 @@ impl BaseTransformImpl for GpenFilter {
             started.elapsed()
         );
         if restorer_settings.memory.fail_every > 0 {
-            gst::warning!(CAT, imp = self, "{}={}: every such generator forward fails as out of memory", memory::FAIL_EVERY_ENV, restorer_settings.memory.fail_every);
+            gst::warning!(
+                CAT,
+                imp = self,
+                "{}={}: every such generator forward fails as out of memory",
+                memory::FAIL_EVERY_ENV,
+                restorer_settings.memory.fail_every
+            );
         }
-        *self.stats.lock().unwrap() = Stats {
-            plan: restorer.plan().to_string(),
-            device: format!("{:?}", model.device()),
-            ..Stats::default()
-        };
+        *self.stats.lock().unwrap() =
+            Stats { plan: restorer.plan().to_string(), device: format!("{:?}", model.device()), ..Stats::default() };
         gst::info!(CAT, imp = self, "memory budget {} MiB, plan {}", memory::mib(restorer.budget()), restorer.plan());
         *self.state.lock().unwrap() = Some(State {
             restorer,
@@ -721,12 +722,7 @@ impl BaseTransformImpl for GpenFilter {
         }
     }
 
-    fn transform_caps(
-        &self,
-        direction: gst::PadDirection,
-        caps: &gst::Caps,
-        filter: Option<&gst::Caps>,
-    ) -> Option<gst::Caps> {
+    fn transform_caps(&self, direction: gst::PadDirection, caps: &gst::Caps, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
         let factor = self.settings.lock().unwrap().upscale as i32;
         let caps = if factor == 1 { caps.clone() } else { scale_caps(caps, factor, direction == gst::PadDirection::Sink) };
         Some(match filter {
@@ -900,10 +896,7 @@ impl VideoFilterImpl for GpenFilter {
         self.finish_frame(outcome, detections.faces.len(), plan, in_frame.buffer(), started, &settings)
     }
 
-    fn transform_frame_ip(
-        &self,
-        frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
-    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+    fn transform_frame_ip(&self, frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>) -> Result<gst::FlowSuccess, gst::FlowError> {
         let settings = self.settings.lock().unwrap().clone();
         let mut guard = self.state.lock().unwrap();
         let Some(state) = guard.as_mut() else {

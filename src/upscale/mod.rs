@@ -195,10 +195,7 @@ impl Upscaler {
             for (x, wx) in plan.xs.iter().zip(&wxs) {
                 let w = wy.f_mul(wx)?;
                 let part = run_padded(net, &unit.f_narrow(2, y.start, y.len)?.f_narrow(3, x.start, x.len)?)?;
-                let _ = out
-                    .f_narrow(2, y.start * s, y.len * s)?
-                    .f_narrow(3, x.start * s, x.len * s)?
-                    .f_add_(&part.f_mul(&w)?)?;
+                let _ = out.f_narrow(2, y.start * s, y.len * s)?.f_narrow(3, x.start * s, x.len * s)?.f_add_(&part.f_mul(&w)?)?;
                 let _ = weights.f_narrow(2, y.start * s, y.len * s)?.f_narrow(3, x.start * s, x.len * s)?.f_add_(&w)?;
             }
         }

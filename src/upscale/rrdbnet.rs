@@ -108,7 +108,13 @@ impl ResidualDenseBlock {
     pub fn new(p: &Params, prefix: &str, nf: i64, gc: i64) -> Result<Self> {
         let conv = |i: i64, cin: i64, cout: i64| Conv2d::new(p, &format!("{prefix}.conv{i}"), ConvSpec::new(cin, cout, 3, 1, 1), true);
         Ok(ResidualDenseBlock {
-            convs: [conv(1, nf, gc)?, conv(2, nf + gc, gc)?, conv(3, nf + 2 * gc, gc)?, conv(4, nf + 3 * gc, gc)?, conv(5, nf + 4 * gc, nf)?],
+            convs: [
+                conv(1, nf, gc)?,
+                conv(2, nf + gc, gc)?,
+                conv(3, nf + 2 * gc, gc)?,
+                conv(4, nf + 3 * gc, gc)?,
+                conv(5, nf + 4 * gc, nf)?,
+            ],
         })
     }
 
@@ -172,11 +178,10 @@ impl RrdbNet {
             }
         }
         let cfg = RrdbConfig::from_state_dict(&sd).map_err(|e| Error::Settings(format!("{}: {e}", path.display())))?;
-        Self::from_state_dict(&sd, cfg, device)
-            .map_err(|e| match e {
-                Error::Settings(m) => Error::Settings(format!("{}: {m}", path.display())),
-                other => other,
-            })
+        Self::from_state_dict(&sd, cfg, device).map_err(|e| match e {
+            Error::Settings(m) => Error::Settings(format!("{}: {m}", path.display())),
+            other => other,
+        })
     }
 
     pub fn from_state_dict(sd: &StateDict, cfg: RrdbConfig, device: Device) -> std::result::Result<Self, Error> {

@@ -59,9 +59,5 @@ pub fn decode_image(path: &std::path::Path) -> (Vec<u8>, usize, usize) {
 
 /// `1 x 3 x H x W` float tensor with values 0..255 from packed RGB.
 pub fn rgb_tensor(rgb: &[u8], w: usize, h: usize) -> tch::Tensor {
-    tch::Tensor::from_slice(rgb)
-        .reshape([h as i64, w as i64, 3])
-        .permute([2, 0, 1])
-        .unsqueeze(0)
-        .to_kind(tch::Kind::Float)
+    tch::Tensor::from_slice(rgb).reshape([h as i64, w as i64, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(tch::Kind::Float)
 }
