@@ -7,6 +7,7 @@ pub mod align;
 pub mod checkpoint;
 pub mod cuda;
 pub mod detect;
+pub mod error;
 pub mod gpen;
 pub mod gpenfilter;
 pub mod memory;
@@ -16,24 +17,8 @@ pub mod restorer;
 pub mod track;
 pub mod upscale;
 
+pub use error::{Error, Network, Setting};
 pub use restorer::{PackedLayout, Restorer, RestorerSettings};
-
-/// Everything that can go wrong while setting up a restoration.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Checkpoint(#[from] checkpoint::CheckpointError),
-    #[error(transparent)]
-    Model(#[from] gpen::ModelError),
-    /// A setting that cannot work (device, size, file), with how to fix it.
-    #[error("{0}")]
-    Settings(String),
-    #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
-    /// A frame did not fit in memory and the memory policy is `error`.
-    #[error("out of memory: {0}")]
-    OutOfMemory(String),
-}
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     // Before libtorch is first asked about CUDA, which it answers once for the process.

@@ -102,6 +102,9 @@ pub enum CheckpointError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Structure { path: PathBuf, reason: String },
+    /// Reading it could run code or exhaust memory (a forbidden pickle global, an absurd size).
+    #[error("{path}: refused: {reason}")]
+    Refused { path: PathBuf, reason: String },
     #[error("{path}: libtorch failed to build tensor `{name}`: {source}")]
     Torch { path: PathBuf, name: String, source: tch::TchError },
 }

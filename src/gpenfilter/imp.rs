@@ -521,6 +521,10 @@ fn start_error(e: &Error) -> gst::ErrorMessage {
         Error::Settings(_) => gst::error_msg!(gst::LibraryError::Settings, ("{}", text)),
         Error::Torch(_) => gst::error_msg!(gst::LibraryError::Init, ("{}", text)),
         Error::OutOfMemory(_) => gst::error_msg!(gst::ResourceError::NoSpaceLeft, ("{}", text)),
+        Error::ModelMismatch { .. } | Error::UnsafeCheckpoint { .. } => gst::error_msg!(gst::ResourceError::Read, ("{}", text)),
+        Error::FileNotFound { .. } => gst::error_msg!(gst::ResourceError::NotFound, ("{}", text)),
+        Error::InvalidSetting { .. } | Error::Device { .. } => gst::error_msg!(gst::LibraryError::Settings, ("{}", text)),
+        Error::Frame(_) | Error::Accelerator(_) => gst::error_msg!(gst::LibraryError::Failed, ("{}", text)),
     }
 }
 

@@ -1,0 +1,152 @@
+//! What can go wrong, in the core's own terms: what failed, and what to do about it. The core
+//! knows nothing of GStreamer; the element maps each variant to an error domain and names the
+//! property behind each [`Setting`].
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::checkpoint::CheckpointError;
+
+/// A setting of the restoration core, as errors name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Setting {
+    Size,
+    Precision,
+    Model,
+    ModelKey,
+    Device,
+    Mode,
+    DetectorModel,
+    DetectorVariant,
+    Threshold,
+    DetectionSize,
+    MaxFaces,
+    MinFaceSize,
+    Alpha,
+    FaceBatch,
+    Smoothing,
+    DetectionInterval,
+    Upscale,
+    UpscalerModel,
+    TileSize,
+    TileOverlap,
+    Budget,
+    Policy,
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Setting::Size => "the face size",
+            Setting::Precision => "the precision",
+            Setting::Model => "the GPEN checkpoint",
+            Setting::ModelKey => "the checkpoint key",
+            Setting::Device => "the device",
+            Setting::Mode => "the mode (aligned faces or whole frames)",
+            Setting::DetectorModel => "the face detector checkpoint",
+            Setting::DetectorVariant => "the face detector variant",
+            Setting::Threshold => "the detection threshold",
+            Setting::DetectionSize => "the detection size",
+            Setting::MaxFaces => "the most faces per frame",
+            Setting::MinFaceSize => "the smallest face size",
+            Setting::Alpha => "the blend of restored and original faces",
+            Setting::FaceBatch => "the face batch",
+            Setting::Smoothing => "the temporal smoothing",
+            Setting::DetectionInterval => "the detection interval",
+            Setting::Upscale => "the upscale factor",
+            Setting::UpscalerModel => "the upscaler checkpoint",
+            Setting::TileSize => "the upscaler tile size",
+            Setting::TileOverlap => "the upscaler tile overlap",
+            Setting::Budget => "the memory budget",
+            Setting::Policy => "the memory policy",
+        })
+    }
+}
+
+/// The network a checkpoint is loaded into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Network {
+    Gpen,
+    RetinaFace,
+    RrdbNet,
+    ParseNet,
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Network::Gpen => "GPEN generator",
+            Network::RetinaFace => "RetinaFace detector",
+            Network::RrdbNet => "RRDBNet upscaler",
+            Network::ParseNet => "ParseNet face parser",
+        })
+    }
+}
+
+/// Everything that can go wrong while setting up or running a restoration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting that cannot work, and how to fix it.
+    #[error("{setting}: {problem}; {hint}")]
+    InvalidSetting { setting: Setting, problem: String, hint: String },
+    /// A file a setting names, or a default location, holds nothing usable.
+    #[error("{setting}: {}: {problem}; {hint}", path.display())]
+    FileNotFound { setting: Setting, path: PathBuf, problem: String, hint: String },
+    /// A checkpoint whose tensors do not fit the network it is loaded into: `expected` says what
+    /// was looked for (the configuration read from its shapes, …), `details` names the tensors.
+    #[error("{}: does not match the {network} ({expected}): {details}", path.display())]
+    ModelMismatch { network: Network, path: PathBuf, expected: String, details: String },
+    /// A checkpoint refused because reading it could run code or exhaust memory.
+    #[error("{}: refused as unsafe: {reason}; re-save the weights as a plain state dict (or safetensors)", path.display())]
+    UnsafeCheckpoint { path: PathBuf, reason: String },
+    /// A checkpoint that cannot be read: I/O, format, corruption.
+    #[error(transparent)]
+    Checkpoint(CheckpointError),
+    /// A frame whose memory does not hold its declared layout, or that does not fit the state.
+    #[error("frame: {0}")]
+    Frame(String),
+    /// A device that cannot be used, with why.
+    #[error("device `{device}`: {problem}; {hint}")]
+    Device { device: String, problem: String, hint: String },
+    /// The accelerator's memory figures could not be read or changed.
+    #[error("accelerator memory: {0}")]
+    Accelerator(String),
+    /// A libtorch operation failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// A frame did not fit in memory and the memory policy is `error`.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// TRANSITIONAL (issue 13): removed once every module uses the variants above.
+    #[error("{0}")]
+    Settings(String),
+    /// TRANSITIONAL (issue 13): GPEN's mismatch becomes [`Error::ModelMismatch`].
+    #[error(transparent)]
+    Model(#[from] crate::gpen::ModelError),
+}
+
+impl Error {
+    pub fn invalid(setting: Setting, problem: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::InvalidSetting { setting, problem: problem.into(), hint: hint.into() }
+    }
+
+    /// Whether this is libtorch running out of memory (CUDA or host allocator).
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            Error::OutOfMemory(_) => true,
+            Error::Torch(e) => crate::memory::is_out_of_memory(e),
+            _ => false,
+        }
+    }
+}
+
+/// A refused checkpoint becomes [`Error::UnsafeCheckpoint`]; every other reading failure stays a
+/// [`CheckpointError`].
+impl From<CheckpointError> for Error {
+    fn from(e: CheckpointError) -> Self {
+        match e {
+            CheckpointError::Refused { path, reason } => Error::UnsafeCheckpoint { path, reason },
+            e => Error::Checkpoint(e),
+        }
+    }
+}
