@@ -94,7 +94,7 @@ fn main() {
                     model: Some(path.clone()),
                     size,
                     fp16: prec == "fp16",
-                    device: device.clone(),
+                    device: device.parse().expect("--device"),
                     faces: FaceSettings {
                         detector_model: Some(shared().join("weights/retinaface-mnet025-fd1mb.pth")),
                         ..Default::default()
@@ -115,9 +115,8 @@ fn main() {
                 let (mut drops, mut retries, mut restored) = (0, 0, 0);
                 let t = Instant::now();
                 for _ in 0..frames {
-                    let det = r.detect(&bytes, &layout).expect("detect");
                     let mut out = bytes.clone();
-                    match r.process(Some(&det), &mut out, &layout) {
+                    match r.process(&mut out, &layout, 1.0 / 30.0) {
                         Ok(Outcome::Restored { retried, .. }) => {
                             restored += 1;
                             retries += retried as u32;

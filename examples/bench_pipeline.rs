@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use gstgpen::gpen::{random_state_dict, FullGenerator, GpenConfig};
-use gstgpen::restorer::{FaceSettings, PackedLayout, Restorer, RestorerSettings, SceneChange};
+use gstgpen::restorer::{DeviceSpec, FaceSettings, LiveSettings, PackedLayout, Restorer, RestorerSettings, SceneChange};
 use gstgpen::track::{Tracker, TrackerSettings};
 use tch::{Device, Kind, Tensor};
 
@@ -66,10 +66,10 @@ fn main() {
         Restorer::new(&RestorerSettings {
             model: Some(shared().join("fixtures/gpen/gpen-512-tiny.pth")),
             size: 512,
-            device: "cpu".into(),
+            device: DeviceSpec::Cpu,
             faces: FaceSettings {
                 detector_model: Some(shared().join("weights/retinaface-mnet025-fd1mb.pth")),
-                detection_interval,
+                live: LiveSettings { detection_interval, ..Default::default() },
                 ..Default::default()
             },
             ..Default::default()
@@ -184,7 +184,7 @@ fn detection_interval(restorer_with: &dyn Fn(u32) -> Restorer, frame: &Tensor, f
             let moved = frame.roll([i as i64], [3]);
             let (bytes, layout) = to_bytes(&moved);
             let t = Instant::now();
-            let det = r.detect_video(&bytes, &layout, 1.0 / 30.0).unwrap();
+            let det = r.begin(&bytes, &layout, 1.0 / 30.0).unwrap();
             detect += t.elapsed();
             let mut out = bytes.clone();
             let t = Instant::now();

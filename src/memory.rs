@@ -153,6 +153,33 @@ pub fn injected_fault(counter: &AtomicU64, every: u64) -> Result<(), TchError> {
     Ok(())
 }
 
+/// What happens to a frame that does not fit in the memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryPolicy {
+    /// Walk the ladder: half precision, smaller face batches, the next smaller size (when its
+    /// checkpoint is in the model folder); when nothing fits, drop the frame.
+    #[default]
+    Degrade,
+    /// Drop the frame.
+    Drop,
+    /// Leave the frame as it is.
+    Passthrough,
+    /// Fail.
+    Error,
+}
+
+/// The memory budget and what to do when a frame does not fit.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySettings {
+    /// MiB the restoration may use (weights included); 0 = what the device has free at start
+    /// (on the CPU, the system's available memory).
+    pub budget_mib: u64,
+    pub policy: MemoryPolicy,
+    /// Testing switch: every Nth generator forward fails as out of memory (0 = off); see
+    /// [`FAIL_EVERY_ENV`].
+    pub fail_every: u64,
+}
+
 /// What a frame is processed with; the rungs of the degradation ladder change these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {

@@ -189,7 +189,7 @@ fn the_memory_ladder_shrinks_tiles() {
     let settings = |budget_mib: u64| RestorerSettings {
         model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
         size: 256,
-        device: "cpu".into(),
+        device: gstgpen::restorer::DeviceSpec::Cpu,
         faces: FaceSettings { detector_model: Some(detector()), face_batch: 1, ..Default::default() },
         memory: MemorySettings { budget_mib, ..Default::default() },
         upscale: UpscaleSettings { factor: 2, model: Some(x2()), tile: 0, overlap: 32 },
@@ -207,10 +207,10 @@ fn the_memory_ladder_shrinks_tiles() {
     let budget = (need_small + (need_whole - need_small) / 2).div_ceil(1 << 20);
     let mut r = Restorer::new(&settings(budget)).unwrap();
     let layout = PackedLayout { width: w, height: h, stride: w * 3, pixel_stride: 3, rgb_offsets: [0, 1, 2] };
-    let det = r.detect(&rgb, &layout).unwrap();
+    let det = r.begin(&rgb, &layout, 1.0 / 30.0).unwrap();
     let out_layout = PackedLayout { width: 2 * w, height: 2 * h, stride: 2 * w * 3, pixel_stride: 3, rgb_offsets: [0, 1, 2] };
     let mut out = vec![0u8; 4 * w * h * 3];
-    let outcome = r.process_upscaled(&det, &mut out, &out_layout).unwrap();
+    let outcome = r.finish(det, Some((&mut out, &out_layout))).unwrap();
     println!("{outcome:?}, plan {}", r.plan());
     assert!(matches!(outcome, gstgpen::restorer::Outcome::Restored { faces: 1, .. }), "{outcome:?}");
     let tile = r.plan().tile.unwrap();

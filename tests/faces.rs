@@ -3,7 +3,7 @@
 mod common;
 
 use gst::prelude::*;
-use gstgpen::restorer::{FaceSettings, PackedLayout, Restorer, RestorerSettings};
+use gstgpen::restorer::{DeviceSpec, FaceSettings, LiveSettings, PackedLayout, Restorer, RestorerSettings};
 use tch::Kind;
 
 fn init() {
@@ -22,8 +22,8 @@ fn restorer(alpha: f64) -> Restorer {
     Restorer::new(&RestorerSettings {
         model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
         size: 256,
-        device: "cpu".into(),
-        faces: FaceSettings { detector_model: Some(detector()), alpha, ..Default::default() },
+        device: DeviceSpec::Cpu,
+        faces: FaceSettings { detector_model: Some(detector()), live: LiveSettings { alpha, ..Default::default() }, ..Default::default() },
         ..Default::default()
     })
     .unwrap()
@@ -213,7 +213,7 @@ fn a_face_that_fills_the_frame_is_found_by_the_reduced_pass() {
     let r = Restorer::new(&RestorerSettings {
         model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
         size: 256,
-        device: "cpu".into(),
+        device: DeviceSpec::Cpu,
         faces: FaceSettings { detector_model: Some(detector()), ..Default::default() },
         ..Default::default()
     })

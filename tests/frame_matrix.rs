@@ -108,7 +108,7 @@ fn padded_rows_restore_like_packed_ones() {
     let restorer = Restorer::new(&RestorerSettings {
         model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
         size: 256,
-        device: "cpu".into(),
+        device: gstgpen::restorer::DeviceSpec::Cpu,
         faces: FaceSettings { detector_model: Some(common::shared().join("weights/retinaface-mnet025-fd1mb.pth")), ..Default::default() },
         ..Default::default()
     })

@@ -9,7 +9,10 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod caps;
 mod imp;
+mod properties;
+mod stats;
 
 glib::wrapper! {
     pub struct GpenFilter(ObjectSubclass<imp::GpenFilter>)

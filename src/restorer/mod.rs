@@ -1,0 +1,670 @@
+//! The restoration core: frames in memory in, restored frames out. It knows nothing of
+//! GStreamer, so tests, examples and benchmarks drive it directly.
+//!
+//! One frame takes two stages, so that a caller can pass a frame without faces through
+//! untouched: [`Restorer::begin`] uploads it and finds its faces ([`video`], the detector), and
+//! [`Restorer::finish`] restores them under the memory policy ([`ladder`]) and writes the result
+//! ([`paste`], [`frame`]). [`Restorer::process`] does both in place.
+
+pub mod frame;
+pub mod ladder;
+pub mod paste;
+pub mod settings;
+pub mod video;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind, Tensor};
+
+use crate::align::{self, Alignment, Border};
+use crate::detect::{detect_at_scales, DetectorVariant, Face, RetinaFace};
+use crate::gpen::{FullGenerator, GpenConfig};
+use crate::memory::{self, Estimator, Plan};
+use crate::upscale::Upscaler;
+use crate::{registry, Error, Setting};
+
+pub use frame::PackedLayout;
+use ladder::Ladder;
+pub use ladder::RECOVER_AFTER;
+use paste::Paster;
+pub use settings::*;
+use video::VideoFaces;
+pub use video::{SceneChange, TrackedFaces, VideoCounters, SCENE_CUT};
+
+/// What became of a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// No face in the frame; nothing was written (upscaling: the upscaled frame was).
+    NoFaces,
+    /// Faces restored and pasted (whole frames), or the aligned face restored.
+    Restored {
+        faces: usize,
+        plan: Plan,
+        /// An out-of-memory error was caught and the frame redone with the next plan.
+        retried: bool,
+    },
+    /// The policy dropped the frame (nothing was written).
+    Dropped { reason: String },
+    /// The policy left the frame as it was (upscaling: upscaled bicubically, faces untouched).
+    PassedThrough { reason: String },
+}
+
+/// What becomes of a frame's memory in [`Restorer::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameOutput {
+    /// The output frame is written (faces pasted in place, or the whole upscaled frame).
+    Written,
+    /// The input is left as it is (no faces, or passed through by the policy): nothing to copy.
+    Unchanged,
+    /// The policy drops the frame.
+    Dropped,
+}
+
+/// Long side of the extra reduced-scale pass of small-anchor detectors, which miss faces that
+/// fill the frame.
+const REDUCED_PASS: f64 = 320.0;
+
+/// A frame between [`Restorer::begin`] and [`Restorer::finish`]: the frame on the device and
+/// its faces.
+pub struct Detections {
+    /// The faces to restore, best first (video: followed along tracks).
+    pub faces: Vec<Face>,
+    /// The track of each face; empty for a still image.
+    pub ids: Vec<u64>,
+    /// Whether the detector ran on this frame (else the faces were carried by their tracks).
+    pub detected: bool,
+    /// Whether this frame began a new scene (every track was ended before it).
+    pub scene_cut: bool,
+    /// The frame, `1 x 3 x H x W` float 0..255 on the device.
+    frame: Tensor,
+    /// Decided before restoration (the detector ran out of memory).
+    decided: Option<Outcome>,
+}
+
+impl std::fmt::Debug for Detections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detections")
+            .field("faces", &self.faces)
+            .field("ids", &self.ids)
+            .field("detected", &self.detected)
+            .field("scene_cut", &self.scene_cut)
+            .field("decided", &self.decided)
+            .finish()
+    }
+}
+
+/// What [`Restorer::restore_faces`] did to a frame.
+#[derive(Debug)]
+pub struct PasteReport {
+    /// Faces pasted back.
+    pub restored: usize,
+    /// The frame rectangle `(x0, y0, width, height)` that was written, if any.
+    pub region: Option<(i64, i64, i64, i64)>,
+    /// The combined paste mask over `region` (`1 x 1 x height x width`, 0..1): pixels where it
+    /// is 0 kept their value.
+    pub mask: Option<Tensor>,
+    /// Wall time of the steps, for benchmarks (asynchronous on CUDA unless synchronised).
+    pub timings: PasteTimings,
+}
+
+/// Where the time of [`Restorer::restore_faces`] went.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PasteTimings {
+    /// Alignment and cropping of all faces.
+    pub crop: Duration,
+    /// The generator forwards.
+    pub generator: Duration,
+    /// Smoothing, blending, warping back and writing the frame.
+    pub paste: Duration,
+}
+
+/// Whole-frame faces: the detector, the paste constants, the stream's tracks.
+#[derive(Debug)]
+struct FaceStage {
+    detector: Arc<RetinaFace>,
+    detector_path: PathBuf,
+    paster: Paster,
+    settings: FaceSettings,
+    video: VideoFaces,
+}
+
+/// What frames are.
+#[derive(Debug)]
+enum Mode {
+    /// Each frame is one aligned face.
+    Aligned,
+    /// Faces are found in whole frames and pasted back.
+    Faces(FaceStage),
+    /// As `Faces`, onto the frame upscaled.
+    Upscaled(FaceStage, Upscaler),
+}
+
+/// GPEN restoration of frames: aligned faces, or whole frames (detect, align, restore, paste),
+/// optionally upscaled.
+#[derive(Debug)]
+pub struct Restorer {
+    /// The model of the current plan, shared with other restorers of the process.
+    model: Arc<FullGenerator>,
+    model_path: PathBuf,
+    /// Where checkpoints of other sizes are looked for (the `model` setting).
+    model_source: Option<PathBuf>,
+    model_key: Option<String>,
+    device: Device,
+    ladder: Ladder,
+    budget: u64,
+    estimator: Estimator,
+    mode: Mode,
+    tile_overlap: i64,
+    forwards: AtomicU64,
+    fail_every: u64,
+}
+
+impl Restorer {
+    /// Loads the models named by `settings`; every failure says what and how to fix it.
+    pub fn new(settings: &RestorerSettings) -> Result<Self, Error> {
+        settings.validate()?;
+        let device = settings.device.resolve()?;
+        let path = find_model(settings.model.as_deref(), settings.size)?;
+        // The budget is what is free before our models arrive.
+        let budget = match settings.memory.budget_mib {
+            0 => memory::figures(device).map_err(Error::Accelerator)?.free,
+            mib => mib << 20,
+        };
+        let model = registry::generator(&path, settings.model_key.as_deref(), device, compute_kind(settings.fp16, device))?;
+        let size = model.config().size;
+        if size != settings.size {
+            return Err(Error::invalid(
+                Setting::Size,
+                format!("{} was asked for, but {} is GPEN-{size}", settings.size, path.display()),
+                format!("ask for {size}, or use a GPEN-{} checkpoint", settings.size),
+            ));
+        }
+        let face_stage = |f: &FaceSettings| -> Result<FaceStage, Error> {
+            let detector_path = find_detector(f.detector_model.as_deref())?;
+            Ok(FaceStage {
+                detector: registry::detector(&detector_path, f.detector_variant, device)?,
+                detector_path,
+                paster: Paster::new(size, device)?,
+                settings: f.clone(),
+                video: VideoFaces::new(f.live.smoothing),
+            })
+        };
+        let u = &settings.upscale;
+        let mode = match (settings.aligned, u.factor) {
+            (true, _) => Mode::Aligned,
+            (false, 1) => Mode::Faces(face_stage(&settings.faces)?),
+            (false, f) => Mode::Upscaled(face_stage(&settings.faces)?, Upscaler::new(u.model.as_deref(), f, device)?),
+        };
+        let plan = Plan {
+            size,
+            half: settings.fp16,
+            face_batch: if settings.aligned { 1 } else { settings.faces.face_batch },
+            tile: matches!(mode, Mode::Upscaled(..)).then_some(u.tile),
+        };
+        // Smaller sizes are rungs of the ladder when their checkpoints sit in the model folder.
+        let folder = match &settings.model {
+            None => Some(default_model_dir()),
+            Some(m) if m.is_dir() => Some(m.clone()),
+            Some(_) => None,
+        };
+        let smaller = folder.map_or(Vec::new(), |d| SIZES.into_iter().filter(|&s| d.join(official_file_name(s)).exists()).collect());
+        let mut restorer = Restorer {
+            model,
+            model_path: path,
+            model_source: settings.model.clone(),
+            model_key: settings.model_key.clone(),
+            device,
+            ladder: Ladder::new(plan, settings.memory.policy, u.overlap, smaller),
+            budget,
+            estimator: Estimator::default(),
+            mode,
+            tile_overlap: u.overlap,
+            forwards: AtomicU64::new(0),
+            fail_every: settings.memory.fail_every,
+        };
+        restorer.calibrate()?;
+        Ok(restorer)
+    }
+
+    /// On CUDA, one measured forward scales the estimator's activation figure to what the
+    /// allocator really needed (the CPU's resident size is too coarse to measure it).
+    fn calibrate(&mut self) -> Result<(), Error> {
+        if !matches!(self.device, Device::Cuda(_)) {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        let plan = self.ladder.plan();
+        memory::release_cached();
+        memory::reset_peak(self.device);
+        let before = memory::figures(self.device).map_err(Error::Accelerator)?.allocated;
+        let x = Tensor::f_zeros([1, 3, plan.size, plan.size], (Kind::Float, self.device))?;
+        let _y = self.model.forward(&x)?;
+        let peak = memory::figures(self.device).map_err(Error::Accelerator)?.peak;
+        let elem = if plan.half { 2.0 } else { 4.0 };
+        let predicted = Estimator::activation_elements(self.model.config(), 1, elem as i64) as f64 * elem;
+        if predicted > 0.0 && peak > before {
+            self.estimator.calibration = (peak - before) as f64 / predicted;
+        }
+        memory::release_cached();
+        Ok(())
+    }
+
+    /// Stage one of a frame: the frame uploaded and, for whole frames, its faces followed along
+    /// tracks (`dt`: seconds since the previous frame). A detector that runs out of memory
+    /// leaves the frame to the memory policy: the result then carries the frame's fate.
+    pub fn begin(&mut self, data: &[u8], layout: &PackedLayout, dt: f64) -> Result<Detections, Error> {
+        let frame = frame::to_tensor(data, layout, self.device)?;
+        let stage = match &mut self.mode {
+            Mode::Aligned => {
+                return Ok(Detections { faces: Vec::new(), ids: Vec::new(), detected: false, scene_cut: false, frame, decided: None })
+            }
+            Mode::Faces(stage) | Mode::Upscaled(stage, _) => stage,
+        };
+        let interval = stage.settings.live.detection_interval;
+        let found = stage.video.next(&frame, dt, interval, || find_faces(&stage.detector, &stage.settings, &frame));
+        match found {
+            Ok(t) => Ok(Detections { faces: t.faces, ids: t.ids, detected: t.detected, scene_cut: t.scene_cut, frame, decided: None }),
+            Err(e) if e.is_out_of_memory() => {
+                memory::release_cached();
+                // No smaller plan helps the detector: the policy decides at once.
+                let reason = format!("face detection: {e}");
+                let decided = Some(self.ladder.give_up(reason)?);
+                Ok(Detections { faces: Vec::new(), ids: Vec::new(), detected: true, scene_cut: false, frame, decided })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What [`finish`](Self::finish) will do with the frame's memory.
+    pub fn output_of(&self, d: &Detections) -> FrameOutput {
+        let upscaled = matches!(self.mode, Mode::Upscaled(..));
+        match &d.decided {
+            Some(Outcome::Dropped { .. }) => FrameOutput::Dropped,
+            Some(_) if upscaled => FrameOutput::Written,
+            Some(_) => FrameOutput::Unchanged,
+            None if upscaled || matches!(self.mode, Mode::Aligned) || !d.faces.is_empty() => FrameOutput::Written,
+            None => FrameOutput::Unchanged,
+        }
+    }
+
+    /// Stage two of a frame: its faces restored under the memory policy and written into `out`
+    /// (the input buffer itself for in-place use, or the output frame when upscaling). The
+    /// plan is first fitted to the budget by the estimator; an out-of-memory error is caught,
+    /// cached memory released, and the frame retried once on the next rung (policy `degrade`);
+    /// otherwise the policy decides. `out` may be `None` when nothing is written
+    /// ([`output_of`](Self::output_of) is not [`FrameOutput::Written`]).
+    pub fn finish(&mut self, d: Detections, out: Option<(&mut [u8], &PackedLayout)>) -> Result<Outcome, Error> {
+        if self.output_of(&d) != FrameOutput::Written {
+            return Ok(d.decided.unwrap_or(Outcome::NoFaces));
+        }
+        let Some((data, layout)) = out else {
+            return Err(Error::Frame("this frame is written, but no output frame was given".into()));
+        };
+        let (h, w) = (d.frame.size()[2], d.frame.size()[3]);
+        let f = self.upscale_factor();
+        if layout.size() != (w * f, h * f) {
+            return Err(Error::Frame(format!(
+                "a {w}x{h} frame{} does not fill a {}x{} output",
+                if f > 1 { format!(" upscaled x{f}") } else { String::new() },
+                layout.width,
+                layout.height
+            )));
+        }
+        if let Some(outcome @ Outcome::PassedThrough { .. }) = d.decided {
+            frame::write_frame(&Upscaler::Bicubic(f).upscale(&d.frame, 0, 0)?, data, layout)?;
+            return Ok(outcome);
+        }
+        let faces = if matches!(self.mode, Mode::Aligned) { 1 } else { d.faces.len() };
+        let outcome = match self.fit_to_budget(faces, (w, h))? {
+            Some(o) => o,
+            None => self.run_with_retry(faces, (w, h), &mut |this: &Self| this.restore(&d, data, layout))?,
+        };
+        match outcome {
+            Outcome::Restored { faces: 0, .. } => Ok(Outcome::NoFaces),
+            Outcome::PassedThrough { .. } if f > 1 => {
+                frame::write_frame(&Upscaler::Bicubic(f).upscale(&d.frame, 0, 0)?, data, layout)?;
+                Ok(outcome)
+            }
+            o => Ok(o),
+        }
+    }
+
+    /// Both stages on a frame restored in place (no upscaling).
+    pub fn process(&mut self, data: &mut [u8], layout: &PackedLayout, dt: f64) -> Result<Outcome, Error> {
+        let d = self.begin(data, layout, dt)?;
+        self.finish(d, Some((data, layout)))
+    }
+
+    /// The work of one try at a frame under the current plan: the faces restored.
+    fn restore(&self, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<usize, Error> {
+        match &self.mode {
+            Mode::Aligned => self.restore_aligned(&d.frame, data, layout).map(|_| 1),
+            Mode::Faces(stage) => self.restore_onto(stage, &d.frame, &d.frame, &d.faces, data, layout).map(|r| r.restored),
+            Mode::Upscaled(stage, up) => {
+                let background = up.upscale(&d.frame, self.ladder.plan().tile.unwrap_or(0), self.tile_overlap)?;
+                frame::write_frame(&background, data, layout)?;
+                if d.faces.is_empty() {
+                    return Ok(0);
+                }
+                let f = up.factor();
+                // Pixel centres: x in the frame is (x + 0.5) * f - 0.5 in the upscaled one.
+                let scale = |v: f32| (v + 0.5) * f as f32 - 0.5;
+                let faces: Vec<Face> = d
+                    .faces
+                    .iter()
+                    .map(|x| Face { bbox: x.bbox.map(scale), score: x.score, landmarks: x.landmarks.map(|[a, b]| [scale(a), scale(b)]) })
+                    .collect();
+                // Crops come from the frame upscaled bilinearly, as GPEN takes them.
+                let (h, w) = (d.frame.size()[2], d.frame.size()[3]);
+                let crops_from = d.frame.f_upsample_bilinear2d([h * f, w * f], false, None, None)?;
+                self.restore_onto(stage, &crops_from, &background, &faces, data, layout).map(|r| r.restored)
+            }
+        }
+    }
+
+    /// Steps the plan down until the estimate fits the budget (policy `degrade`); `Some` when
+    /// the policy decided the frame's fate instead.
+    fn fit_to_budget(&mut self, faces: usize, frame: (i64, i64)) -> Result<Option<Outcome>, Error> {
+        loop {
+            let plan = self.ladder.plan();
+            let need = self.estimate(&plan, faces, frame);
+            if need <= self.budget {
+                return Ok(None);
+            }
+            let reason = format!(
+                "{plan} needs about {} MiB for {faces} face(s), over the budget of {} MiB",
+                memory::mib(need),
+                memory::mib(self.budget)
+            );
+            if !self.step_down()? {
+                return self.ladder.give_up(reason).map(Some);
+            }
+        }
+    }
+
+    /// Runs `work` (which returns the faces restored); on out-of-memory releases the cache and
+    /// retries once on the next rung (policy `degrade`), else the policy decides.
+    fn run_with_retry(
+        &mut self,
+        faces: usize,
+        frame: (i64, i64),
+        work: &mut dyn FnMut(&Self) -> Result<usize, Error>,
+    ) -> Result<Outcome, Error> {
+        let mut retried = false;
+        loop {
+            match work(self) {
+                Ok(n) => {
+                    let outcome = Outcome::Restored { faces: n, plan: self.ladder.plan(), retried };
+                    self.maybe_recover(faces, frame)?;
+                    return Ok(outcome);
+                }
+                Err(e) if e.is_out_of_memory() => {
+                    memory::release_cached();
+                    let reason = format!("out of memory with {}: {e}", self.ladder.plan());
+                    if retried || !self.step_down()? {
+                        return self.ladder.give_up(reason);
+                    }
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Steps down one rung (policy `degrade`); false when there is none, or when loading the
+    /// rung's model itself ran out of memory (the plan then stays).
+    fn step_down(&mut self) -> Result<bool, Error> {
+        let Some(next) = self.ladder.degrades().then(|| self.ladder.next_rung()).flatten() else { return Ok(false) };
+        match self.switch_to(next) {
+            Ok(()) => {
+                self.ladder.stepped_down(next);
+                Ok(true)
+            }
+            Err(e) if e.is_out_of_memory() => {
+                memory::release_cached();
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// After a run of good frames on a degraded plan, goes back up one rung if it fits.
+    fn maybe_recover(&mut self, faces: usize, frame: (i64, i64)) -> Result<(), Error> {
+        let Some(better) = self.ladder.succeeded() else { return Ok(()) };
+        if self.estimate(&better, faces, frame) <= self.budget {
+            match self.switch_to(better) {
+                Ok(()) => self.ladder.recovered(),
+                Err(e) if e.is_out_of_memory() => memory::release_cached(),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads (or shares) the model of `plan`; the old one goes, unless another stream holds it,
+    /// as soon as the new one is here.
+    fn switch_to(&mut self, plan: Plan) -> Result<(), Error> {
+        let current = self.ladder.plan();
+        let path =
+            if plan.size == current.size { self.model_path.clone() } else { resolve_model_path(self.model_source.as_deref(), plan.size) };
+        self.model = registry::generator(&path, self.model_key.as_deref(), self.device, compute_kind(plan.half, self.device))?;
+        if plan.size != current.size {
+            let size = self.model.config().size;
+            if let Mode::Faces(stage) | Mode::Upscaled(stage, _) = &mut self.mode {
+                stage.paster = Paster::new(size, self.device)?;
+            }
+        }
+        self.model_path = path;
+        memory::release_cached();
+        Ok(())
+    }
+
+    /// Counts a generator forward, failing it when the testing switch says so.
+    fn before_forward(&self) -> Result<(), Error> {
+        Ok(memory::injected_fault(&self.forwards, self.fail_every)?)
+    }
+
+    /// The generator on `x` (`N x 3 x size x size`, -1..1) in batches of the plan's face
+    /// batch, as float.
+    fn forward_batches(&self, x: &Tensor) -> Result<Tensor, Error> {
+        let n = x.size()[0];
+        let batch = self.ladder.plan().face_batch.max(1) as i64;
+        let mut out = Vec::with_capacity(((n + batch - 1) / batch) as usize);
+        for start in (0..n).step_by(batch as usize) {
+            self.before_forward()?;
+            out.push(self.model.forward(&x.f_narrow(0, start, batch.min(n - start))?)?.f_to_kind(Kind::Float)?);
+        }
+        Ok(Tensor::f_cat(&out, 0)?)
+    }
+
+    /// Restores `faces` cropped from `crops_from` and pastes them onto `background`, writing
+    /// the pasted region into `data`. Pixels outside the pasted masks keep their value.
+    fn restore_onto(
+        &self,
+        stage: &FaceStage,
+        crops_from: &Tensor,
+        background: &Tensor,
+        faces: &[Face],
+        data: &mut [u8],
+        layout: &PackedLayout,
+    ) -> Result<PasteReport, Error> {
+        let mut report = PasteReport { restored: 0, region: None, mask: None, timings: PasteTimings::default() };
+        let t0 = Instant::now();
+        let _guard = tch::no_grad_guard();
+        let size = stage.paster.size();
+        let (h, w) = (background.size()[2], background.size()[3]);
+        if layout.size() != (w, h) {
+            return Err(Error::Frame(format!("faces of a {w}x{h} frame pasted into a {}x{} one", layout.width, layout.height)));
+        }
+        let (faces, alignments): (Vec<&Face>, Vec<Alignment>) =
+            faces.iter().filter_map(|f| align::align(&f.landmarks, size).map(|a| (f, a))).unzip();
+        if faces.is_empty() {
+            return Ok(report);
+        }
+        // Faces cut by the frame edge get the edge replicated instead of GPEN's black band,
+        // which the generator would otherwise carry into the pasted face.
+        let crops = align::crop_faces(crops_from, &alignments, size, Border::Replicate)?;
+        report.timings.crop = t0.elapsed();
+        let t1 = Instant::now();
+        let restored = from_unit(&self.forward_batches(&to_unit(&crops)?)?)?;
+        report.timings.generator = t1.elapsed();
+        let t2 = Instant::now();
+        let small: Vec<bool> = faces.iter().map(|f| f.width().min(f.height()) < paste::SMALL_FACE).collect();
+        let restored = stage.paster.finish(restored, &crops, &small, stage.settings.live.alpha)?;
+        let Some(pasted) = stage.paster.paste(background, &restored, &alignments)? else { return Ok(report) };
+        let (x0, y0, rw, rh) = pasted.region;
+        frame::write_rgb(&frame::to_bytes(&pasted.image)?, (x0, y0), data, layout, false)?;
+        report.timings.paste = t2.elapsed();
+        Ok(PasteReport { restored: pasted.faces, region: Some((x0, y0, rw, rh)), mask: Some(pasted.mask), timings: report.timings })
+    }
+
+    /// Restores a frame that is one aligned face: resized to the model's size when it differs,
+    /// restored, and resized back. Channels other than R, G, B are left untouched.
+    fn restore_aligned(&self, frame: &Tensor, data: &mut [u8], layout: &PackedLayout) -> Result<(), Error> {
+        let _guard = tch::no_grad_guard();
+        let (h, w) = (frame.size()[2], frame.size()[3]);
+        let size = self.model.config().size;
+        let resized = (h, w) != (size, size);
+        let x = to_unit(frame)?;
+        let x = if resized { x.f_upsample_bilinear2d([size, size], false, None, None)? } else { x };
+        let y = self.forward_batches(&x)?;
+        let y = if resized { y.f_upsample_bilinear2d([h, w], false, None, None)? } else { y };
+        // GPEN truncates to uint8; rounding halves the error and matches the reference PNGs.
+        frame::write_rgb(&frame::to_bytes(&from_unit(&y)?)?, (0, 0), data, layout, false)
+    }
+
+    /// A still image's faces (no tracking), best first, filtered by size and count; keep the
+    /// result for [`restore_faces`](Self::restore_faces).
+    pub fn detect(&self, data: &[u8], layout: &PackedLayout) -> Result<Detections, Error> {
+        let stage = self.face_stage()?;
+        let frame = frame::to_tensor(data, layout, self.device)?;
+        let faces = find_faces(&stage.detector, &stage.settings, &frame)?;
+        Ok(Detections { faces, ids: Vec::new(), detected: true, scene_cut: false, frame, decided: None })
+    }
+
+    /// Restores the detected faces and pastes them back into the frame in place, with no
+    /// memory policy (for tests and benchmarks of the stages).
+    pub fn restore_faces(&self, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<PasteReport, Error> {
+        self.restore_onto(self.face_stage()?, &d.frame, &d.frame, &d.faces, data, layout)
+    }
+
+    fn face_stage(&self) -> Result<&FaceStage, Error> {
+        match &self.mode {
+            Mode::Faces(s) | Mode::Upscaled(s, _) => Ok(s),
+            Mode::Aligned => Err(Error::invalid(Setting::Mode, "faces are found in whole frames only", "restore whole frames")),
+        }
+    }
+
+    /// Changes the face settings that may change while frames flow; they apply from the next
+    /// frame on. No-op for aligned faces.
+    pub fn set_live(&mut self, live: LiveSettings) -> Result<(), Error> {
+        live.validate()?;
+        if let Mode::Faces(stage) | Mode::Upscaled(stage, _) = &mut self.mode {
+            stage.settings.live = live;
+            stage.video.set_smoothing(live.smoothing);
+        }
+        Ok(())
+    }
+
+    /// Ends every track and forgets the previous frame (a seek, a flush, new caps): the next
+    /// frame is detected afresh.
+    pub fn reset_tracks(&mut self) {
+        if let Mode::Faces(stage) | Mode::Upscaled(stage, _) = &mut self.mode {
+            stage.video.reset();
+        }
+    }
+
+    /// What tracking did so far (zeros for aligned faces).
+    pub fn video_counters(&self) -> VideoCounters {
+        self.face_stage().map(|s| s.video.counters()).unwrap_or_default()
+    }
+
+    /// The detector file and its variant, for whole frames.
+    pub fn detector(&self) -> Option<(&Path, DetectorVariant)> {
+        self.face_stage().ok().map(|s| (s.detector_path.as_path(), s.detector.variant()))
+    }
+
+    /// The plan frames are processed with now.
+    pub fn plan(&self) -> Plan {
+        self.ladder.plan()
+    }
+
+    /// The memory budget in bytes.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    pub fn estimator(&self) -> &Estimator {
+        &self.estimator
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn model(&self) -> &FullGenerator {
+        &self.model
+    }
+
+    pub fn model_path(&self) -> &Path {
+        &self.model_path
+    }
+
+    /// 1 when nothing is upscaled.
+    pub fn upscale_factor(&self) -> i64 {
+        match &self.mode {
+            Mode::Upscaled(_, u) => u.factor(),
+            _ => 1,
+        }
+    }
+
+    /// Predicted peak bytes of `plan` for a frame of `width x height` with `faces` faces.
+    pub fn estimate(&self, plan: &Plan, faces: usize, frame: (i64, i64)) -> u64 {
+        let official;
+        let cfg = if plan.size == self.model.config().size {
+            self.model.config()
+        } else {
+            official = GpenConfig::official(plan.size);
+            &official
+        };
+        let up = match (&self.mode, plan.tile) {
+            (Mode::Upscaled(_, u), Some(tile)) => u.peak_bytes(tile, frame),
+            _ => 0,
+        };
+        let f = self.upscale_factor();
+        self.estimator.peak_bytes(cfg, plan, faces, (frame.0 * f, frame.1 * f)) + up
+    }
+}
+
+/// 0..255 pixel values to the generator's -1..1.
+fn to_unit(x: &Tensor) -> Result<Tensor, Error> {
+    Ok(x.f_div_scalar(255.0)?.f_sub_scalar(0.5)?.f_div_scalar(0.5)?)
+}
+
+/// The generator's -1..1 back to 0..255, clamped.
+fn from_unit(y: &Tensor) -> Result<Tensor, Error> {
+    Ok(y.f_mul_scalar(0.5)?.f_add_scalar(0.5)?.f_clamp(0.0, 1.0)?.f_mul_scalar(255.0)?)
+}
+
+/// The faces of a frame tensor, best first, filtered by size and count.
+fn find_faces(detector: &RetinaFace, settings: &FaceSettings, frame: &Tensor) -> Result<Vec<Face>, Error> {
+    let _guard = tch::no_grad_guard();
+    let (height, width) = (frame.size()[2], frame.size()[3]);
+    let live = &settings.live;
+    let long = width.max(height) as f64;
+    let size = settings.detection_size;
+    let main = if size > 0 && long > size as f64 { size as f64 / long } else { 1.0 };
+    let mut scales = vec![main];
+    if detector.variant() == DetectorVariant::Fd1mb && long * main > 1.5 * REDUCED_PASS {
+        scales.push(REDUCED_PASS / long);
+    }
+    let mut faces = detect_at_scales(detector, frame, &scales, live.threshold)?;
+    faces.retain(|face| face.width().min(face.height()) >= live.min_face_size);
+    if live.max_faces > 0 {
+        faces.truncate(live.max_faces);
+    }
+    Ok(faces)
+}
