@@ -110,41 +110,37 @@ pub enum Border {
     Replicate,
 }
 
-/// Sampling grid for `grid_sample` (align_corners=false) such that output pixel `(x, y)` of an
-/// `out_h x out_w` map reads source pixel `to_src(x + x0, y + y0)` of an `src_h x src_w` image.
-pub fn sampling_grid(
-    to_src: &[Similarity],
-    (x0, y0): (i64, i64),
-    (out_h, out_w): (i64, i64),
-    (src_h, src_w): (i64, i64),
-    device: Device,
-) -> Result<Tensor> {
+/// The affine map, in `grid_sample`'s normalised coordinates (align_corners=false), that takes
+/// output pixel `(x, y)` of a map to source pixel `to_src(x + x0, y + y0)` of an `src_h x src_w`
+/// image: the 6 values of one `3 x 2` matrix of [`grids`], computed on the host.
+pub fn grid_map(to_src: &Similarity, (x0, y0): (i64, i64), (src_h, src_w): (i64, i64)) -> [f32; 6] {
     // Normalised source coordinate: (2 * x + 1) / W - 1, folded into the affine map.
-    let rows: Vec<f32> = to_src
-        .iter()
-        .flat_map(|t| {
-            let m = t.matrix();
-            let (sx, sy) = (2.0 / src_w as f64, 2.0 / src_h as f64);
-            let tx = m[0][0] * x0 as f64 + m[0][1] * y0 as f64 + m[0][2];
-            let ty = m[1][0] * x0 as f64 + m[1][1] * y0 as f64 + m[1][2];
-            [
-                m[0][0] * sx,
-                m[1][0] * sy,
-                m[0][1] * sx,
-                m[1][1] * sy,
-                (2.0 * tx + 1.0) / src_w as f64 - 1.0,
-                (2.0 * ty + 1.0) / src_h as f64 - 1.0,
-            ]
-        })
+    let m = to_src.matrix();
+    let (sx, sy) = (2.0 / src_w as f64, 2.0 / src_h as f64);
+    let tx = m[0][0] * x0 as f64 + m[0][1] * y0 as f64 + m[0][2];
+    let ty = m[1][0] * x0 as f64 + m[1][1] * y0 as f64 + m[1][2];
+    [m[0][0] * sx, m[1][0] * sy, m[0][1] * sx, m[1][1] * sy, (2.0 * tx + 1.0) / src_w as f64 - 1.0, (2.0 * ty + 1.0) / src_h as f64 - 1.0]
         .map(|v| v as f32)
-        .collect();
-    let maps = Tensor::f_from_slice(&rows)?.f_reshape([to_src.len() as i64, 3, 2])?.f_to_device(device)?;
-    let opts = (Kind::Float, device);
+}
+
+/// Sampling grids (`N x out_h x out_w x 2`) from `N x 3 x 2` maps already on the device (see
+/// [`grid_map`]): built on the device, nothing is transferred.
+pub fn grids(maps: &Tensor, (out_h, out_w): (i64, i64)) -> Result<Tensor> {
+    let opts = (Kind::Float, maps.device());
     let xs = Tensor::f_arange(out_w, opts)?.f_reshape([1, out_w])?.f_expand([out_h, out_w], false)?;
     let ys = Tensor::f_arange(out_h, opts)?.f_reshape([out_h, 1])?.f_expand([out_h, out_w], false)?;
     let ones = Tensor::f_ones([out_h, out_w], opts)?;
     let base = Tensor::f_stack(&[xs, ys, ones], 2)?.f_reshape([1, out_h * out_w, 3])?;
-    base.f_matmul(&maps)?.f_reshape([to_src.len() as i64, out_h, out_w, 2])
+    base.f_matmul(maps)?.f_reshape([maps.size()[0], out_h, out_w, 2])
+}
+
+/// Sampling grid for `grid_sample` (align_corners=false) such that output pixel `(x, y)` of an
+/// `out_h x out_w` map reads source pixel `to_src(x + x0, y + y0)` of an `src_h x src_w` image
+/// (the maps computed here and copied to `device`).
+pub fn sampling_grid(to_src: &[Similarity], origin: (i64, i64), out: (i64, i64), src: (i64, i64), device: Device) -> Result<Tensor> {
+    let rows: Vec<f32> = to_src.iter().flat_map(|t| grid_map(t, origin, src)).collect();
+    let maps = Tensor::f_from_slice(&rows)?.f_reshape([to_src.len() as i64, 3, 2])?.f_to_device(device)?;
+    grids(&maps, out)
 }
 
 /// Bilinear warp of `image` (`N x C x H x W`, N = 1 or one per grid) through `grid`.
@@ -165,6 +161,11 @@ pub fn crop_faces(frame: &Tensor, alignments: &[Alignment], size: i64, border: B
     let to_src: Vec<Similarity> = alignments.iter().map(|a| a.tfm.inverse()).collect();
     let grid = sampling_grid(&to_src, (0, 0), (size, size), (s[2], s[3]), frame.device())?;
     warp(frame, &grid, border)
+}
+
+/// The maps of [`crop_faces`] (one [`grid_map`] per face) for a frame of `height x width`.
+pub fn crop_maps(alignments: &[Alignment], (height, width): (i64, i64)) -> Vec<f32> {
+    alignments.iter().flat_map(|a| grid_map(&a.tfm.inverse(), (0, 0), (height, width))).collect()
 }
 
 /// The frame rectangle `(x0, y0, width, height)` that a `size` crop covers when pasted back

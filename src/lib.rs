@@ -15,6 +15,7 @@ pub mod nn;
 pub mod registry;
 pub mod restorer;
 pub mod track;
+pub mod transfer;
 pub mod upscale;
 
 pub use error::{Error, Network, Setting};

@@ -225,7 +225,7 @@ fn bad_input_gives_a_clear_error_on_the_bus() {
     assert!(e.contains("retinaface-mnet025-fd1mb.pth") && e.contains("not a GPEN generator"), "{e}");
 
     let e = start_error(&format!("model={} size=512", tiny.display()));
-    assert!(e.contains("gpen-256-tiny.pth") && e.contains("GPEN-256") && e.contains("size=512"), "{e}");
+    assert!(e.contains("gpen-256-tiny.pth") && e.contains("GPEN-256") && e.contains("property size") && e.contains("512"), "{e}");
 
     let e = start_error(&format!("model={} size=256 device=tpu:0", tiny.display()));
     assert!(e.contains("unknown device `tpu:0`"), "{e}");
@@ -235,7 +235,7 @@ fn bad_input_gives_a_clear_error_on_the_bus() {
     }
 
     let e = start_error(&format!("model={} size=256 detector-model={}", tiny.display(), missing.display()));
-    assert!(e.contains("missing.pth") && e.contains("no such detector file"), "{e}");
+    assert!(e.contains("missing.pth") && e.contains("property detector-model") && e.contains("no such file"), "{e}");
 
     // A MobileNet detector that is not one of the published files: its variant cannot be told.
     let sd = gstgpen::checkpoint::load(&common::shared().join("weights/retinaface-mnet025-fd1mb.pth"), None).unwrap();

@@ -225,7 +225,7 @@ fn bad_upscaling_settings_fail_at_start_with_a_reason() {
         (format!("upscale=2 upscaler-model={}", x4.display()), "x4"),
         (format!("upscale=2 upscaler-model={}", common::gpen_fixture("gpen-256-tiny.pth").display()), "not an RRDBNet"),
         (format!("upscale=2 upscaler-model={} tile-size=48 tile-overlap=32", x2().display()), "twice"),
-        ("upscale=2 aligned=true".to_owned(), "aligned=false"),
+        ("upscale=2 aligned=true".to_owned(), "aligned faces"),
         ("upscale=2 upscaler-model=/nonexistent/realesrnet_x2.pth".to_owned(), "realesrnet_x2.pth"),
     ];
     for (props, says) in cases {

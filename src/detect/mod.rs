@@ -37,23 +37,43 @@ pub const NMS_THRESHOLD: f32 = 0.4;
 /// scale (1.0 = native; the image is resized bilinearly), maps the faces back to `rgb`'s pixels
 /// and merges the passes by non-maximum suppression.
 pub fn detect_at_scales(detector: &RetinaFace, rgb: &tch::Tensor, scales: &[f64], threshold: f64) -> Result<Vec<Face>, tch::TchError> {
+    detect_at_scales_with(detector, rgb, scales, threshold, &[]).map(|(faces, _)| faces)
+}
+
+/// As [`detect_at_scales`], reading the candidates of every pass and the `extra` device values
+/// (returned as host values) in one copy from the device.
+pub fn detect_at_scales_with(
+    detector: &RetinaFace,
+    rgb: &tch::Tensor,
+    scales: &[f64],
+    threshold: f64,
+    extra: &[&tch::Tensor],
+) -> Result<(Vec<Face>, Vec<Vec<f32>>), tch::TchError> {
     let s = rgb.size();
     let (h, w) = (s[2] as f64, s[3] as f64);
-    let mut all = Vec::new();
+    let mut passes = Vec::with_capacity(scales.len());
     for &scale in scales {
-        let faces = if scale == 1.0 {
-            detector.detect(rgb, threshold)?
+        let image = if scale == 1.0 {
+            rgb.shallow_clone()
         } else {
             // cv2.resize(fx=scale) rounds the size, maps coordinates by 1/scale, and (on 8-bit
             // frames) rounds the values.
             let size = [((h * scale).round() as i64).max(1), ((w * scale).round() as i64).max(1)];
-            let resized = rgb.f_upsample_bilinear2d(size, false, Some(scale), Some(scale))?.f_round()?;
-            detector.detect(&resized, threshold)?
+            rgb.f_upsample_bilinear2d(size, false, Some(scale), Some(scale))?.f_round()?
         };
-        all.extend(faces.into_iter().map(|f| f.unscaled(scale as f32)));
+        let size = (image.size()[2], image.size()[3]);
+        passes.push((detector.candidates(&image)?, size, scale));
+    }
+    let mut parts: Vec<&tch::Tensor> = passes.iter().map(|(c, _, _)| c).collect();
+    parts.extend_from_slice(extra);
+    let mut read = crate::transfer::download_f32(&parts)?;
+    let extra_values = read.split_off(passes.len());
+    let mut all = Vec::new();
+    for ((_, size, scale), rows) in passes.iter().zip(&read) {
+        all.extend(detector.decode_candidates(rows, *size, threshold).into_iter().map(|f| f.unscaled(*scale as f32)));
     }
     let kept = non_maximum_suppression(all, NMS_THRESHOLD);
-    Ok(if scales.len() > 1 { drop_contained(kept, CONTAINED) } else { kept })
+    Ok((if scales.len() > 1 { drop_contained(kept, CONTAINED) } else { kept }, extra_values))
 }
 
 /// Share of a face's box inside a larger face's box beyond which it is a fragment of that face.

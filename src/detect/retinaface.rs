@@ -436,44 +436,50 @@ impl RetinaFace {
         })
     }
 
+    /// The best [`TOP_K`] priors of a `1 x 3 x H x W` RGB image (values 0..255, on the
+    /// detector's device), as `K x 16` rows `[score, box (4), landmarks (10), prior index]`, on
+    /// the device: nothing is read yet ([`decode_candidates`](Self::decode_candidates) does it
+    /// on the host), so the rows of several passes can come down in one copy.
+    pub fn candidates(&self, rgb: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let x = rgb.f_flip([1])?.f_sub(&self.mean)?;
+        let raw = self.forward_raw(&x)?;
+        let n = raw.scores.size()[0];
+        // The reference keeps the best 5000 before suppression too.
+        let (scores, index) = raw.scores.f_topk(TOP_K.min(n), 0, true, false)?;
+        let index_f = index.f_to_kind(Kind::Float)?.f_unsqueeze(1)?;
+        Tensor::f_cat(&[scores.f_unsqueeze(1)?, raw.loc.f_index_select(0, &index)?, raw.landms.f_index_select(0, &index)?, index_f], 1)
+    }
+
+    /// The faces of candidate rows (from [`candidates`](Self::candidates) of an `H x W` image,
+    /// read on the host) with a score above `threshold`, in prior order, before suppression.
+    pub fn decode_candidates(&self, rows: &[f32], (h, w): (i64, i64), threshold: f64) -> Vec<Face> {
+        let mut kept: Vec<&[f32]> = rows.chunks_exact(16).filter(|r| r[0] as f64 > threshold).collect();
+        kept.sort_by(|a, b| a[15].total_cmp(&b[15]));
+        let cfg = self.variant.priors();
+        let priors = cfg.priors(h, w);
+        kept.iter()
+            .filter_map(|r| {
+                let prior = priors.get(r[15] as usize)?;
+                let l: [f32; 4] = r[1..5].try_into().ok()?;
+                let lm: [f32; 10] = r[5..15].try_into().ok()?;
+                let (bbox, landmarks) = decode(prior, &l, &lm, cfg.variance, (w as f32, h as f32));
+                Some(Face { bbox, score: r[0], landmarks })
+            })
+            .collect()
+    }
+
     /// Faces with a score above `threshold` in a `1 x 3 x H x W` RGB image with values 0..255
     /// (float, on the detector's device), in that image's pixels, before suppression.
     pub fn detect(&self, rgb: &Tensor, threshold: f64) -> Result<Vec<Face>> {
-        let _guard = tch::no_grad_guard();
         let s = rgb.size();
-        let (h, w) = (s[2], s[3]);
-        let x = rgb.f_flip([1])?.f_sub(&self.mean)?;
-        let raw = self.forward_raw(&x)?;
-        let keep = raw.scores.f_gt(threshold)?.f_nonzero()?.f_squeeze_dim(1)?;
-        let n = keep.size()[0] as usize;
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let scores: Vec<f32> = to_vec(&raw.scores.f_index_select(0, &keep)?)?;
-        let loc: Vec<f32> = to_vec(&raw.loc.f_index_select(0, &keep)?)?;
-        let landms: Vec<f32> = to_vec(&raw.landms.f_index_select(0, &keep)?)?;
-        let index: Vec<i64> = to_vec(&keep)?;
-        let cfg = self.variant.priors();
-        let priors = cfg.priors(h, w);
-        let mut faces = Vec::with_capacity(n);
-        for i in 0..n {
-            let prior = &priors[index[i] as usize];
-            let l: [f32; 4] = loc[4 * i..4 * i + 4].try_into().unwrap();
-            let lm: [f32; 10] = landms[10 * i..10 * i + 10].try_into().unwrap();
-            let (bbox, landmarks) = decode(prior, &l, &lm, cfg.variance, (w as f32, h as f32));
-            faces.push(Face { bbox, score: scores[i], landmarks });
-        }
-        Ok(faces)
+        let rows = crate::transfer::download_f32(&[&self.candidates(rgb)?])?;
+        Ok(self.decode_candidates(&rows[0], (s[2], s[3]), threshold))
     }
 }
 
-/// Copies a (small) tensor to a host vector.
-pub(crate) fn to_vec<T: tch::kind::Element + Default + Clone>(t: &Tensor) -> Result<Vec<T>> {
-    let t = t.f_to_device(Device::Cpu)?.f_contiguous()?;
-    let mut v = vec![T::default(); t.numel()];
-    t.f_copy_data(&mut v, t.numel())?;
-    Ok(v)
-}
+/// Candidates kept per pass before suppression, as the reference detector's `top_k`.
+pub const TOP_K: i64 = 5000;
 
 fn strip_prefix(sd: StateDict, prefix: &str) -> StateDict {
     if !sd.names().all(|n| n.starts_with(prefix)) {

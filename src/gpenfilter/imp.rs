@@ -25,7 +25,7 @@ use super::properties::{self, property_of, Settings};
 use super::stats::Stats;
 use crate::memory;
 use crate::restorer::{Detections, FrameOutput, Outcome, Restorer};
-use crate::Error;
+use crate::{Error, Setting};
 
 static CAT: Lazy<gst::DebugCategory> =
     Lazy::new(|| gst::DebugCategory::new("gpenfilter", gst::DebugColorFlags::empty(), Some("GPEN face restoration")));
@@ -136,25 +136,31 @@ impl ElementImpl for GpenFilter {
     }
 }
 
-/// A set-up failure as a GStreamer error: the domain that fits, and the property to change.
+/// A set-up failure as a GStreamer error: the domain that fits, worded with the property to
+/// change where a setting is at fault.
 fn start_error(e: &Error) -> gst::ErrorMessage {
     use crate::checkpoint::CheckpointError as C;
-    let text = e.to_string();
-    let property = |s| format!("check the property {}", property_of(s));
+    let named = |setting: Setting| format!("{setting} (property {})", property_of(setting));
     match e {
-        Error::InvalidSetting { setting, .. } => gst::error_msg!(gst::LibraryError::Settings, ("{}", text), ["{}", property(*setting)]),
-        Error::FileNotFound { setting, .. } => gst::error_msg!(gst::ResourceError::NotFound, ("{}", text), ["{}", property(*setting)]),
+        Error::InvalidSetting { setting, problem, hint } => {
+            gst::error_msg!(gst::LibraryError::Settings, ("{}: {}; {}", named(*setting), problem, hint))
+        }
+        Error::FileNotFound { setting, path, problem, hint } => {
+            gst::error_msg!(gst::ResourceError::NotFound, ("{}: {}: {}; {}", named(*setting), path.display(), problem, hint))
+        }
+        Error::Device { device, problem, hint } => {
+            gst::error_msg!(gst::ResourceError::NotFound, ("{}: `{}`: {}; {}", named(Setting::Device), device, problem, hint))
+        }
         Error::Checkpoint(C::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            gst::error_msg!(gst::ResourceError::NotFound, ("{}", text))
+            gst::error_msg!(gst::ResourceError::NotFound, ("{}", e))
         }
-        Error::Checkpoint(C::Io { .. }) => gst::error_msg!(gst::ResourceError::OpenRead, ("{}", text)),
+        Error::Checkpoint(C::Io { .. }) => gst::error_msg!(gst::ResourceError::OpenRead, ("{}", e)),
         Error::Checkpoint(_) | Error::ModelMismatch { .. } | Error::UnsafeCheckpoint { .. } | Error::Model(_) => {
-            gst::error_msg!(gst::ResourceError::Read, ("{}", text))
+            gst::error_msg!(gst::ResourceError::Read, ("{}", e))
         }
-        Error::Device { .. } => gst::error_msg!(gst::ResourceError::NotFound, ("{}", text), ["{}", property(crate::Setting::Device)]),
-        Error::Settings(_) => gst::error_msg!(gst::LibraryError::Settings, ("{}", text)),
-        Error::Torch(_) | Error::Accelerator(_) | Error::Frame(_) => gst::error_msg!(gst::LibraryError::Init, ("{}", text)),
-        Error::OutOfMemory(_) => gst::error_msg!(gst::ResourceError::NoSpaceLeft, ("{}", text), ["{}", property(crate::Setting::Budget)]),
+        Error::Settings(_) => gst::error_msg!(gst::LibraryError::Settings, ("{}", e)),
+        Error::Torch(_) | Error::Accelerator(_) | Error::Frame(_) => gst::error_msg!(gst::LibraryError::Init, ("{}", e)),
+        Error::OutOfMemory(_) => gst::error_msg!(gst::ResourceError::NoSpaceLeft, ("{}", e), ["{}", named(Setting::Budget)]),
     }
 }
 

@@ -1,14 +1,11 @@
 //! Frames in memory: the byte layout of a packed 8-bit RGB-family frame, the one upload of a
 //! frame to the device, and the writes back. The only `unsafe` code of the core is here: views
 //! of the caller's bytes as tensors, after their layout was checked against the buffer.
-//!
-//! Every transfer between host and device goes through this module and is counted
-//! ([`transfers`]), so that tests can hold the data path to its two synchronising reads per frame.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! Frames go up and down through [`crate::transfer`], which counts the copies.
 
 use tch::{Device, Kind, Tensor};
 
+use crate::transfer;
 use crate::Error;
 
 /// Where the colour channels of a packed 8-bit RGB-like frame are, and how rows are laid out.
@@ -55,44 +52,6 @@ impl PackedLayout {
     }
 }
 
-/// Host/device transfers of this process, by direction.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Transfers {
-    /// Host to device copies (frames, small tables).
-    pub uploads: u64,
-    /// Device to host reads: each waits for the device to finish the work it depends on.
-    pub downloads: u64,
-}
-
-static UPLOADS: AtomicU64 = AtomicU64::new(0);
-static DOWNLOADS: AtomicU64 = AtomicU64::new(0);
-
-/// The transfers counted so far (on the CPU too, where they cost nothing, so that the count
-/// can be tested without a GPU).
-pub fn transfers() -> Transfers {
-    Transfers { uploads: UPLOADS.load(Ordering::Relaxed), downloads: DOWNLOADS.load(Ordering::Relaxed) }
-}
-
-/// Copies host data to `device`: one counted upload.
-pub fn upload(t: &Tensor, device: Device) -> Result<Tensor, Error> {
-    UPLOADS.fetch_add(1, Ordering::Relaxed);
-    Ok(t.f_to_device(device)?)
-}
-
-/// Reads a device tensor into host memory: one counted download.
-pub fn download(t: &Tensor) -> Result<Tensor, Error> {
-    DOWNLOADS.fetch_add(1, Ordering::Relaxed);
-    Ok(t.f_to_device(Device::Cpu)?)
-}
-
-/// A small tensor (any kind) as host `f32` values: one counted download.
-pub fn download_f32(t: &Tensor) -> Result<Vec<f32>, Error> {
-    let t = download(&t.f_to_kind(Kind::Float)?)?.f_contiguous()?;
-    let mut v = vec![0f32; t.numel()];
-    t.f_copy_data(&mut v, t.numel())?;
-    Ok(v)
-}
-
 /// Packed 8-bit frame memory as a `H x W x pixel_stride` tensor over the same bytes.
 ///
 /// # Safety
@@ -117,14 +76,7 @@ pub fn to_tensor(data: &[u8], layout: &PackedLayout, device: Device) -> Result<T
     // SAFETY: checked above; `data` is borrowed for the whole function and only read.
     let bytes = unsafe { view(data.as_ptr(), layout)? };
     let rgb = bytes.f_index_select(2, &layout.channels()?)?; // a copy: the view is not kept
-    let rgb = match device {
-        Device::Cpu => rgb,
-        _ => {
-            let pinned = rgb.f_pin_memory(device)?;
-            UPLOADS.fetch_add(1, Ordering::Relaxed);
-            pinned.f_to_device_(device, Kind::Uint8, true, false)?
-        }
-    };
+    let rgb = transfer::upload_pinned(&rgb, device)?;
     Ok(rgb.f_permute([2, 0, 1])?.f_unsqueeze(0)?.f_to_kind(Kind::Float)?)
 }
 
@@ -132,11 +84,7 @@ pub fn to_tensor(data: &[u8], layout: &PackedLayout, device: Device) -> Result<T
 /// saturated (cv2.convertScaleAbs): one download.
 pub fn to_bytes(image: &Tensor) -> Result<Tensor, Error> {
     let b = image.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8)?.f_squeeze_dim(0)?.f_permute([1, 2, 0])?;
-    if b.device() == Device::Cpu {
-        Ok(b)
-    } else {
-        download(&b)
-    }
+    Ok(transfer::download(&b)?)
 }
 
 /// Writes `H x W x 3` host bytes into the R, G, B bytes of the frame's rectangle at `(x0, y0)`;
@@ -255,16 +203,5 @@ mod tests {
         assert!(matches!(write_rgb(&patch, (4, 0), &mut data, &layout, false), Err(Error::Frame(_))));
         assert!(matches!(write_rgb(&patch, (0, 3), &mut data, &layout, false), Err(Error::Frame(_))));
         assert!(matches!(write_rgb(&patch, (-1, 0), &mut data, &layout, false), Err(Error::Frame(_))));
-    }
-
-    #[test]
-    fn transfers_are_counted() {
-        let before = transfers();
-        let t = Tensor::ones([3], (Kind::Float, Device::Cpu));
-        let _ = upload(&t, Device::Cpu).unwrap();
-        assert_eq!(download_f32(&t).unwrap(), [1.0; 3]);
-        let after = transfers();
-        // Other tests of this binary may run at the same time: at least ours are counted.
-        assert!(after.uploads > before.uploads && after.downloads > before.downloads);
     }
 }

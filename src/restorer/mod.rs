@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
 use crate::align::{self, Alignment, Border};
-use crate::detect::{detect_at_scales, DetectorVariant, Face, RetinaFace};
+use crate::detect::{detect_at_scales_with, DetectorVariant, Face, RetinaFace};
 use crate::gpen::{FullGenerator, GpenConfig};
 use crate::memory::{self, Estimator, Plan};
 use crate::upscale::Upscaler;
-use crate::{registry, Error, Setting};
+use crate::{registry, transfer, Error, Setting};
 
 pub use frame::PackedLayout;
 use ladder::Ladder;
@@ -264,7 +264,7 @@ impl Restorer {
             Mode::Faces(stage) | Mode::Upscaled(stage, _) => stage,
         };
         let interval = stage.settings.live.detection_interval;
-        let found = stage.video.next(&frame, dt, interval, || find_faces(&stage.detector, &stage.settings, &frame));
+        let found = stage.video.next(&frame, dt, interval, |extra| find_faces(&stage.detector, &stage.settings, &frame, extra));
         match found {
             Ok(t) => Ok(Detections { faces: t.faces, ids: t.ids, detected: t.detected, scene_cut: t.scene_cut, frame, decided: None }),
             Err(e) if e.is_out_of_memory() => {
@@ -504,9 +504,15 @@ impl Restorer {
         if faces.is_empty() {
             return Ok(report);
         }
+        // Every face's crop and paste maps go to the device in one copy.
+        let (n, fh, fw) = (alignments.len() as i64, crops_from.size()[2], crops_from.size()[3]);
+        let regions = stage.paster.regions(&alignments, (h, w));
+        let mut maps = align::crop_maps(&alignments, (fh, fw));
+        maps.extend(stage.paster.maps(&alignments, &regions));
+        let maps = transfer::upload(&Tensor::f_from_slice(&maps)?, self.device)?.f_reshape([2 * n, 3, 2])?;
         // Faces cut by the frame edge get the edge replicated instead of GPEN's black band,
         // which the generator would otherwise carry into the pasted face.
-        let crops = align::crop_faces(crops_from, &alignments, size, Border::Replicate)?;
+        let crops = align::warp(crops_from, &align::grids(&maps.f_narrow(0, 0, n)?, (size, size))?, Border::Replicate)?;
         report.timings.crop = t0.elapsed();
         let t1 = Instant::now();
         let restored = from_unit(&self.forward_batches(&to_unit(&crops)?)?)?;
@@ -514,7 +520,7 @@ impl Restorer {
         let t2 = Instant::now();
         let small: Vec<bool> = faces.iter().map(|f| f.width().min(f.height()) < paste::SMALL_FACE).collect();
         let restored = stage.paster.finish(restored, &crops, &small, stage.settings.live.alpha)?;
-        let Some(pasted) = stage.paster.paste(background, &restored, &alignments)? else { return Ok(report) };
+        let Some(pasted) = stage.paster.paste(background, &restored, &regions, &maps.f_narrow(0, n, n)?)? else { return Ok(report) };
         let (x0, y0, rw, rh) = pasted.region;
         frame::write_rgb(&frame::to_bytes(&pasted.image)?, (x0, y0), data, layout, false)?;
         report.timings.paste = t2.elapsed();
@@ -541,7 +547,7 @@ impl Restorer {
     pub fn detect(&self, data: &[u8], layout: &PackedLayout) -> Result<Detections, Error> {
         let stage = self.face_stage()?;
         let frame = frame::to_tensor(data, layout, self.device)?;
-        let faces = find_faces(&stage.detector, &stage.settings, &frame)?;
+        let (faces, _) = find_faces(&stage.detector, &stage.settings, &frame, &[])?;
         Ok(Detections { faces, ids: Vec::new(), detected: true, scene_cut: false, frame, decided: None })
     }
 
@@ -649,8 +655,14 @@ fn from_unit(y: &Tensor) -> Result<Tensor, Error> {
     Ok(y.f_mul_scalar(0.5)?.f_add_scalar(0.5)?.f_clamp(0.0, 1.0)?.f_mul_scalar(255.0)?)
 }
 
-/// The faces of a frame tensor, best first, filtered by size and count.
-fn find_faces(detector: &RetinaFace, settings: &FaceSettings, frame: &Tensor) -> Result<Vec<Face>, Error> {
+/// The faces of a frame tensor, best first, filtered by size and count; `extra` device values
+/// are read in the same copy as the detections.
+fn find_faces(
+    detector: &RetinaFace,
+    settings: &FaceSettings,
+    frame: &Tensor,
+    extra: &[&Tensor],
+) -> Result<(Vec<Face>, Vec<Vec<f32>>), Error> {
     let _guard = tch::no_grad_guard();
     let (height, width) = (frame.size()[2], frame.size()[3]);
     let live = &settings.live;
@@ -661,10 +673,10 @@ fn find_faces(detector: &RetinaFace, settings: &FaceSettings, frame: &Tensor) ->
     if detector.variant() == DetectorVariant::Fd1mb && long * main > 1.5 * REDUCED_PASS {
         scales.push(REDUCED_PASS / long);
     }
-    let mut faces = detect_at_scales(detector, frame, &scales, live.threshold)?;
+    let (mut faces, values) = detect_at_scales_with(detector, frame, &scales, live.threshold, extra)?;
     faces.retain(|face| face.width().min(face.height()) >= live.min_face_size);
     if live.max_faces > 0 {
         faces.truncate(live.max_faces);
     }
-    Ok(faces)
+    Ok((faces, values))
 }

@@ -20,11 +20,14 @@ pub struct Paster {
     smooth: Tensor,
 }
 
+/// A frame rectangle `(x0, y0, width, height)`.
+pub type Region = (i64, i64, i64, i64);
+
 /// Faces composed over a rectangle of the frame.
 #[derive(Debug)]
 pub struct Pasted {
-    /// The frame rectangle `(x0, y0, width, height)` written.
-    pub region: (i64, i64, i64, i64),
+    /// The frame rectangle written.
+    pub region: Region,
     /// The composed rectangle, `1 x 3 x height x width`, 0..255 (not rounded).
     pub image: Tensor,
     /// The combined paste mask over `region` (`1 x 1 x height x width`, 0..1): where it is 0
@@ -67,14 +70,32 @@ impl Paster {
         Ok(restored)
     }
 
+    /// The frame rectangle `(x0, y0, width, height)` each face lands in, clipped to a frame of
+    /// `height x width`; `None` for a face that misses the frame.
+    pub fn regions(&self, alignments: &[Alignment], (height, width): (i64, i64)) -> Vec<Option<Region>> {
+        alignments.iter().map(|a| align::paste_region(&a.tfm_inv, self.size, (height, width))).collect()
+    }
+
+    /// The grid maps (6 values per face, see [`align::grid_map`]) that warp each face back into
+    /// its region; zeros for faces that miss the frame. Computed on the host, so that a frame's
+    /// maps travel to the device in one copy.
+    pub fn maps(&self, alignments: &[Alignment], regions: &[Option<Region>]) -> Vec<f32> {
+        alignments
+            .iter()
+            .zip(regions)
+            .flat_map(|(a, r)| match r {
+                Some((x0, y0, _, _)) => align::grid_map(&a.tfm_inv.inverse(), (*x0, *y0), (self.size, self.size)),
+                None => [0.0; 6],
+            })
+            .collect()
+    }
+
     /// Composes `faces` (`N x 3 x size x size`, 0..255) over `background` (`1 x 3 x H x W`),
-    /// each warped back through its alignment with the soft mask; where masks overlap the face
-    /// with the larger mask wins the pixel, as in GPEN. Only the union of the faces' regions is
-    /// composed. `None` when no face reaches the frame.
-    pub fn paste(&self, background: &Tensor, faces: &Tensor, alignments: &[Alignment]) -> Result<Option<Pasted>, Error> {
-        let (h, w) = (background.size()[2], background.size()[3]);
-        let size = self.size;
-        let regions: Vec<Option<(i64, i64, i64, i64)>> = alignments.iter().map(|a| align::paste_region(&a.tfm_inv, size, (h, w))).collect();
+    /// each warped back into its region through its map (`maps`: `N x 3 x 2` on the device, from
+    /// [`maps`](Self::maps)) with the soft mask; where masks overlap the face with the larger
+    /// mask wins the pixel, as in GPEN. Only the union of the regions is composed. `None` when
+    /// no face reaches the frame.
+    pub fn paste(&self, background: &Tensor, faces: &Tensor, regions: &[Option<Region>], maps: &Tensor) -> Result<Option<Pasted>, Error> {
         let Some((ux0, uy0, ux1, uy1)) = regions.iter().flatten().fold(None, |u, &(x0, y0, rw, rh)| {
             Some(match u {
                 None => (x0, y0, x0 + rw, y0 + rh),
@@ -87,10 +108,10 @@ impl Paster {
         let full_mask = Tensor::f_zeros([1, 1, uy1 - uy0, ux1 - ux0], opts)?;
         let full_img = Tensor::f_zeros([1, 3, uy1 - uy0, ux1 - ux0], opts)?;
         let mut pasted = 0;
-        for (i, (a, region)) in alignments.iter().zip(&regions).enumerate() {
+        for (i, region) in regions.iter().enumerate() {
             let Some((x0, y0, rw, rh)) = *region else { continue };
             let face = Tensor::f_cat(&[faces.f_narrow(0, i as i64, 1)?, self.mask.shallow_clone()], 1)?;
-            let grid = align::sampling_grid(&[a.tfm_inv.inverse()], (x0, y0), (rh, rw), (size, size), background.device())?;
+            let grid = align::grids(&maps.f_narrow(0, i as i64, 1)?, (rh, rw))?;
             let warped = align::warp(&face, &grid, Border::Zeros)?;
             let (img, mask) = (warped.f_narrow(1, 0, 3)?, warped.f_narrow(1, 3, 1)?);
             let window = |t: &Tensor| t.f_narrow(2, y0 - uy0, rh)?.f_narrow(3, x0 - ux0, rw);
@@ -120,6 +141,12 @@ mod tests {
         align::align(&lm, size).unwrap()
     }
 
+    fn paste(p: &Paster, bg: &Tensor, faces: &Tensor, alignments: &[Alignment]) -> Option<Pasted> {
+        let regions = p.regions(alignments, (bg.size()[2], bg.size()[3]));
+        let maps = Tensor::from_slice(&p.maps(alignments, &regions)).reshape([alignments.len() as i64, 3, 2]);
+        p.paste(bg, faces, &regions, &maps).unwrap()
+    }
+
     fn max_abs(t: &Tensor) -> f64 {
         t.abs().max().double_value(&[])
     }
@@ -130,7 +157,7 @@ mod tests {
         let bg = Tensor::full([1, 3, 100, 120], 10.0, (Kind::Float, Device::Cpu));
         let face = Tensor::full([1, 3, 64, 64], 200.0, (Kind::Float, Device::Cpu));
         let a = alignment_at(64, (30.0, 20.0), 1.0);
-        let out = p.paste(&bg, &face, &[a]).unwrap().unwrap();
+        let out = paste(&p, &bg, &face, &[a]).unwrap();
         let (x0, y0, w, h) = out.region;
         assert!((28..=30).contains(&x0) && (18..=20).contains(&y0) && (64..=68).contains(&w) && (64..=68).contains(&h), "{:?}", out.region);
         assert_eq!(out.faces, 1);
@@ -156,7 +183,7 @@ mod tests {
             0,
         );
         let (a, b) = (alignment_at(64, (10.0, 10.0), 1.0), alignment_at(64, (40.0, 10.0), 1.0));
-        let out = p.paste(&bg, &faces, &[a, b]).unwrap().unwrap();
+        let out = paste(&p, &bg, &faces, &[a, b]).unwrap();
         assert_eq!(out.faces, 2);
         let x0 = out.region.0;
         let y = 42 - out.region.1;
@@ -168,7 +195,7 @@ mod tests {
         assert!((v - 100.0).abs() < 1e-3 || (v - 50.0).abs() < 1e-3, "{v}");
         // A face entirely outside the frame reaches nothing.
         let gone = alignment_at(64, (1000.0, 1000.0), 1.0);
-        assert!(p.paste(&bg, &faces.narrow(0, 0, 1), &[gone]).unwrap().is_none());
+        assert!(paste(&p, &bg, &faces.narrow(0, 0, 1), &[gone]).is_none());
     }
 
     #[test]

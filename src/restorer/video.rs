@@ -40,7 +40,7 @@ impl SceneChange {
     /// As [`change`](Self::change), read on the host.
     pub fn observe(&mut self, frame: &Tensor) -> Result<f64, Error> {
         match self.change(frame)? {
-            Some(c) => Ok(super::frame::download_f32(&c)?[0] as f64),
+            Some(c) => Ok(crate::transfer::download_f32(&[&c])?[0][0] as f64),
             None => Ok(0.0),
         }
     }
@@ -90,31 +90,32 @@ impl VideoFaces {
         self.tracker.settings.smoothing = smoothing;
     }
 
-    /// The faces of `frame`, `dt` seconds after the previous one. The detector (`detect`) runs
-    /// every `interval`th frame and after a scene cut; tracks carry the faces in between. When
-    /// the detector is due anyway the scene change is read after it, so the device is waited
-    /// for once, not twice.
+    /// The faces of `frame`, `dt` seconds after the previous one. The detector runs every
+    /// `interval`th frame and after a scene cut; tracks carry the faces in between. `detect`
+    /// finds the faces and reads the device values it is given in the same copy: when the
+    /// detector is due anyway, the scene change travels with the detections, so the device is
+    /// waited for once.
     pub fn next(
         &mut self,
         frame: &Tensor,
         dt: f64,
         interval: u32,
-        detect: impl FnOnce() -> Result<Vec<Face>, Error>,
+        detect: impl FnOnce(&[&Tensor]) -> Result<(Vec<Face>, Vec<Vec<f32>>), Error>,
     ) -> Result<TrackedFaces, Error> {
         let change = self.scenes.change(frame)?;
         let due = self.since_detection.is_none_or(|n| n + 1 >= interval);
-        let read = |c: Option<Tensor>| -> Result<bool, Error> {
-            Ok(match c {
-                Some(c) => super::frame::download_f32(&c)?[0] as f64 > SCENE_CUT,
-                None => false,
-            })
-        };
-        let (scene_cut, detected) = if due {
-            let detected = detect()?;
-            (read(change)?, Some(detected))
-        } else {
-            let cut = read(change)?;
-            (cut, if cut { Some(detect()?) } else { None })
+        let cut = |v: f32| v as f64 > SCENE_CUT;
+        let (scene_cut, detected) = match (due, change) {
+            (true, Some(c)) => {
+                let (faces, extra) = detect(&[&c])?;
+                (cut(extra[0][0]), Some(faces))
+            }
+            (true, None) => (false, Some(detect(&[])?.0)),
+            (false, Some(c)) => {
+                let is_cut = cut(crate::transfer::download_f32(&[&c])?[0][0]);
+                (is_cut, if is_cut { Some(detect(&[])?.0) } else { None })
+            }
+            (false, None) => (false, None),
         };
         if scene_cut {
             self.tracker.reset();
@@ -172,9 +173,9 @@ mod tests {
             let frame = grey(if i >= 4 { 200.0 } else { 50.0 });
             let mut ran = false;
             let got = v
-                .next(&frame, 1.0 / 30.0, 3, || {
+                .next(&frame, 1.0 / 30.0, 3, |extra| {
                     ran = true;
-                    Ok(vec![face(10.0 + i as f32)])
+                    Ok((vec![face(10.0 + i as f32)], crate::transfer::download_f32(extra)?))
                 })
                 .unwrap();
             assert_eq!(got.detected, ran);
@@ -190,7 +191,7 @@ mod tests {
     #[test]
     fn reset_forgets_the_previous_frame_and_the_schedule() {
         let mut v = VideoFaces::new(0.5);
-        let none = || Ok(Vec::new());
+        let none = |_: &[&Tensor]| Ok((Vec::new(), vec![vec![0.0]]));
         v.next(&grey(0.0), 0.03, 10, none).unwrap();
         v.reset();
         // A very different frame right after a reset is not a cut, and is detected afresh.
@@ -200,10 +201,13 @@ mod tests {
     }
 
     #[test]
-    fn scene_change_is_zero_for_the_first_frame_and_a_new_size() {
+    fn scene_change_is_zero_for_the_first_frame_then_the_mean_change() {
         let mut s = SceneChange::default();
         assert_eq!(s.observe(&grey(0.0)).unwrap(), 0.0);
         assert!((s.observe(&grey(51.0)).unwrap() - 0.2).abs() < 1e-6);
-        assert_eq!(s.observe(&Tensor::zeros([1, 3, 40, 40], (Kind::Float, Device::Cpu))).unwrap(), 0.0);
+        // Thumbnails have one size whatever the frame's, so frames of other sizes compare too.
+        assert!((s.observe(&Tensor::zeros([1, 3, 40, 40], (Kind::Float, Device::Cpu))).unwrap() - 0.2).abs() < 1e-6);
+        s.forget();
+        assert_eq!(s.observe(&grey(255.0)).unwrap(), 0.0);
     }
 }
