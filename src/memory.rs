@@ -2,44 +2,18 @@
 //! memory on the CPU), a pure estimator of a plan's peak, out-of-memory recognition, and the
 //! fault injection that drives the memory policy in tests.
 
-use std::ffi::{c_char, CStr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tch::{Device, TchError};
 
 use crate::gpen::{GpenConfig, Strips};
-
-extern "C" {
-    fn gpen_accelerator_device_count() -> i32;
-    fn gpen_accelerator_memory_info(device: i32, free: *mut u64, total: *mut u64, err: *mut c_char, len: usize) -> i32;
-    fn gpen_accelerator_allocator_stats(
-        device: i32,
-        allocated: *mut u64,
-        reserved: *mut u64,
-        peak: *mut u64,
-        err: *mut c_char,
-        len: usize,
-    ) -> i32;
-    fn gpen_accelerator_reset_peak(device: i32, err: *mut c_char, len: usize) -> i32;
-    fn gpen_accelerator_empty_cache(err: *mut c_char, len: usize) -> i32;
-}
+use crate::sys;
 
 const MIB: u64 = 1 << 20;
 
-fn shim_call(f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<(), String> {
-    let mut err = [0 as c_char; 512];
-    if f(err.as_mut_ptr(), err.len()) == 0 {
-        Ok(())
-    } else {
-        // SAFETY: the shim always NUL-terminates what it writes into `err`.
-        Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
-    }
-}
-
 /// Accelerators the shim sees (0 without a GPU or driver).
 pub fn cuda_device_count() -> usize {
-    // SAFETY: no arguments; the shim catches every exception.
-    unsafe { gpen_accelerator_device_count() }.max(0) as usize
+    sys::accelerator_count()
 }
 
 /// Memory figures of a device, in bytes.
@@ -66,10 +40,8 @@ fn proc_kib(file: &str, field: &str) -> Option<u64> {
 pub fn figures(device: Device) -> Result<MemoryFigures, String> {
     match device {
         Device::Cuda(i) => {
-            let (mut free, mut total, mut allocated, mut reserved, mut peak) = (0, 0, 0, 0, 0);
-            // SAFETY: the out-pointers are valid locals; the shim catches every exception.
-            shim_call(|e, l| unsafe { gpen_accelerator_memory_info(i as i32, &mut free, &mut total, e, l) })?;
-            shim_call(|e, l| unsafe { gpen_accelerator_allocator_stats(i as i32, &mut allocated, &mut reserved, &mut peak, e, l) })?;
+            let (free, total) = sys::accelerator_memory_info(i)?;
+            let (allocated, reserved, peak) = sys::accelerator_allocator_stats(i)?;
             Ok(MemoryFigures { free, total, allocated, reserved, peak })
         }
         _ => {
@@ -89,28 +61,12 @@ pub fn figures(device: Device) -> Result<MemoryFigures, String> {
 /// Starts a new peak measurement (CUDA only; the CPU's peak resident size cannot be reset).
 pub fn reset_peak(device: Device) {
     if let Device::Cuda(i) = device {
-        // SAFETY: the shim catches every exception; a failure only leaves the old peak.
-        let _ = shim_call(|e, l| unsafe { gpen_accelerator_reset_peak(i as i32, e, l) });
+        // A failure only leaves the old peak.
+        let _ = sys::accelerator_reset_peak(i);
     }
 }
 
-/// Returns the caching allocator's unused blocks to the device (nothing to do on the CPU).
-pub fn release_cached() {
-    // SAFETY: the shim catches every exception and does nothing without a GPU.
-    let _ = shim_call(|e, l| unsafe { gpen_accelerator_empty_cache(e, l) });
-}
-
-/// Gives the heap's free pages back to the system. glibc keeps freed blocks below its mmap
-/// threshold (which grows to 32 MiB as large blocks are freed) in the heap, so without this
-/// the resident size after one forward stays near its peak and the next forward's peak comes
-/// on top of that retained memory. A no-op on other C libraries.
-pub fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
+pub use crate::sys::{release_cached, trim_heap};
 
 /// Whether a libtorch error is an out-of-memory condition (CUDA or host allocator).
 pub fn is_out_of_memory(e: &TchError) -> bool {

@@ -100,22 +100,9 @@ impl<'a> Params<'a> {
     }
 }
 
-extern "C" {
-    fn gpen_leaky_relu_(t: *mut torch_sys::C_tensor, slope: f64, err: *mut std::ffi::c_char, len: usize) -> i32;
-}
-
 /// `leaky_relu_(x, slope)` in place (through the C++ shim: tch's has no slope argument).
 pub fn leaky_relu_(x: &mut Tensor, slope: f64) -> Result<()> {
-    let mut err = [0 as std::ffi::c_char; 512];
-    // SAFETY: `x` is a live tensor owned by the caller; the shim catches every exception and
-    // NUL-terminates the message it writes into `err`.
-    let rc = unsafe { gpen_leaky_relu_(x.as_mut_ptr(), slope, err.as_mut_ptr(), err.len()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-        Err(TchError::Torch(msg))
-    }
+    crate::sys::leaky_relu_(x, slope).map_err(TchError::Torch)
 }
 
 /// `leaky_relu(x, slope)` (slope 0 is ReLU). tch's `leaky_relu` has no slope argument, and

@@ -54,10 +54,8 @@ pub fn resolve_model_path(model: Option<&Path>, size: i64) -> PathBuf {
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N` and checks that the device exists.
 pub fn parse_device(spec: &str) -> Result<Device, Error> {
     let spec = spec.trim();
-    if spec != "cpu" {
-        // Without it libtorch sees no CUDA device; the reason shows in the error below.
-        let _ = crate::cuda::load_backend();
-    }
+    // Before anything asks libtorch about CUDA (it answers once); the reason shows below.
+    let _ = crate::sys::load_cuda_backend();
     let cuda = |n: usize| {
         let count = tch::Cuda::device_count();
         if (n as i64) < count {
@@ -66,7 +64,7 @@ pub fn parse_device(spec: &str) -> Result<Device, Error> {
             Err(Error::Settings(format!(
                 "device `{spec}` was requested but libtorch sees {count} CUDA device(s) ({}); use \
                  device=cpu, or device=auto to pick CUDA when present",
-                crate::cuda::load_backend().err().unwrap_or("no GPU visible")
+                crate::sys::load_cuda_backend().err().unwrap_or("no GPU visible")
             )))
         }
     };

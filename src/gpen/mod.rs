@@ -237,7 +237,7 @@ impl GpenConfig {
 
 /// A state dict of the right shapes with random values, for benchmarks and shape tests.
 pub fn random_state_dict(cfg: &GpenConfig, seed: i64) -> StateDict {
-    tch::manual_seed(seed);
+    crate::sys::manual_seed(seed);
     let mut tensors = Vec::new();
     let k = tch::Tensor::from_slice(&[1f32, 3., 3., 1.]);
     let kernel = k.outer(&k) / 64.0;

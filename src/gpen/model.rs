@@ -554,13 +554,13 @@ impl Generator {
     }
 }
 
-/// [`memory::trim_heap`](crate::memory::trim_heap) when `t` lives on the CPU: called after each
+/// [`sys::trim_heap`](crate::sys::trim_heap) when `t` lives on the CPU: called after each
 /// band (encoder and decoder), after the encoder and at the end of a forward, so that a phase's
 /// peak does not come on top of what the phases before it left in the heap. (After each whole
 /// decoder level it measured no lower peak, so it is not done there.)
 fn trim_heap_on(t: &Tensor) {
     if t.device() == Device::Cpu {
-        crate::memory::trim_heap();
+        crate::sys::trim_heap();
     }
 }
 
@@ -664,7 +664,7 @@ impl FullGenerator {
         config.check_state_dict(sd)?;
         if device.is_cuda() {
             // A library user may come here without resolving a device first.
-            let _ = crate::cuda::load_backend();
+            let _ = crate::sys::load_cuda_backend();
         }
         let l = Loader { sd, device, kind };
         let build = || -> Result<Self> {

@@ -74,7 +74,7 @@ impl RrdbConfig {
 /// A state dict of `cfg`'s shapes with small random weights (benchmarks and tests: the official
 /// weights cannot be had everywhere).
 pub fn random_state_dict(cfg: &RrdbConfig, seed: i64) -> StateDict {
-    tch::manual_seed(seed);
+    crate::sys::manual_seed(seed);
     let (nf, gc) = (cfg.num_feat, cfg.num_grow_ch);
     let u = cfg.unshuffle();
     let mut convs: Vec<(String, i64, i64)> = vec![("conv_first".into(), 3 * u * u, nf)];
