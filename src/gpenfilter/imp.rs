@@ -573,7 +573,10 @@ impl BaseTransformImpl for GpenFilter {
                     MemoryPolicy::Passthrough => crate::restorer::MemoryPolicy::Passthrough,
                     MemoryPolicy::Error => crate::restorer::MemoryPolicy::Error,
                 },
+                #[cfg(feature = "fault-injection")]
                 fail_every: memory::fail_every_from_env(&self.obj().name()),
+                #[cfg(not(feature = "fault-injection"))]
+                fail_every: 0,
             },
             upscale: UpscaleSettings {
                 factor: settings.upscale as i64,
@@ -596,6 +599,7 @@ impl BaseTransformImpl for GpenFilter {
             restorer.detector(),
             started.elapsed()
         );
+        #[cfg(feature = "fault-injection")]
         if restorer_settings.memory.fail_every > 0 {
             gst::warning!(
                 CAT,

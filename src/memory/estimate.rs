@@ -1,133 +1,7 @@
-//! Memory: what the device has and uses (CUDA caching allocator through the C++ shim, process
-//! memory on the CPU), a pure estimator of a plan's peak, out-of-memory recognition, and the
-//! fault injection that drives the memory policy in tests.
+//! A pure estimate of a plan's peak memory, from the model's channel table.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use tch::{Device, TchError};
-
+use super::Plan;
 use crate::gpen::{GpenConfig, Strips};
-use crate::sys;
-
-const MIB: u64 = 1 << 20;
-
-/// Accelerators the shim sees (0 without a GPU or driver).
-pub fn cuda_device_count() -> usize {
-    sys::accelerator_count()
-}
-
-/// Memory figures of a device, in bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct MemoryFigures {
-    /// What the device (or, on the CPU, the system) has available.
-    pub free: u64,
-    pub total: u64,
-    /// Held by tensors now (CUDA allocator; on the CPU, the process's resident memory).
-    pub allocated: u64,
-    /// Held by the CUDA caching allocator, used or not (on the CPU, as `allocated`).
-    pub reserved: u64,
-    /// Most ever `allocated` since the last reset (on the CPU, the process's peak resident).
-    pub peak: u64,
-}
-
-/// Reads a `kB` field of a `/proc` status file.
-fn proc_kib(file: &str, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// The memory figures of `device`.
-pub fn figures(device: Device) -> Result<MemoryFigures, String> {
-    match device {
-        Device::Cuda(i) => {
-            let (free, total) = sys::accelerator_memory_info(i)?;
-            let (allocated, reserved, peak) = sys::accelerator_allocator_stats(i)?;
-            Ok(MemoryFigures { free, total, allocated, reserved, peak })
-        }
-        _ => {
-            let kib = |file, field| proc_kib(file, field).map(|k| k * 1024).ok_or_else(|| format!("no {field} in {file}"));
-            let rss = kib("/proc/self/status", "VmRSS:")?;
-            Ok(MemoryFigures {
-                free: kib("/proc/meminfo", "MemAvailable:")?,
-                total: kib("/proc/meminfo", "MemTotal:")?,
-                allocated: rss,
-                reserved: rss,
-                peak: kib("/proc/self/status", "VmHWM:")?,
-            })
-        }
-    }
-}
-
-/// Starts a new peak measurement (CUDA only; the CPU's peak resident size cannot be reset).
-pub fn reset_peak(device: Device) {
-    if let Device::Cuda(i) = device {
-        // A failure only leaves the old peak.
-        let _ = sys::accelerator_reset_peak(i);
-    }
-}
-
-pub use crate::sys::{release_cached, trim_heap};
-
-/// Whether a libtorch error is an out-of-memory condition (CUDA or host allocator).
-pub fn is_out_of_memory(e: &TchError) -> bool {
-    let text = e.to_string().to_lowercase();
-    text.contains("out of memory") || text.contains("can't allocate memory") || text.contains("not enough memory")
-}
-
-/// Environment variable that makes every Nth generator forward of an element fail as out of
-/// memory (a testing switch, read when the element starts; unset or 0 = off): `N` for every
-/// element, or `NAME:N[,NAME:N…]` for the elements of those names only.
-pub const FAIL_EVERY_ENV: &str = "GST_GPEN_FAIL_EVERY";
-
-/// What [`FAIL_EVERY_ENV`] asks of the element named `element` (0 when unset, not for it, or
-/// not a number).
-pub fn fail_every_from_env(element: &str) -> u64 {
-    std::env::var(FAIL_EVERY_ENV).map(|v| fail_every_for(&v, element)).unwrap_or(0)
-}
-
-fn fail_every_for(spec: &str, element: &str) -> u64 {
-    let spec = spec.trim();
-    if let Ok(n) = spec.parse() {
-        return n;
-    }
-    spec.split(',')
-        .filter_map(|part| part.trim().rsplit_once(':'))
-        .find(|(name, _)| *name == element)
-        .and_then(|(_, n)| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Counts a generator forward in `counter` and, every `every` forwards (0 = never), fails it
-/// the way CUDA does when memory runs out.
-pub fn injected_fault(counter: &AtomicU64, every: u64) -> Result<(), TchError> {
-    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-    if every > 0 && n % every == 0 {
-        return Err(TchError::Torch(format!(
-            "CUDA out of memory. Tried to allocate 2.00 GiB (injected by {FAIL_EVERY_ENV}={every}, forward {n})"
-        )));
-    }
-    Ok(())
-}
-
-/// What a frame is processed with; the rungs of the degradation ladder change these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
-    pub size: i64,
-    pub half: bool,
-    pub face_batch: usize,
-    /// Input pixels per upscaler tile (0: the whole frame); `None` when nothing is upscaled.
-    pub tile: Option<i64>,
-}
-
-impl std::fmt::Display for Plan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "size={} fp16={} face-batch={}", self.size, self.half, self.face_batch)?;
-        match self.tile {
-            Some(t) => write!(f, " tile-size={t}"),
-            None => Ok(()),
-        }
-    }
-}
 
 /// Predicts peak memory from the model's channel table. The constants count the tensors alive
 /// at once in this implementation's forward pass; `calibration` scales the activation part
@@ -204,23 +78,11 @@ impl Estimator {
     }
 }
 
-/// `bytes` in MiB, rounded up.
-pub fn mib(bytes: u64) -> u64 {
-    bytes.div_ceil(MIB)
-}
-
 #[cfg(test)]
 mod tests {
 
-    #[test]
-    fn fault_injection_names_elements() {
-        assert_eq!(fail_every_for("3", "any"), 3);
-        assert_eq!(fail_every_for("g1:2, g3:5", "g3"), 5);
-        assert_eq!(fail_every_for("g1:2,g3:5", "g2"), 0);
-        assert_eq!(fail_every_for("nonsense", "g1"), 0);
-    }
-
     use super::*;
+    use crate::memory::mib;
 
     fn plan(size: i64, half: bool, face_batch: usize) -> Plan {
         Plan { size, half, face_batch, tile: None }
@@ -271,25 +133,5 @@ mod tests {
         let double = Estimator { calibration: 2.0 }.peak_bytes(&c, &plan(256, false, 1), 1, hd);
         let act = Estimator::activation_elements(&c, 1, 4) * 4;
         assert!((double - base).abs_diff(act) < 1024);
-    }
-
-    #[test]
-    fn out_of_memory_errors_are_recognised() {
-        assert!(is_out_of_memory(&TchError::Torch("CUDA out of memory. Tried to allocate 20.00 MiB".into())));
-        assert!(is_out_of_memory(&TchError::Torch(
-            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory".into()
-        )));
-        assert!(!is_out_of_memory(&TchError::Torch("Expected 4-dimensional input".into())));
-    }
-
-    #[test]
-    fn cpu_figures_are_read_and_gpu_calls_fail_cleanly_without_a_gpu() {
-        let f = figures(Device::Cpu).unwrap();
-        assert!(f.total > 0 && f.allocated > 0 && f.peak >= f.allocated);
-        if cuda_device_count() == 0 {
-            assert!(figures(Device::Cuda(0)).is_err());
-            release_cached();
-            reset_peak(Device::Cuda(0));
-        }
     }
 }
