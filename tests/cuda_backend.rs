@@ -111,6 +111,7 @@ fn call(entry: &str) {
                 model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
                 size: 256,
                 device: "cpu".into(),
+                aligned: true,
                 ..Default::default()
             })
             .unwrap(),
