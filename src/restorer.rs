@@ -519,7 +519,10 @@ impl Restorer {
             }
             2 | 4 => {
                 crate::upscale::check_tiles(u.tile, u.overlap).map_err(Error::Settings)?;
-                Some(Upscaler::new(u.model.as_deref(), u.factor, device)?)
+                Some(match u.model.as_deref() {
+                    Some(p) => Upscaler::with_net(registry::upscaler(p, device)?, u.factor)?,
+                    None => Upscaler::Bicubic(u.factor),
+                })
             }
             f => return Err(Error::Settings(format!("upscale={f}: the factor must be 1 (off), 2 or 4"))),
         };
@@ -814,6 +817,8 @@ impl Restorer {
     fn before_forward(&self) -> Result<(), TchError> {
         #[cfg(feature = "fault-injection")]
         memory::injected_fault(&self.forwards, self.settings.memory.fail_every)?;
+        #[cfg(not(feature = "fault-injection"))]
+        let _ = &self.forwards;
         Ok(())
     }
 
