@@ -58,6 +58,11 @@ impl<'a> Params<'a> {
         }
     }
 
+    /// The checkpoint the tensors come from.
+    pub fn path(&self) -> &std::path::Path {
+        &self.sd.path
+    }
+
     /// Marks tensors that are read but not needed (e.g. BatchNorm's `num_batches_tracked`).
     pub fn ignore(&self, name: &str) {
         self.used.borrow_mut().insert(name.to_owned());

@@ -4,14 +4,13 @@
 
 pub mod rrdbnet;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use tch::{Kind, TchError, Tensor};
 
 pub use rrdbnet::{RrdbConfig, RrdbNet};
 
-use crate::Error;
+use crate::{Error, Setting};
 
 type Result<T> = std::result::Result<T, TchError>;
 
@@ -127,16 +126,16 @@ impl std::fmt::Debug for Upscaler {
 }
 
 impl Upscaler {
-    /// The RRDBNet in `path` for `factor` (its scale must be `factor`), or bicubic without a path.
-    pub fn new(path: Option<&Path>, factor: i64, device: tch::Device) -> std::result::Result<Self, Error> {
-        let Some(path) = path else { return Ok(Upscaler::Bicubic(factor)) };
-        let net = crate::registry::upscaler(path, device)?;
+    /// Upscaling by `factor` with `net` (from [`registry::upscaler`](crate::registry::upscaler)),
+    /// whose scale must be `factor`.
+    pub fn with_net(net: Arc<RrdbNet>, factor: i64) -> std::result::Result<Self, Error> {
         let scale = net.config().scale;
         if scale != factor {
-            return Err(Error::Settings(format!(
-                "{}: an RRDBNet x{scale}, but upscale={factor}; set upscale={scale} or give an x{factor} model",
-                path.display()
-            )));
+            return Err(Error::invalid(
+                Setting::Upscale,
+                format!("{}: an RRDBNet x{scale} cannot upscale by {factor}", net.path().display()),
+                format!("set the factor to {scale}, or give an x{factor} model"),
+            ));
         }
         Ok(Upscaler::Net(net))
     }

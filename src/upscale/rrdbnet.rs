@@ -1,7 +1,7 @@
 //! RRDBNet (ESRGAN's generator), as BasicSR's `rrdbnet_arch.py` and GPEN's `sr_model` copy:
 //! GPEN's RealESRNet (num_feat 32) and Real-ESRGAN's x4plus/x2plus (num_feat 64) load unchanged.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
@@ -159,6 +159,7 @@ pub struct RrdbNet {
     conv_hr: Conv2d,
     conv_last: Conv2d,
     device: Device,
+    path: PathBuf,
 }
 
 // SAFETY: as for the generator: weights are only read after construction, and libtorch allows
@@ -206,6 +207,7 @@ impl RrdbNet {
             conv_hr: conv("conv_hr", nf, nf)?,
             conv_last: conv("conv_last", nf, 3)?,
             device,
+            path: p.path().to_owned(),
         })
     }
 
@@ -215,6 +217,11 @@ impl RrdbNet {
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// The checkpoint it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
