@@ -470,9 +470,7 @@ impl Restorer {
         }
         // The budget is what is free before our models arrive.
         let budget = match settings.memory.budget_mib {
-            0 => memory::figures(device)
-                .map(|f| f.free)
-                .map_err(|e| Error::Settings(format!("cannot read the memory of {device:?}: {e}")))?,
+            0 => memory::figures(device).map(|f| f.free)?,
             mib => mib << 20,
         };
         let model = registry::generator(&path, settings.model_key.as_deref(), device, compute_kind(settings.fp16, device))?;
@@ -518,7 +516,7 @@ impl Restorer {
                 return Err(Error::Settings(format!("upscale={} works on whole frames: set aligned=false or upscale=1", u.factor)))
             }
             2 | 4 => {
-                crate::upscale::check_tiles(u.tile, u.overlap).map_err(Error::Settings)?;
+                crate::upscale::check_tiles(u.tile, u.overlap)?;
                 Some(match u.model.as_deref() {
                     Some(p) => Upscaler::with_net(registry::upscaler(p, device)?, u.factor)?,
                     None => Upscaler::Bicubic(u.factor),
@@ -560,10 +558,10 @@ impl Restorer {
         let size = self.plan.size;
         memory::release_cached();
         memory::reset_peak(self.device);
-        let before = memory::figures(self.device).map_err(Error::Settings)?.allocated;
+        let before = memory::figures(self.device)?.allocated;
         let x = Tensor::f_zeros([1, 3, size, size], (Kind::Float, self.device))?;
         let _y = self.model.forward(&x)?;
-        let peak = memory::figures(self.device).map_err(Error::Settings)?.peak;
+        let peak = memory::figures(self.device)?.peak;
         let elem = if self.plan.half { 2.0 } else { 4.0 };
         let predicted = Estimator::activation_elements(self.model.config(), 1, elem as i64) as f64 * elem;
         if predicted > 0.0 && peak > before {

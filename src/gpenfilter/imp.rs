@@ -517,7 +517,7 @@ fn start_error(e: &Error) -> gst::ErrorMessage {
             gst::error_msg!(gst::ResourceError::NotFound, ("{}", text))
         }
         Error::Checkpoint(C::Io { .. }) => gst::error_msg!(gst::ResourceError::OpenRead, ("{}", text)),
-        Error::Checkpoint(_) | Error::Model(_) => gst::error_msg!(gst::ResourceError::Read, ("{}", text)),
+        Error::Checkpoint(_) => gst::error_msg!(gst::ResourceError::Read, ("{}", text)),
         Error::Settings(_) => gst::error_msg!(gst::LibraryError::Settings, ("{}", text)),
         Error::Torch(_) => gst::error_msg!(gst::LibraryError::Init, ("{}", text)),
         Error::OutOfMemory(_) => gst::error_msg!(gst::ResourceError::NoSpaceLeft, ("{}", text)),

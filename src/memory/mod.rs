@@ -15,14 +15,25 @@ pub use estimate::Estimator;
 pub use fault::{fail_every_from_env, injected_fault, FAIL_EVERY_ENV};
 pub use plan::Plan;
 
-use crate::sys;
 pub use crate::sys::release_cached;
+use crate::{sys, Error};
 
 const MIB: u64 = 1 << 20;
 
 /// Accelerators the shim sees (0 without a GPU or driver).
 pub fn cuda_device_count() -> usize {
     sys::accelerator_count()
+}
+
+impl Error {
+    /// Whether this is libtorch running out of memory (CUDA or host allocator).
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            Error::OutOfMemory(_) => true,
+            Error::Torch(e) => is_out_of_memory(e),
+            _ => false,
+        }
+    }
 }
 
 /// Memory figures of a device, in bytes.
@@ -46,15 +57,16 @@ fn proc_kib(file: &str, field: &str) -> Option<u64> {
 }
 
 /// The memory figures of `device`.
-pub fn figures(device: Device) -> Result<MemoryFigures, String> {
+pub fn figures(device: Device) -> Result<MemoryFigures, Error> {
     match device {
         Device::Cuda(i) => {
-            let (free, total) = sys::accelerator_memory_info(i)?;
-            let (allocated, reserved, peak) = sys::accelerator_allocator_stats(i)?;
+            let (free, total) = sys::accelerator_memory_info(i).map_err(Error::Accelerator)?;
+            let (allocated, reserved, peak) = sys::accelerator_allocator_stats(i).map_err(Error::Accelerator)?;
             Ok(MemoryFigures { free, total, allocated, reserved, peak })
         }
         _ => {
-            let kib = |file, field| proc_kib(file, field).map(|k| k * 1024).ok_or_else(|| format!("no {field} in {file}"));
+            let kib =
+                |file, field| proc_kib(file, field).map(|k| k * 1024).ok_or_else(|| Error::Accelerator(format!("no {field} in {file}")));
             let rss = kib("/proc/self/status", "VmRSS:")?;
             Ok(MemoryFigures {
                 free: kib("/proc/meminfo", "MemAvailable:")?,

@@ -96,13 +96,13 @@ impl TilePlan {
     }
 }
 
-/// Checks `tile-size` against `tile-overlap`: each tile must keep a part of its own.
-pub fn check_tiles(tile: i64, overlap: i64) -> std::result::Result<(), String> {
+/// Checks the tile size against the tile overlap: each tile must keep a part of its own.
+pub fn check_tiles(tile: i64, overlap: i64) -> std::result::Result<(), Error> {
     if tile > 0 && tile < 2 * overlap {
-        return Err(format!(
-            "tile-size {tile} is smaller than twice tile-overlap {overlap}: tiles would be all overlap; \
-             use tile-size >= {} or a smaller tile-overlap",
-            2 * overlap
+        return Err(Error::invalid(
+            Setting::TileSize,
+            format!("{tile} is smaller than twice the tile overlap {overlap}: tiles would be all overlap"),
+            format!("use a tile size of at least {}, or a smaller overlap", 2 * overlap),
         ));
     }
     Ok(())
@@ -126,7 +126,7 @@ impl std::fmt::Debug for Upscaler {
 }
 
 impl Upscaler {
-    /// Upscaling by `factor` with `net` (from [`registry::upscaler`](crate::registry::upscaler)),
+    /// Upscaling by `factor` with `net` (from `registry::upscaler`),
     /// whose scale must be `factor`.
     pub fn with_net(net: Arc<RrdbNet>, factor: i64) -> std::result::Result<Self, Error> {
         let scale = net.config().scale;
@@ -298,7 +298,9 @@ mod tests {
         assert!(check_tiles(0, 64).is_ok());
         assert!(check_tiles(64, 32).is_ok());
         let e = check_tiles(48, 32).unwrap_err();
-        assert!(e.contains("tile-size 48") && e.contains("64"), "{e}");
+        assert!(matches!(e, Error::InvalidSetting { setting: Setting::TileSize, .. }), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("48 is smaller than twice the tile overlap 32") && e.contains("at least 64"), "{e}");
     }
 
     #[test]

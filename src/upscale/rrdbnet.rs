@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::StateDict;
 use crate::nn::{leaky_relu_, Conv2d, ConvSpec, Params};
-use crate::Error;
+use crate::{Error, Network};
 
 type Result<T> = std::result::Result<T, tch::TchError>;
 
@@ -30,20 +30,33 @@ impl Default for RrdbConfig {
 impl RrdbConfig {
     /// Read from the tensor shapes: the input channels of `conv_first` give the scale (3: x4,
     /// 12: x2 after pixel-unshuffle by 2, 48: x1 after unshuffle by 4).
-    pub fn from_state_dict(sd: &StateDict) -> std::result::Result<Self, String> {
-        let first = sd.get("conv_first.weight").ok_or("no `conv_first.weight` (not an RRDBNet checkpoint)")?;
+    pub fn from_state_dict(sd: &StateDict) -> std::result::Result<Self, Error> {
+        let mismatch = |details: String| Error::ModelMismatch {
+            network: Network::RrdbNet,
+            path: sd.path.clone(),
+            expected: "tensors named and shaped as in BasicSR's rrdbnet_arch.py".into(),
+            details,
+        };
+        let first = sd.get("conv_first.weight").ok_or_else(|| mismatch("no `conv_first.weight` (not an RRDBNet checkpoint)".into()))?;
         let [num_feat, in_ch, _, _] = first.size()[..] else {
-            return Err(format!("`conv_first.weight` has shape {:?}, expected 4 dimensions", first.size()));
+            return Err(mismatch(format!("`conv_first.weight` has shape {:?}, expected 4 dimensions", first.size())));
         };
         let scale = match in_ch {
             3 => 4,
             12 => 2,
             48 => 1,
-            c => return Err(format!("`conv_first.weight` takes {c} input channels; RRDBNet takes 3 (x4), 12 (x2) or 48 (x1)")),
+            c => return Err(mismatch(format!("`conv_first.weight` takes {c} input channels; RRDBNet takes 3 (x4), 12 (x2) or 48 (x1)"))),
         };
-        let grow = sd.get("body.0.rdb1.conv1.weight").ok_or("no `body.0.rdb1.conv1.weight` (not an RRDBNet checkpoint)")?;
+        let grow = sd
+            .get("body.0.rdb1.conv1.weight")
+            .ok_or_else(|| mismatch("no `body.0.rdb1.conv1.weight` (not an RRDBNet checkpoint)".into()))?;
         let num_block = (0..).take_while(|i| sd.get(&format!("body.{i}.rdb1.conv1.weight")).is_some()).count() as i64;
         Ok(RrdbConfig { scale, num_feat, num_block, num_grow_ch: grow.size()[0] })
+    }
+
+    /// The configuration in words, as errors name it.
+    pub fn describe(&self) -> String {
+        format!("RRDBNet x{} (num_feat {}, num_block {}, num_grow_ch {})", self.scale, self.num_feat, self.num_block, self.num_grow_ch)
     }
 
     fn unshuffle(&self) -> i64 {
@@ -178,18 +191,15 @@ impl RrdbNet {
                 sd = crate::checkpoint::load(path, Some(k))?;
             }
         }
-        let cfg = RrdbConfig::from_state_dict(&sd).map_err(|e| Error::Settings(format!("{}: {e}", path.display())))?;
-        Self::from_state_dict(&sd, cfg, device).map_err(|e| match e {
-            Error::Settings(m) => Error::Settings(format!("{}: {m}", path.display())),
-            other => other,
-        })
+        let cfg = RrdbConfig::from_state_dict(&sd)?;
+        Self::from_state_dict(&sd, cfg, device)
     }
 
     pub fn from_state_dict(sd: &StateDict, cfg: RrdbConfig, device: Device) -> std::result::Result<Self, Error> {
         let _guard = tch::no_grad_guard();
         let p = Params::new(sd, device);
         let model = Self::build(&p, cfg, device)?;
-        p.finish().map_err(|d| Error::Settings(format!("does not match RRDBNet {cfg:?}: {d}")))?;
+        p.finish(Network::RrdbNet, &cfg.describe())?;
         Ok(model)
     }
 
