@@ -32,7 +32,7 @@ fn fail_every_for(spec: &str, element: &str) -> u64 {
 /// the way CUDA does when memory runs out.
 pub fn injected_fault(counter: &AtomicU64, every: u64) -> Result<(), TchError> {
     let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-    if every > 0 && n % every == 0 {
+    if every > 0 && n.is_multiple_of(every) {
         return Err(TchError::Torch(format!(
             "CUDA out of memory. Tried to allocate 2.00 GiB (injected by {FAIL_EVERY_ENV}={every}, forward {n})"
         )));
