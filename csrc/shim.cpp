@@ -3,7 +3,9 @@
 // through `err`, so that nothing unwinds into Rust; with no GPU the accelerator calls fail
 // cleanly (no device, or "no accelerator").
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/DeviceAccelerator.h>
+#include <c10/core/CachingDeviceAllocator.h>
 
 #include <cstdint>
 #include <cstring>
@@ -21,6 +23,17 @@ int fail(const char* what, char* err, size_t len) {
 bool cuda_present() {
   auto acc = at::accelerator::getAccelerator(false);
   return acc.has_value() && at::accelerator::deviceCount() > 0;
+}
+
+// The accelerator's caching allocator, initialised. Until the first tensor on the device, the
+// CUDA allocator has no per-device state, and reading its statistics throws ("Invalid device
+// argument 0: did you call init?"); PyTorch's torch/accelerator/memory.py guards the same case.
+// lazyInitDevice runs the backend's init (which sizes the allocator) once per process, as the
+// first CUDA tensor would. Call only when cuda_present().
+c10::DeviceAllocator* ready_allocator() {
+  const auto type = at::accelerator::getAccelerator(true).value();
+  at::globalContext().lazyInitDevice(type);
+  return at::getDeviceAllocator(type);
 }
 }  // namespace
 
@@ -47,7 +60,7 @@ int gpen_accelerator_device_count() {
 int gpen_accelerator_memory_info(int device, uint64_t* free_bytes, uint64_t* total_bytes, char* err, size_t len) {
   try {
     if (!cuda_present()) return fail("no accelerator device", err, len);
-    auto info = at::accelerator::getMemoryInfo(static_cast<c10::DeviceIndex>(device));
+    auto info = ready_allocator()->getMemoryInfo(static_cast<c10::DeviceIndex>(device));
     *free_bytes = info.first;
     *total_bytes = info.second;
     return 0;
@@ -61,7 +74,7 @@ int gpen_accelerator_allocator_stats(int device, uint64_t* allocated, uint64_t* 
                                      char* err, size_t len) {
   try {
     if (!cuda_present()) return fail("no accelerator device", err, len);
-    auto stats = at::accelerator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    auto stats = ready_allocator()->getDeviceStats(static_cast<c10::DeviceIndex>(device));
     const auto all = static_cast<size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
     *allocated = static_cast<uint64_t>(stats.allocated_bytes[all].current);
     *reserved = static_cast<uint64_t>(stats.reserved_bytes[all].current);
@@ -75,7 +88,7 @@ int gpen_accelerator_allocator_stats(int device, uint64_t* allocated, uint64_t* 
 int gpen_accelerator_reset_peak(int device, char* err, size_t len) {
   try {
     if (!cuda_present()) return fail("no accelerator device", err, len);
-    at::accelerator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+    ready_allocator()->resetPeakStats(static_cast<c10::DeviceIndex>(device));
     return 0;
   } catch (const std::exception& e) {
     return fail(e.what(), err, len);
@@ -86,7 +99,10 @@ int gpen_accelerator_reset_peak(int device, char* err, size_t len) {
 int gpen_accelerator_empty_cache(char* err, size_t len) {
   try {
     if (!cuda_present()) return 0;
-    at::accelerator::emptyCache();
+    // An allocator never used holds nothing to release: no reason to initialise the device.
+    auto* allocator = at::getDeviceAllocator(at::accelerator::getAccelerator(true).value());
+    if (!allocator->initialized()) return 0;
+    allocator->emptyCache();
     return 0;
   } catch (const std::exception& e) {
     return fail(e.what(), err, len);

@@ -41,7 +41,7 @@ fn list<T: std::str::FromStr>(v: &str) -> Vec<T> {
 }
 
 fn main() {
-    let mut device = if tch::Cuda::is_available() { "cuda".to_owned() } else { "cpu".to_owned() };
+    let mut device = if gstgpen::sys::cuda_is_available() { "cuda".to_owned() } else { "cpu".to_owned() };
     let mut frames = 10;
     let mut sizes: Vec<i64> = vec![512, 1024];
     let mut budgets: Vec<u64> = vec![2048, 4096, 8192];

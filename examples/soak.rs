@@ -77,7 +77,7 @@ fn main() {
         let element = g.downgrade();
         g.static_pad("src").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {
             let n = out.fetch_add(1, Ordering::Relaxed) + 1;
-            if n % every == 0 {
+            if n.is_multiple_of(every) {
                 // The element's locks are free here: the buffer is already on its way downstream.
                 let s = element.upgrade().map(|e| e.property::<gst::Structure>("stats"));
                 let field = |name: &str| s.as_ref().and_then(|s| s.get::<u64>(name).ok()).unwrap_or(u64::MAX);

@@ -8,5 +8,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if [ ! -d ../shared/fixtures/gpen ]; then
   echo "test: ../shared (fixtures) must sit beside the repository root" >&2; exit 1
 fi
-cargo build --lib   # the plugin .so that the gst-inspect test loads
-cargo test --no-fail-fast "$@"
+cargo build --lib --features fault-injection   # the plugin .so that the gst-inspect test loads
+cargo test --features fault-injection --no-fail-fast "$@"

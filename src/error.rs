@@ -117,26 +117,11 @@ pub enum Error {
     /// A frame did not fit in memory and the memory policy is `error`.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
-    /// TRANSITIONAL (issue 13): removed once every module uses the variants above.
-    #[error("{0}")]
-    Settings(String),
-    /// TRANSITIONAL (issue 13): GPEN's mismatch becomes [`Error::ModelMismatch`].
-    #[error(transparent)]
-    Model(#[from] crate::gpen::ModelError),
 }
 
 impl Error {
     pub fn invalid(setting: Setting, problem: impl Into<String>, hint: impl Into<String>) -> Self {
         Error::InvalidSetting { setting, problem: problem.into(), hint: hint.into() }
-    }
-
-    /// Whether this is libtorch running out of memory (CUDA or host allocator).
-    pub fn is_out_of_memory(&self) -> bool {
-        match self {
-            Error::OutOfMemory(_) => true,
-            Error::Torch(e) => crate::memory::is_out_of_memory(e),
-            _ => false,
-        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod nn;
 pub mod registry;
 pub mod restorer;
+pub mod sys;
 pub mod track;
 pub mod transfer;
 pub mod upscale;
@@ -23,7 +24,7 @@ pub use restorer::{PackedLayout, Restorer, RestorerSettings};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     // Before libtorch is first asked about CUDA, which it answers once for the process.
-    let _ = cuda::load_backend();
+    let _ = sys::load_cuda_backend();
     gpenfilter::register(plugin)
 }
 

@@ -7,60 +7,96 @@ use std::collections::HashSet;
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::checkpoint::StateDict;
+use crate::{Error, Network};
 
 type Result<T> = std::result::Result<T, TchError>;
 
-/// Hands out checkpoint tensors by name and expected shape, and remembers every problem, so
-/// that missing, mis-shaped and unexpected tensors can be reported together at the end.
+/// The strict check every network's checkpoint goes through: the tensors `expected` (names and
+/// shapes, in order) against those of `sd`. Missing, unexpected, mis-shaped, non-floating-point
+/// and non-finite tensors are reported together, by name, as one [`Error::ModelMismatch`];
+/// `description` says what was looked for (the configuration read from the shapes, …).
+/// `ignorable` names tensors that may be in the file and are not needed (BatchNorm's
+/// `num_batches_tracked`, …).
+pub fn check_tensors(
+    sd: &StateDict,
+    network: Network,
+    description: &str,
+    expected: &[(String, Vec<i64>)],
+    ignorable: &dyn Fn(&str) -> bool,
+) -> std::result::Result<(), Error> {
+    let (mut missing, mut misshaped, mut non_float) = (Vec::new(), Vec::new(), Vec::new());
+    let mut known = HashSet::new();
+    for (name, shape) in expected {
+        if !known.insert(name.as_str()) {
+            continue;
+        }
+        match sd.get(name) {
+            None => missing.push(name.clone()),
+            Some(t) if t.size() != *shape => misshaped.push(format!("{name} (expected {shape:?}, found {:?})", t.size())),
+            Some(t) if !t.is_floating_point() => non_float.push(format!("{name} ({:?}, expected floating point)", t.kind())),
+            Some(_) => {}
+        }
+    }
+    let unexpected: Vec<String> = sd.names().filter(|n| !known.contains(n) && !ignorable(n)).map(str::to_owned).collect();
+    let list = |what: &str, v: &[String]| -> Option<String> {
+        const SHOWN: usize = 8;
+        if v.is_empty() {
+            return None;
+        }
+        let more = if v.len() > SHOWN { format!(" and {} more", v.len() - SHOWN) } else { String::new() };
+        Some(format!("{} {what}: {}{more}", v.len(), v[..v.len().min(SHOWN)].join(", ")))
+    };
+    let problems: Vec<String> = [
+        list("missing", &missing),
+        list("unexpected", &unexpected),
+        list("mis-shaped", &misshaped),
+        list("not floating point", &non_float),
+        list("with NaN or infinite values", &crate::checkpoint::non_finite(sd)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::ModelMismatch { network, path: sd.path.clone(), expected: description.to_owned(), details: problems.join("; ") })
+}
+
+/// Hands out checkpoint tensors by name and expected shape while a network is built, and
+/// remembers every request, so that [`finish`](Self::finish) can run [`check_tensors`] on them:
+/// the network's code is its own list of expected tensors.
 pub struct Params<'a> {
     sd: &'a StateDict,
     device: Device,
-    used: RefCell<HashSet<String>>,
     requested: RefCell<Vec<(String, Vec<i64>)>>,
-    missing: RefCell<Vec<String>>,
-    misshaped: RefCell<Vec<String>>,
-    non_float: RefCell<Vec<String>>,
+    ignored: RefCell<HashSet<String>>,
 }
 
 impl<'a> Params<'a> {
     pub fn new(sd: &'a StateDict, device: Device) -> Self {
-        Params {
-            sd,
-            device,
-            used: Default::default(),
-            requested: Default::default(),
-            missing: Default::default(),
-            misshaped: Default::default(),
-            non_float: Default::default(),
-        }
+        Params { sd, device, requested: Default::default(), ignored: Default::default() }
     }
 
-    /// The tensor as fp32 on the device. A missing or mis-shaped tensor is recorded and
-    /// replaced by zeros so that building can go on and find every other problem; the model is
-    /// then discarded by [`finish`](Self::finish).
+    /// The tensor as fp32 on the device. A missing or mis-shaped tensor is replaced by zeros so
+    /// that building can go on and find every other problem; the model is then discarded by
+    /// [`finish`](Self::finish).
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
-        self.used.borrow_mut().insert(name.to_owned());
         self.requested.borrow_mut().push((name.to_owned(), shape.to_vec()));
         match self.sd.get(name) {
             Some(t) if t.size() == shape && t.is_floating_point() => t.f_to_kind(Kind::Float)?.f_to_device(self.device),
-            Some(t) if t.size() == shape => {
-                self.non_float.borrow_mut().push(format!("{name} ({:?})", t.kind()));
-                Tensor::f_zeros(shape, (Kind::Float, self.device))
-            }
-            Some(t) => {
-                self.misshaped.borrow_mut().push(format!("{name} (expected {shape:?}, found {:?})", t.size()));
-                Tensor::f_zeros(shape, (Kind::Float, self.device))
-            }
-            None => {
-                self.missing.borrow_mut().push(name.to_owned());
-                Tensor::f_zeros(shape, (Kind::Float, self.device))
-            }
+            _ => Tensor::f_zeros(shape, (Kind::Float, self.device)),
         }
     }
 
-    /// Marks tensors that are read but not needed (e.g. BatchNorm's `num_batches_tracked`).
+    /// The checkpoint the tensors come from.
+    pub fn path(&self) -> &std::path::Path {
+        &self.sd.path
+    }
+
+    /// Marks a tensor that may be in the file but is not needed (e.g. BatchNorm's
+    /// `num_batches_tracked`).
     pub fn ignore(&self, name: &str) {
-        self.used.borrow_mut().insert(name.to_owned());
+        self.ignored.borrow_mut().insert(name.to_owned());
     }
 
     /// Every tensor asked for so far, with its expected shape, in order.
@@ -68,54 +104,19 @@ impl<'a> Params<'a> {
         self.requested.borrow().clone()
     }
 
-    /// `Ok` when every expected tensor was there with its shape, floating point and finite, and
-    /// nothing else was; otherwise every problem, by name.
-    pub fn finish(self) -> std::result::Result<(), String> {
-        let used = self.used.into_inner();
-        let unexpected: Vec<String> =
-            self.sd.names().filter(|n| !used.contains(*n) && !n.ends_with("num_batches_tracked")).map(str::to_owned).collect();
-        let list = |what: &str, v: &[String]| -> Option<String> {
-            const SHOWN: usize = 8;
-            if v.is_empty() {
-                return None;
-            }
-            let more = if v.len() > SHOWN { format!(" and {} more", v.len() - SHOWN) } else { String::new() };
-            Some(format!("{} {what}: {}{more}", v.len(), v[..v.len().min(SHOWN)].join(", ")))
-        };
-        let problems: Vec<String> = [
-            list("missing", &self.missing.into_inner()),
-            list("unexpected", &unexpected),
-            list("mis-shaped", &self.misshaped.into_inner()),
-            list("not floating point", &self.non_float.into_inner()),
-            list("with NaN or infinite values", &crate::checkpoint::non_finite(self.sd)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+    /// `Ok` when every tensor asked for was there with its shape, floating point and finite, and
+    /// nothing else was (BatchNorm's `num_batches_tracked` aside, wherever it is); otherwise
+    /// [`Error::ModelMismatch`] naming every problem.
+    pub fn finish(self, network: Network, description: &str) -> std::result::Result<(), Error> {
+        let ignored = self.ignored.into_inner();
+        let ignorable = |n: &str| ignored.contains(n) || n.ends_with(".num_batches_tracked");
+        check_tensors(self.sd, network, description, &self.requested.into_inner(), &ignorable)
     }
-}
-
-extern "C" {
-    fn gpen_leaky_relu_(t: *mut torch_sys::C_tensor, slope: f64, err: *mut std::ffi::c_char, len: usize) -> i32;
 }
 
 /// `leaky_relu_(x, slope)` in place (through the C++ shim: tch's has no slope argument).
 pub fn leaky_relu_(x: &mut Tensor, slope: f64) -> Result<()> {
-    let mut err = [0 as std::ffi::c_char; 512];
-    // SAFETY: `x` is a live tensor owned by the caller; the shim catches every exception and
-    // NUL-terminates the message it writes into `err`.
-    let rc = unsafe { gpen_leaky_relu_(x.as_mut_ptr(), slope, err.as_mut_ptr(), err.len()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-        Err(TchError::Torch(msg))
-    }
+    crate::sys::leaky_relu_(x, slope).map_err(TchError::Torch)
 }
 
 /// `leaky_relu(x, slope)` (slope 0 is ReLU). tch's `leaky_relu` has no slope argument, and
@@ -190,5 +191,46 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (s, p) = (self.stride, self.padding);
         x.f_conv2d(&self.weight, self.bias.as_ref(), [s, s], [p, p], [1, 1], self.groups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sd(tensors: &[(&str, &[i64])]) -> StateDict {
+        let t = tensors.iter().map(|(n, s)| (n.to_string(), Tensor::zeros(*s, (Kind::Float, Device::Cpu)))).collect();
+        StateDict::new("net.pth".into(), t)
+    }
+
+    #[test]
+    fn every_problem_is_named_together_as_a_model_mismatch() {
+        let file = sd(&[("a.weight", &[2, 3]), ("b.weight", &[4]), ("extra", &[1])]);
+        let expected = [("a.weight".to_owned(), vec![2, 3]), ("b.weight".to_owned(), vec![5]), ("c.bias".to_owned(), vec![1])];
+        let e = check_tensors(&file, Network::RrdbNet, "RRDBNet x4", &expected, &|_| false).unwrap_err();
+        let Error::ModelMismatch { network: Network::RrdbNet, ref expected, ref details, .. } = e else { panic!("{e:?}") };
+        assert_eq!(expected, "RRDBNet x4");
+        assert_eq!(details, "1 missing: c.bias; 1 unexpected: extra; 1 mis-shaped: b.weight (expected [5], found [4])");
+        assert!(e.to_string().starts_with("net.pth: does not match the RRDBNet upscaler (RRDBNet x4): 1 missing"), "{e}");
+    }
+
+    /// A network built through [`Params`] with BatchNorm (as ParseNet is): the batch counters are
+    /// accepted and ignored, wherever they are; everything else is strict.
+    #[test]
+    fn params_accept_batch_counters_and_nothing_else() {
+        let mut tensors = vec![("conv.weight", &[4, 3, 1, 1][..]), ("bn.weight", &[4]), ("bn.bias", &[4])];
+        tensors.extend([("bn.running_mean", &[4][..]), ("bn.running_var", &[4]), ("bn.num_batches_tracked", &[])]);
+        tensors.push(("other.num_batches_tracked", &[]));
+        let file = sd(&tensors);
+        let p = Params::new(&file, Device::Cpu);
+        Conv2d::with_batch_norm(&p, "conv", "bn", ConvSpec::new(3, 4, 1, 1, 0)).unwrap();
+        p.finish(Network::ParseNet, "ParseNet").unwrap();
+
+        tensors.push(("stray", &[1]));
+        let file = sd(&tensors);
+        let p = Params::new(&file, Device::Cpu);
+        Conv2d::with_batch_norm(&p, "conv", "bn", ConvSpec::new(3, 4, 1, 1, 0)).unwrap();
+        let e = p.finish(Network::ParseNet, "ParseNet").unwrap_err().to_string();
+        assert!(e.contains("does not match the ParseNet face parser (ParseNet): 1 unexpected: stray"), "{e}");
     }
 }

@@ -14,12 +14,14 @@ use crate::gpen::FullGenerator;
 use crate::upscale::RrdbNet;
 use crate::Error;
 
-type GeneratorKey = (PathBuf, Option<String>, String, String);
-type DetectorKey = (PathBuf, Option<DetectorVariant>, String);
+/// A generator file, its wrapper key, the device and the compute precision.
+type GeneratorKey = (PathBuf, Option<String>, Device, Kind);
+type DetectorKey = (PathBuf, Option<DetectorVariant>, Device);
+type UpscalerKey = (PathBuf, Device);
 
 static GENERATORS: Lazy<Mutex<HashMap<GeneratorKey, Weak<FullGenerator>>>> = Lazy::new(Default::default);
 static DETECTORS: Lazy<Mutex<HashMap<DetectorKey, Weak<RetinaFace>>>> = Lazy::new(Default::default);
-static UPSCALERS: Lazy<Mutex<HashMap<(PathBuf, String), Weak<RrdbNet>>>> = Lazy::new(Default::default);
+static UPSCALERS: Lazy<Mutex<HashMap<UpscalerKey, Weak<RrdbNet>>>> = Lazy::new(Default::default);
 static GENERATOR_LOADS: AtomicU64 = AtomicU64::new(0);
 static LOADS_BY_FILE: Lazy<Mutex<HashMap<PathBuf, u64>>> = Lazy::new(Default::default);
 
@@ -29,7 +31,7 @@ fn canonical(path: &Path) -> PathBuf {
 
 /// The generator of `path` on `device` in `kind`, loaded once for the whole process.
 pub fn generator(path: &Path, key: Option<&str>, device: Device, kind: Kind) -> Result<Arc<FullGenerator>, Error> {
-    let k = (canonical(path), key.map(str::to_owned), format!("{device:?}"), format!("{kind:?}"));
+    let k = (canonical(path), key.map(str::to_owned), device, kind);
     // Held while loading, so two streams asking at once load the file once.
     let mut map = GENERATORS.lock().unwrap_or_else(|p| p.into_inner());
     map.retain(|_, w| w.strong_count() > 0);
@@ -62,12 +64,12 @@ fn shared<K: std::hash::Hash + Eq, T>(
 
 /// The detector of `path`, loaded once for the whole process.
 pub fn detector(path: &Path, variant: Option<DetectorVariant>, device: Device) -> Result<Arc<RetinaFace>, Error> {
-    shared(&DETECTORS, (canonical(path), variant, format!("{device:?}")), || RetinaFace::load(path, variant, device))
+    shared(&DETECTORS, (canonical(path), variant, device), || RetinaFace::load(path, variant, device))
 }
 
 /// The RRDBNet upscaler of `path`, loaded once for the whole process.
 pub fn upscaler(path: &Path, device: Device) -> Result<Arc<RrdbNet>, Error> {
-    shared(&UPSCALERS, (canonical(path), format!("{device:?}")), || RrdbNet::new(path, device))
+    shared(&UPSCALERS, (canonical(path), device), || RrdbNet::new(path, device))
 }
 
 /// Generator loads since the process started (for tests and statistics).

@@ -135,6 +135,9 @@ fn resnet50_detector_loads_and_runs_with_random_weights() {
     let broken: Vec<(String, Tensor)> = tensors.into_iter().filter(|(n, _)| !n.ends_with("layer2.1.conv2.weight")).collect();
     let path = common::scratch("r50").join("broken.safetensors");
     Tensor::write_safetensors(&broken, &path).unwrap();
-    let e = RetinaFace::load(&path, None, Device::Cpu).unwrap_err().to_string();
+    let e = RetinaFace::load(&path, None, Device::Cpu).unwrap_err();
+    assert!(matches!(e, gstgpen::Error::ModelMismatch { network: gstgpen::Network::RetinaFace, .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(e.contains("does not match the RetinaFace detector (ResNet-50 body)"), "{e}");
     assert!(e.contains("1 missing: body.layer2.1.conv2.weight"), "{e}");
 }

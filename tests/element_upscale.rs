@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
+use gstgpen::registry;
 use gstgpen::restorer::{FaceSettings, MemorySettings, Restorer, RestorerSettings, UpscaleSettings};
 use gstgpen::upscale::Upscaler;
 use gstgpen::PackedLayout;
@@ -126,7 +127,7 @@ fn background_from_the_upscaler_and_faces_restored_at_upscaled_coordinates() {
     let photo = common::shared().join("media/images/astronaut.png");
     let (rgb, w, h) = common::decode_image(&photo);
     let input = tensor(&rgb, w, h);
-    let up = Upscaler::new(Some(&x2()), 2, Device::Cpu).unwrap();
+    let up = Upscaler::with_net(registry::upscaler(&x2(), Device::Cpu).unwrap(), 2).unwrap();
     let expected = up.upscale(&input, 0, 0).unwrap().round().clamp(0.0, 255.0);
 
     // No face restored (threshold 1): exactly the upscaler's output.
@@ -167,7 +168,7 @@ fn bicubic_without_a_model_and_tiles_within_a_level() {
     let photo = common::shared().join("media/images/astronaut.png");
     let (rgb, w, h) = common::decode_image(&photo);
     let input = tensor(&rgb, w, h);
-    let bicubic = Upscaler::new(None, 2, Device::Cpu).unwrap().upscale(&input, 0, 0).unwrap().round().clamp(0.0, 255.0);
+    let bicubic = Upscaler::Bicubic(2).upscale(&input, 0, 0).unwrap().round().clamp(0.0, 255.0);
     let r = run(&png(&photo), "upscale=2 detection-threshold=1");
     assert!(r.error.is_none(), "{:?}", r.error);
     let d = (&tensor(&r.frames[0], 2 * w, 2 * h) - &bicubic).abs().max().double_value(&[]);

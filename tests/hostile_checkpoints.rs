@@ -144,7 +144,9 @@ fn a_crafted_checkpoint_that_is_well_formed_loads() {
 fn globals_outside_the_tensor_set_are_refused_not_called() {
     for (module, name) in [("os", "system"), ("builtins", "eval"), ("subprocess", "Popen"), ("torch", "load")] {
         let bytes = zip_pth(&state_dict_pickle(&[Entry { rebuild: (module, name), ..Default::default() }]), &[("0", vec![0u8; 16])], false);
-        refused("evil.pth", &bytes, &["refused global", &format!("{module}.{name}")]);
+        let e = refused("evil.pth", &bytes, &["refused global", &format!("{module}.{name}")]);
+        assert!(matches!(e, CheckpointError::Refused { .. }), "a forbidden global is a refusal, not corruption: {e:?}");
+        assert!(!e.to_string().contains("corrupt"), "{e}");
     }
     // Opcodes outside the subset torch.save writes (INST, OBJ, EXT1) are refused too.
     for op in [b'i', b'o', 0x82] {
@@ -169,6 +171,38 @@ fn duplicate_names_are_refused() {
     refused("twice.safetensors", &st, &["appears twice"]);
 }
 
+/// A safetensors file whose header is impossible: the message names the tensor and the field,
+/// and says what was expected.
+#[test]
+fn impossible_safetensors_headers_name_the_field() {
+    let file = |header: &[u8], data: usize| {
+        let mut st = (header.len() as u64).to_le_bytes().to_vec();
+        st.extend_from_slice(header);
+        st.extend_from_slice(&vec![0u8; data]);
+        st
+    };
+    let cases: [(&[u8], usize, &[&str]); 5] = [
+        // The byte range does not fit the shape and dtype (the crate's `TensorInvalidInfo`).
+        (
+            br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+            4,
+            &["tensor `w`", "[0, 4] span 4 bytes", "`shape` [2] of F32 needs 8"],
+        ),
+        (br#"{"w":{"dtype":"Q4","shape":[1],"data_offsets":[0,4]}}"#, 4, &["tensor `w`", "`dtype` is \"Q4\"", "expected one of"]),
+        (br#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, 4, &["tensor `w`", "`shape` is [-1]", "non-negative integers"]),
+        (br#"{"w":{"dtype":"F32","shape":[1]}}"#, 4, &["tensor `w`", "no `data_offsets` field"]),
+        (
+            br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+            12,
+            &["tensor `b`", "begin at 8, expected 4"],
+        ),
+    ];
+    for (header, data, words) in cases {
+        let e = refused("impossible.safetensors", &file(header, data), words);
+        assert!(matches!(e, CheckpointError::Corrupt { .. }), "{e:?}");
+    }
+}
+
 #[test]
 fn absurd_sizes_are_refused_before_any_allocation() {
     // A storage claiming a trillion floats, holding 16 bytes.
@@ -187,13 +221,14 @@ fn absurd_sizes_are_refused_before_any_allocation() {
     let bomb = Entry { numel: n, size: &[n], stride: &[1], ..Default::default() };
     let bytes = zip_pth(&state_dict_pickle(&[bomb]), &[("0", vec![0u8; (n * 4) as usize])], true);
     assert!(bytes.len() < 2 << 20, "the bomb is small: {} bytes", bytes.len());
-    refused("bomb.pth", &bytes, &["inflates to", "times the file"]);
+    let e = refused("bomb.pth", &bytes, &["inflates to", "times the file"]);
+    assert!(matches!(e, CheckpointError::Refused { .. }), "a zip bomb is a refusal: {e:?}");
     // Safetensors claiming more data than the file holds.
     let header = br#"{"w":{"dtype":"F32","shape":[1099511627776],"data_offsets":[0,4398046511104]}}"#;
     let mut st = (header.len() as u64).to_le_bytes().to_vec();
     st.extend_from_slice(header);
     st.extend_from_slice(&[0u8; 16]);
-    refused("claims.safetensors", &st, &["safetensors"]);
+    refused("claims.safetensors", &st, &["safetensors header", "tensor `w`", "`data_offsets` is [0, 4398046511104]", "<= 16"]);
 }
 
 fn fixture_with(name: &str, change: impl Fn(&str, &Tensor) -> Option<Tensor>) -> PathBuf {

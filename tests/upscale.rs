@@ -5,6 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use gstgpen::registry;
 use gstgpen::upscale::{check_tiles, RrdbConfig, RrdbNet, TilePlan, Upscaler};
 use tch::{Device, Kind, Tensor};
 
@@ -63,7 +64,11 @@ fn fixtures_load_with_their_configuration_and_match_the_reference() {
 #[test]
 fn untiled_8bit_output_matches_gpen_within_a_level() {
     for m in manifest() {
-        let up = Upscaler::new(Some(&fixture(m["file"].as_str().unwrap())), m["scale"].as_i64().unwrap(), Device::Cpu).unwrap();
+        let up = Upscaler::with_net(
+            registry::upscaler(&fixture(m["file"].as_str().unwrap()), Device::Cpu).unwrap(),
+            m["scale"].as_i64().unwrap(),
+        )
+        .unwrap();
         let input = image(&common::shared().join(m["input_png"].as_str().unwrap()));
         let ours = to_levels(&up.upscale(&input, 0, 0).unwrap());
         let theirs = image(&fixture(m["outputs"]["untiled"].as_str().unwrap())).to_kind(Kind::Uint8);
@@ -83,7 +88,11 @@ fn untiled_8bit_output_matches_gpen_within_a_level() {
 #[test]
 fn tiled_output_matches_untiled_within_a_level() {
     for m in manifest() {
-        let up = Upscaler::new(Some(&fixture(m["file"].as_str().unwrap())), m["scale"].as_i64().unwrap(), Device::Cpu).unwrap();
+        let up = Upscaler::with_net(
+            registry::upscaler(&fixture(m["file"].as_str().unwrap()), Device::Cpu).unwrap(),
+            m["scale"].as_i64().unwrap(),
+        )
+        .unwrap();
         let input = image(&common::shared().join(m["input_png"].as_str().unwrap()));
         let whole = to_levels(&up.upscale(&input, 0, 0).unwrap());
         for (tile, overlap) in [(96, 32), (128, 32), (64, 24)] {
@@ -117,7 +126,7 @@ fn steps(img: &Tensor, cols: &[i64], rows: &[i64]) -> (f64, f64) {
 
 #[test]
 fn no_seam_on_a_real_photo() {
-    let up = Upscaler::new(Some(&fixture("rrdbnet-x2-tiny.pth")), 2, Device::Cpu).unwrap();
+    let up = Upscaler::with_net(registry::upscaler(&fixture("rrdbnet-x2-tiny.pth"), Device::Cpu).unwrap(), 2).unwrap();
     let input = image(&common::shared().join("media/images/solvay_conference_1927.png"));
     let (tile, overlap) = (200, 32);
     let plan = TilePlan::new(input.size()[3], input.size()[2], tile, overlap, 2);
@@ -147,13 +156,15 @@ fn no_seam_on_a_real_photo() {
 #[test]
 fn bad_upscaler_input_is_refused_with_a_reason() {
     // Not an RRDBNet.
-    let e = RrdbNet::new(&common::gpen_fixture("gpen-256-tiny.pth"), Device::Cpu).err().unwrap().to_string();
-    assert!(e.contains("conv_first.weight") && e.contains("not an RRDBNet"), "{e}");
+    let e = RrdbNet::new(&common::gpen_fixture("gpen-256-tiny.pth"), Device::Cpu).err().unwrap();
+    assert!(matches!(e, gstgpen::Error::ModelMismatch { network: gstgpen::Network::RrdbNet, .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(e.contains("gpen-256-tiny.pth") && e.contains("conv_first.weight") && e.contains("not an RRDBNet"), "{e}");
     // A scale that does not match.
-    let e = Upscaler::new(Some(&fixture("rrdbnet-x4-tiny.pth")), 2, Device::Cpu).err().unwrap().to_string();
-    assert!(e.contains("x4") && e.contains("upscale=2"), "{e}");
+    let e = Upscaler::with_net(registry::upscaler(&fixture("rrdbnet-x4-tiny.pth"), Device::Cpu).unwrap(), 2).err().unwrap().to_string();
+    assert!(e.contains("RRDBNet x4 cannot upscale by 2") && e.contains("set the factor to 4"), "{e}");
     // Tiles smaller than twice the overlap.
-    assert!(check_tiles(48, 32).unwrap_err().contains("twice"));
+    assert!(check_tiles(48, 32).unwrap_err().to_string().contains("twice the tile overlap"));
     // A truncated file.
     let dir = common::scratch("rrdb-bad");
     let bytes = std::fs::read(fixture("rrdbnet-x2-tiny.pth")).unwrap();
@@ -162,7 +173,7 @@ fn bad_upscaler_input_is_refused_with_a_reason() {
     let e = RrdbNet::new(&cut, Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("cut.pth"), "{e}");
     // Bicubic needs no model.
-    let up = Upscaler::new(None, 2, Device::Cpu).unwrap();
+    let up = Upscaler::Bicubic(2);
     let x = Tensor::full([1, 3, 5, 7], 100.0, (Kind::Float, Device::Cpu));
     let y = up.upscale(&x, 0, 0).unwrap();
     assert_eq!(y.size(), [1, 3, 10, 14]);
@@ -172,7 +183,7 @@ fn bad_upscaler_input_is_refused_with_a_reason() {
 
 #[test]
 fn any_frame_size_from_one_pixel() {
-    let up = Upscaler::new(Some(&fixture("rrdbnet-x2-tiny.pth")), 2, Device::Cpu).unwrap();
+    let up = Upscaler::with_net(registry::upscaler(&fixture("rrdbnet-x2-tiny.pth"), Device::Cpu).unwrap(), 2).unwrap();
     for (w, h) in [(1, 1), (2, 2), (3, 5), (97, 31)] {
         let x = Tensor::rand([1, 3, h, w], (Kind::Float, Device::Cpu)) * 255.0;
         for tile in [0, 16, 1000] {

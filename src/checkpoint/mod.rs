@@ -212,6 +212,78 @@ pub fn non_finite(sd: &StateDict) -> Vec<String> {
         .collect()
 }
 
+/// Checks a safetensors header field by field: every tensor's `dtype`, `shape` and
+/// `data_offsets`, which must agree with one another and tile the data after the header without
+/// gaps or overlaps. The error names the tensor and the field, and says what was expected.
+fn check_safetensors_header(data: &[u8]) -> Result<(), String> {
+    use serde_json::Value as J;
+    let n = u64::from_le_bytes(data[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, J> = match serde_json::from_slice(&data[8..8 + n]) {
+        Ok(J::Object(m)) => m,
+        Ok(_) => return Err("not a JSON object of tensors".into()),
+        Err(e) => return Err(format!("not valid JSON ({e})")),
+    };
+    let data_len = (data.len() - 8 - n) as u64;
+    let mut spans = Vec::new();
+    for (name, entry) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let field =
+            |f: &str| entry.get(f).ok_or_else(|| format!("tensor `{name}`: no `{f}` field (expected `dtype`, `shape` and `data_offsets`)"));
+        let ints = |f: &str, v: &J| -> Result<Vec<u64>, String> {
+            v.as_array()
+                .and_then(|a| a.iter().map(J::as_u64).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| format!("tensor `{name}`: `{f}` is {v}, expected a list of non-negative integers"))
+        };
+        let dtype_field = field("dtype")?;
+        let dtype = dtype_field.as_str().unwrap_or_default();
+        let size = match dtype_field.as_str() {
+            Some("F64" | "I64" | "U64") => 8,
+            Some("F32" | "I32" | "U32") => 4,
+            Some("F16" | "BF16" | "I16" | "U16") => 2,
+            Some("I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2") => 1,
+            _ => {
+                return Err(format!(
+                    "tensor `{name}`: `dtype` is {dtype_field}, expected one of F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL"
+                ))
+            }
+        };
+        let shape = ints("shape", field("shape")?)?;
+        let offsets = ints("data_offsets", field("data_offsets")?)?;
+        let &[begin, end] = &offsets[..] else {
+            return Err(format!("tensor `{name}`: `data_offsets` is {offsets:?}, expected [begin, end]"));
+        };
+        if begin > end || end > data_len {
+            return Err(format!(
+                "tensor `{name}`: `data_offsets` is [{begin}, {end}], expected begin <= end <= {data_len} (the bytes after the header)"
+            ));
+        }
+        let need = shape.iter().try_fold(size, |acc: u64, &d| acc.checked_mul(d));
+        match need {
+            None => return Err(format!("tensor `{name}`: `shape` {shape:?} overflows")),
+            Some(need) if need != end - begin => {
+                return Err(format!(
+                    "tensor `{name}`: `data_offsets` [{begin}, {end}] span {} bytes, but `shape` {shape:?} of {dtype} needs {need}",
+                    end - begin
+                ))
+            }
+            Some(_) => spans.push((begin, end, name)),
+        }
+    }
+    spans.sort();
+    let mut at = 0;
+    for (begin, end, name) in spans {
+        if begin != at {
+            return Err(format!(
+                "tensor `{name}`: `data_offsets` begin at {begin}, expected {at} (tensors follow one another without gaps or overlaps)"
+            ));
+        }
+        at = end;
+    }
+    if at != data_len {
+        return Err(format!("the tensors end at byte {at} of the data, which has {data_len} (expected no bytes left over)"));
+    }
+    Ok(())
+}
+
 fn looks_like_safetensors(data: &[u8]) -> bool {
     data.len() >= 10 && {
         let n = u64::from_le_bytes(data[..8].try_into().unwrap());
@@ -240,8 +312,17 @@ fn read_zip_pickle(
         }
     }
     let bytes = read_entry(path, zip, &pkl, (256 << 20).min(inflation_limit(file_len)))?;
-    let (object, _) = pickle::unpickle(&bytes, PersistentIds::Zip).map_err(|e| corrupt(format!("{pkl}: {e}")))?;
+    let (object, _) = pickle::unpickle(&bytes, PersistentIds::Zip).map_err(|e| unreadable(path, format!("{pkl}: {e}"), e.refused))?;
     Ok((object, root))
+}
+
+/// A pickle that could not be read: refused as unsafe, or corrupt.
+fn unreadable(path: &Path, reason: String, refused: bool) -> CheckpointError {
+    if refused {
+        CheckpointError::Refused { path: path.into(), reason }
+    } else {
+        CheckpointError::Corrupt { path: path.into(), reason }
+    }
 }
 
 /// How many times its own size a zip checkpoint may inflate to. torch.save stores entries
@@ -258,7 +339,10 @@ fn read_entry(path: &Path, zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>, na
     let f = zip.by_name(name).map_err(|e| corrupt(format!("entry `{name}`: {e}")))?;
     let size = f.size();
     if size > limit {
-        return Err(corrupt(format!("entry `{name}` claims {size} bytes, more than expected ({limit})")));
+        return Err(CheckpointError::Refused {
+            path: path.into(),
+            reason: format!("entry `{name}` claims {size} bytes, more than expected ({limit}): a zip bomb?"),
+        });
     }
     let mut buf = Vec::with_capacity(size as usize);
     f.take(size).read_to_end(&mut buf).map_err(|e| corrupt(format!("entry `{name}`: {e}")))?;
@@ -351,7 +435,7 @@ impl Storages for ZipStorages<'_, '_> {
         }
         let limit = inflation_limit(self.file_len);
         if want > limit {
-            return Err(CheckpointError::Corrupt {
+            return Err(CheckpointError::Refused {
                 path: path.into(),
                 reason: format!("storage `{}` inflates to {want} bytes, more than {MAX_INFLATION} times the file", s.key),
             });
@@ -406,8 +490,8 @@ fn read_legacy<'a>(path: &Path, data: &'a [u8]) -> Result<(Value, LegacyStorages
     let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
     let mut pos = 0;
     let next = |what: &str, pos: &mut usize| -> Result<Value, CheckpointError> {
-        let (v, n) =
-            pickle::unpickle(&data[*pos..], PersistentIds::Legacy).map_err(|e| corrupt(format!("{what} (at byte {}): {e}", *pos)))?;
+        let (v, n) = pickle::unpickle(&data[*pos..], PersistentIds::Legacy)
+            .map_err(|e| unreadable(path, format!("{what} (at byte {}): {e}", *pos), e.refused))?;
         *pos += n;
         Ok(v)
     };
@@ -511,7 +595,9 @@ fn materialise(path: &Path, refs: Vec<(String, TensorRef)>, storages: &mut dyn S
 
 fn read_safetensors(path: &Path, data: &[u8], key: Option<&str>) -> Result<StateDict, CheckpointError> {
     let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
-    // The crate checks the header, every byte range against shape and dtype, and the file size.
+    // The header is checked here first, so that a problem names its tensor and field; the crate
+    // then checks it again, with every byte range against shape and dtype, and the file size.
+    check_safetensors_header(data).map_err(|e| corrupt(format!("safetensors header: {e}")))?;
     let st = safetensors::SafeTensors::deserialize(data).map_err(|e| corrupt(format!("safetensors: {e}")))?;
     let mut views = st.tensors();
     // File order, which the header's map does not keep.

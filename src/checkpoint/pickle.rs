@@ -93,11 +93,14 @@ impl Value {
     }
 }
 
-/// Why a pickle was refused; `offset` is the byte position of the opcode.
+/// Why a pickle could not be read; `offset` is the byte position of the opcode.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("pickle byte {offset}: {reason}")]
 pub struct PickleError {
     pub offset: usize,
+    /// Refused as unsafe (a global outside the allowed set, a pickle building without bound),
+    /// rather than malformed.
+    pub refused: bool,
     pub reason: String,
 }
 
@@ -145,7 +148,7 @@ fn count_values(v: &Value) -> usize {
 
 impl<'a> Machine<'a> {
     fn err<T>(&self, reason: impl Into<String>) -> Result<T, PickleError> {
-        Err(PickleError { offset: self.op_pos, reason: reason.into() })
+        Err(PickleError { offset: self.op_pos, reason: reason.into(), refused: false })
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], PickleError> {
@@ -185,7 +188,7 @@ impl<'a> Machine<'a> {
     fn push(&mut self, v: Value) -> Result<(), PickleError> {
         self.values += count_values(&v);
         if self.values > MAX_VALUES {
-            return self.err(format!("more than {MAX_VALUES} values: refusing to build them"));
+            return self.refusal(format!("more than {MAX_VALUES} values: refusing to build them"));
         }
         self.stack.push(Item::Value(v));
         Ok(())
@@ -202,7 +205,7 @@ impl<'a> Machine<'a> {
     fn top_mut(&mut self) -> Result<&mut Value, PickleError> {
         match self.stack.last_mut() {
             Some(Item::Value(v)) => Ok(v),
-            _ => Err(PickleError { offset: self.op_pos, reason: "stack underflow".into() }),
+            _ => Err(PickleError { offset: self.op_pos, reason: "stack underflow".into(), refused: false }),
         }
     }
 
@@ -255,8 +258,12 @@ impl<'a> Machine<'a> {
         Ok(g)
     }
 
+    fn refusal<T>(&self, reason: impl Into<String>) -> Result<T, PickleError> {
+        Err(PickleError { offset: self.op_pos, reason: reason.into(), refused: true })
+    }
+
     fn refuse<T>(&self, module: &str, name: &str) -> Result<T, PickleError> {
-        self.err(format!(
+        self.refusal(format!(
             "refused global `{module}.{name}`: a checkpoint may only name tensor-rebuilding functions, \
              OrderedDict and storage classes (nothing is imported or called)"
         ))

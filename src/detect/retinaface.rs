@@ -8,7 +8,7 @@ use tch::{Device, Kind, TchError, Tensor};
 use super::{decode, Face, PriorConfig};
 use crate::checkpoint::StateDict;
 use crate::nn::{leaky_relu, Conv2d, ConvSpec, Params};
-use crate::Error;
+use crate::{Error, Network, Setting};
 
 type Result<T> = std::result::Result<T, TchError>;
 
@@ -330,11 +330,12 @@ impl RetinaFace {
         let mobilenet = sd.get("body.stage1.0.0.weight").is_some();
         let variant = match (variant, resnet, mobilenet) {
             (_, false, false) => {
-                return Err(Error::Settings(format!(
-                    "{}: not a RetinaFace checkpoint (no `body.stage1.0.0.weight` of MobileNet-0.25 nor \
-                     `body.conv1.weight` of ResNet-50)",
-                    path.display()
-                )))
+                return Err(Error::ModelMismatch {
+                    network: Network::RetinaFace,
+                    path: path.into(),
+                    expected: "RetinaFace with a MobileNet-0.25 or ResNet-50 body".into(),
+                    details: "no `body.stage1.0.0.weight` (MobileNet-0.25) nor `body.conv1.weight` (ResNet-50)".into(),
+                })
             }
             (Some(v), _, _) => v,
             (None, true, _) => DetectorVariant::Standard,
@@ -345,12 +346,15 @@ impl RetinaFace {
                 match KNOWN_FILES.iter().find(|(sha, _, _)| *sha == hex) {
                     Some((_, v, _)) => *v,
                     None => {
-                        return Err(Error::Settings(format!(
-                            "{}: a RetinaFace MobileNet-0.25 file that is not one of the known ones (sha256 {hex}); \
-                             its activation and anchors cannot be told from the file, so set detector-variant=fd1mb \
-                             (Face-Detector-1MB weights) or detector-variant=standard (Pytorch_Retinaface weights)",
-                            path.display()
-                        )))
+                        return Err(Error::invalid(
+                            Setting::DetectorVariant,
+                            format!(
+                                "{}: a RetinaFace MobileNet-0.25 file that is not one of the known ones (sha256 {hex}); \
+                                 its activation and anchors cannot be told from the file",
+                                path.display()
+                            ),
+                            "name the variant: fd1mb (Face-Detector-1MB weights) or standard (Pytorch_Retinaface weights)",
+                        ))
                     }
                 }
             }
@@ -358,13 +362,7 @@ impl RetinaFace {
         let _guard = tch::no_grad_guard();
         let p = Params::new(&sd, device);
         let model = Self::build(&p, resnet, variant, device).map_err(Error::Torch)?;
-        p.finish().map_err(|details| {
-            Error::Settings(format!(
-                "{}: does not match RetinaFace-{}: {details}",
-                path.display(),
-                if resnet { "ResNet50" } else { "MobileNet0.25" }
-            ))
-        })?;
+        p.finish(Network::RetinaFace, if resnet { "ResNet-50 body" } else { "MobileNet-0.25 body" })?;
         Ok(model)
     }
 

@@ -6,6 +6,7 @@ mod model;
 use std::path::PathBuf;
 
 use crate::checkpoint::StateDict;
+use crate::{Error, Network};
 
 pub use model::{FullGenerator, Intermediates, Strips, STRIP_BYTES};
 
@@ -32,17 +33,6 @@ impl Default for GpenConfig {
 
 /// Learning-rate multiplier of the mapping layers (`lr_mlp`), folded into their weights.
 pub const LR_MLP: f64 = 0.01;
-
-/// Why a state dict is not a usable GPEN generator.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("{path}: not a GPEN generator checkpoint: {reason}")]
-    NotGpen { path: PathBuf, reason: String },
-    #[error("{path}: does not match {config}: {details}")]
-    Mismatch { path: PathBuf, config: String, details: String },
-    #[error("{path}: libtorch error while building the model: {source}")]
-    Torch { path: PathBuf, source: tch::TchError },
-}
 
 impl GpenConfig {
     /// The configuration the official GPEN-BFR-`size` model was released with.
@@ -79,8 +69,13 @@ impl GpenConfig {
     }
 
     /// Reads the configuration from the tensor shapes of a state dict.
-    pub fn from_state_dict(sd: &StateDict) -> Result<Self, ModelError> {
-        let not_gpen = |reason: String| ModelError::NotGpen { path: sd.path.clone(), reason };
+    pub fn from_state_dict(sd: &StateDict) -> Result<Self, Error> {
+        let not_gpen = |details: String| Error::ModelMismatch {
+            network: Network::Gpen,
+            path: sd.path.clone(),
+            expected: "tensors named and shaped as in GPEN's gpen_model.py".into(),
+            details,
+        };
         let shape = |name: &str| sd.get(name).map(|t| t.size());
         let (Some(ecd0), Some(input)) = (shape("ecd0.0.0.weight"), shape("generator.input.input")) else {
             let first: Vec<_> = sd.names().take(5).collect();
@@ -187,57 +182,16 @@ impl GpenConfig {
         out
     }
 
-    /// Strict check: missing, unexpected, mis-shaped, non-float and non-finite tensors, reported
-    /// together by name.
-    pub fn check_state_dict(&self, sd: &StateDict) -> Result<(), ModelError> {
-        let expected = self.expected_shapes();
-        let mut missing = Vec::new();
-        let mut misshaped = Vec::new();
-        for (name, shape) in &expected {
-            match sd.get(name) {
-                None => missing.push(name.clone()),
-                Some(t) if t.size() != *shape => misshaped.push(format!("{name} (expected {shape:?}, found {:?})", t.size())),
-                Some(_) => {}
-            }
-        }
-        let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-        let unexpected: Vec<String> = sd.names().filter(|n| !known.contains(n)).map(str::to_owned).collect();
-        let mut non_float = Vec::new();
-        for (name, t) in sd.iter() {
-            if known.contains(name) && !t.is_floating_point() {
-                non_float.push(format!("{name} ({:?})", t.kind()));
-            }
-        }
-        let non_finite = crate::checkpoint::non_finite(sd);
-        if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() && non_float.is_empty() && non_finite.is_empty() {
-            return Ok(());
-        }
-        let list = |what: &str, v: &[String]| -> Option<String> {
-            const SHOWN: usize = 8;
-            if v.is_empty() {
-                return None;
-            }
-            let more = if v.len() > SHOWN { format!(" and {} more", v.len() - SHOWN) } else { String::new() };
-            Some(format!("{} {what}: {}{more}", v.len(), v[..v.len().min(SHOWN)].join(", ")))
-        };
-        let details = [
-            list("missing", &missing),
-            list("unexpected", &unexpected),
-            list("mis-shaped", &misshaped),
-            list("not floating point", &non_float),
-            list("with NaN or infinite values", &non_finite),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join("; ");
-        Err(ModelError::Mismatch { path: sd.path.clone(), config: self.describe(), details })
+    /// Strict check ([`nn::check_tensors`](crate::nn::check_tensors)): missing, unexpected,
+    /// mis-shaped, non-float and non-finite tensors, reported together by name.
+    pub fn check_state_dict(&self, sd: &StateDict) -> Result<(), Error> {
+        crate::nn::check_tensors(sd, Network::Gpen, &self.describe(), &self.expected_shapes(), &|_| false)
     }
 }
 
 /// A state dict of the right shapes with random values, for benchmarks and shape tests.
 pub fn random_state_dict(cfg: &GpenConfig, seed: i64) -> StateDict {
-    tch::manual_seed(seed);
+    crate::sys::manual_seed(seed);
     let mut tensors = Vec::new();
     let k = tch::Tensor::from_slice(&[1f32, 3., 3., 1.]);
     let kernel = k.outer(&k) / 64.0;

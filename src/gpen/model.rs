@@ -13,7 +13,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::{GpenConfig, ModelError, LR_MLP};
+use super::{GpenConfig, LR_MLP};
 use crate::checkpoint::StateDict;
 
 const SQRT_2: f64 = std::f64::consts::SQRT_2;
@@ -554,13 +554,13 @@ impl Generator {
     }
 }
 
-/// [`memory::trim_heap`](crate::memory::trim_heap) when `t` lives on the CPU: called after each
+/// [`sys::trim_heap`](crate::sys::trim_heap) when `t` lives on the CPU: called after each
 /// band (encoder and decoder), after the encoder and at the end of a forward, so that a phase's
 /// peak does not come on top of what the phases before it left in the heap. (After each whole
 /// decoder level it measured no lower peak, so it is not done there.)
 fn trim_heap_on(t: &Tensor) {
     if t.device() == Device::Cpu {
-        crate::memory::trim_heap();
+        crate::sys::trim_heap();
     }
 }
 
@@ -654,17 +654,17 @@ impl FullGenerator {
     /// Reads a checkpoint file and builds the model (see [`FullGenerator::from_state_dict`]).
     pub fn load(path: &Path, key: Option<&str>, device: Device, kind: Kind) -> std::result::Result<Self, crate::Error> {
         let sd = crate::checkpoint::load(path, key)?;
-        Ok(Self::from_state_dict(&sd, device, kind)?)
+        Self::from_state_dict(&sd, device, kind)
     }
 
     /// Builds the model from a state dict: the configuration comes from the tensor shapes, and
     /// the state dict must match it exactly. `kind` is the compute precision.
-    pub fn from_state_dict(sd: &StateDict, device: Device, kind: Kind) -> std::result::Result<Self, ModelError> {
+    pub fn from_state_dict(sd: &StateDict, device: Device, kind: Kind) -> std::result::Result<Self, crate::Error> {
         let config = GpenConfig::from_state_dict(sd)?;
         config.check_state_dict(sd)?;
         if device.is_cuda() {
             // A library user may come here without resolving a device first.
-            let _ = crate::cuda::load_backend();
+            let _ = crate::sys::load_cuda_backend();
         }
         let l = Loader { sd, device, kind };
         let build = || -> Result<Self> {
@@ -683,7 +683,7 @@ impl FullGenerator {
             })
         };
         let _guard = tch::no_grad_guard();
-        build().map_err(|source| ModelError::Torch { path: sd.path.clone(), source })
+        Ok(build()?)
     }
 
     pub fn config(&self) -> &GpenConfig {

@@ -155,10 +155,9 @@ fn start_error(e: &Error) -> gst::ErrorMessage {
             gst::error_msg!(gst::ResourceError::NotFound, ("{}", e))
         }
         Error::Checkpoint(C::Io { .. }) => gst::error_msg!(gst::ResourceError::OpenRead, ("{}", e)),
-        Error::Checkpoint(_) | Error::ModelMismatch { .. } | Error::UnsafeCheckpoint { .. } | Error::Model(_) => {
+        Error::Checkpoint(_) | Error::ModelMismatch { .. } | Error::UnsafeCheckpoint { .. } => {
             gst::error_msg!(gst::ResourceError::Read, ("{}", e))
         }
-        Error::Settings(_) => gst::error_msg!(gst::LibraryError::Settings, ("{}", e)),
         Error::Torch(_) | Error::Accelerator(_) | Error::Frame(_) => gst::error_msg!(gst::LibraryError::Init, ("{}", e)),
         Error::OutOfMemory(_) => gst::error_msg!(gst::ResourceError::NoSpaceLeft, ("{}", e), ["{}", named(Setting::Budget)]),
     }
@@ -523,7 +522,13 @@ impl GpenFilter {
     }
 }
 
-/// The testing switch's value for the element `name` (see [`memory::FAIL_EVERY_ENV`]).
+/// The testing switch's value for the element `name` (feature `fault-injection`; 0 without it).
 fn fail_every(name: &str) -> u64 {
-    memory::fail_every_from_env(name)
+    #[cfg(feature = "fault-injection")]
+    return memory::fail_every_from_env(name);
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = name;
+        0
+    }
 }

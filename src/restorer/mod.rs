@@ -158,7 +158,10 @@ pub struct Restorer {
     estimator: Estimator,
     mode: Mode,
     tile_overlap: i64,
+    /// Generator forwards, counted for the testing switch.
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     forwards: AtomicU64,
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     fail_every: u64,
 }
 
@@ -170,7 +173,7 @@ impl Restorer {
         let path = find_model(settings.model.as_deref(), settings.size)?;
         // The budget is what is free before our models arrive.
         let budget = match settings.memory.budget_mib {
-            0 => memory::figures(device).map_err(Error::Accelerator)?.free,
+            0 => memory::figures(device)?.free,
             mib => mib << 20,
         };
         let model = registry::generator(&path, settings.model_key.as_deref(), device, compute_kind(settings.fp16, device))?;
@@ -196,7 +199,13 @@ impl Restorer {
         let mode = match (settings.aligned, u.factor) {
             (true, _) => Mode::Aligned,
             (false, 1) => Mode::Faces(face_stage(&settings.faces)?),
-            (false, f) => Mode::Upscaled(face_stage(&settings.faces)?, Upscaler::new(u.model.as_deref(), f, device)?),
+            (false, f) => {
+                let upscaler = match u.model.as_deref() {
+                    Some(p) => Upscaler::with_net(registry::upscaler(p, device)?, f)?,
+                    None => Upscaler::Bicubic(f),
+                };
+                Mode::Upscaled(face_stage(&settings.faces)?, upscaler)
+            }
         };
         let plan = Plan {
             size,
@@ -239,10 +248,10 @@ impl Restorer {
         let plan = self.ladder.plan();
         memory::release_cached();
         memory::reset_peak(self.device);
-        let before = memory::figures(self.device).map_err(Error::Accelerator)?.allocated;
+        let before = memory::figures(self.device)?.allocated;
         let x = Tensor::f_zeros([1, 3, plan.size, plan.size], (Kind::Float, self.device))?;
         let _y = self.model.forward(&x)?;
-        let peak = memory::figures(self.device).map_err(Error::Accelerator)?.peak;
+        let peak = memory::figures(self.device)?.peak;
         let elem = if plan.half { 2.0 } else { 4.0 };
         let predicted = Estimator::activation_elements(self.model.config(), 1, elem as i64) as f64 * elem;
         if predicted > 0.0 && peak > before {
@@ -462,9 +471,12 @@ impl Restorer {
         Ok(())
     }
 
-    /// Counts a generator forward, failing it when the testing switch says so.
+    /// Counts a generator forward, failing it when the testing switch (feature
+    /// `fault-injection`) says so.
     fn before_forward(&self) -> Result<(), Error> {
-        Ok(memory::injected_fault(&self.forwards, self.fail_every)?)
+        #[cfg(feature = "fault-injection")]
+        memory::injected_fault(&self.forwards, self.fail_every)?;
+        Ok(())
     }
 
     /// The generator on `x` (`N x 3 x size x size`, -1..1) in batches of the plan's face

@@ -59,12 +59,12 @@ impl DeviceSpec {
     /// The device this names, checked to exist.
     pub fn resolve(self) -> Result<Device, Error> {
         // Before libtorch is asked about CUDA: it caches its first answer for the process.
-        let backend = crate::cuda::load_backend();
+        let backend = crate::sys::load_cuda_backend();
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
-            DeviceSpec::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+            DeviceSpec::Auto => Ok(if crate::sys::cuda_is_available() { Device::Cuda(0) } else { Device::Cpu }),
             DeviceSpec::Cuda(n) => {
-                let count = tch::Cuda::device_count();
+                let count = crate::sys::cuda_device_count() as i64;
                 if (n as i64) < count {
                     Ok(Device::Cuda(n))
                 } else {
@@ -305,8 +305,7 @@ impl RestorerSettings {
                     "restore whole frames, or do not upscale",
                 ))
             }
-            2 | 4 => crate::upscale::check_tiles(u.tile, u.overlap)
-                .map_err(|problem| Error::invalid(Setting::TileSize, problem, "or process whole frames (tile size 0)"))?,
+            2 | 4 => crate::upscale::check_tiles(u.tile, u.overlap)?,
             f => return Err(Error::invalid(Setting::Upscale, format!("x{f}"), "the factor must be 1 (off), 2 or 4")),
         }
         Ok(())

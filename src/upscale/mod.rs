@@ -4,14 +4,13 @@
 
 pub mod rrdbnet;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use tch::{Kind, TchError, Tensor};
 
 pub use rrdbnet::{RrdbConfig, RrdbNet};
 
-use crate::Error;
+use crate::{Error, Setting};
 
 type Result<T> = std::result::Result<T, TchError>;
 
@@ -97,13 +96,13 @@ impl TilePlan {
     }
 }
 
-/// Checks `tile-size` against `tile-overlap`: each tile must keep a part of its own.
-pub fn check_tiles(tile: i64, overlap: i64) -> std::result::Result<(), String> {
+/// Checks the tile size against the tile overlap: each tile must keep a part of its own.
+pub fn check_tiles(tile: i64, overlap: i64) -> std::result::Result<(), Error> {
     if tile > 0 && tile < 2 * overlap {
-        return Err(format!(
-            "tile-size {tile} is smaller than twice tile-overlap {overlap}: tiles would be all overlap; \
-             use tile-size >= {} or a smaller tile-overlap",
-            2 * overlap
+        return Err(Error::invalid(
+            Setting::TileSize,
+            format!("{tile} is smaller than twice the tile overlap {overlap}: tiles would be all overlap"),
+            format!("use a tile size of at least {}, or a smaller overlap", 2 * overlap),
         ));
     }
     Ok(())
@@ -127,16 +126,16 @@ impl std::fmt::Debug for Upscaler {
 }
 
 impl Upscaler {
-    /// The RRDBNet in `path` for `factor` (its scale must be `factor`), or bicubic without a path.
-    pub fn new(path: Option<&Path>, factor: i64, device: tch::Device) -> std::result::Result<Self, Error> {
-        let Some(path) = path else { return Ok(Upscaler::Bicubic(factor)) };
-        let net = crate::registry::upscaler(path, device)?;
+    /// Upscaling by `factor` with `net` (from `registry::upscaler`),
+    /// whose scale must be `factor`.
+    pub fn with_net(net: Arc<RrdbNet>, factor: i64) -> std::result::Result<Self, Error> {
         let scale = net.config().scale;
         if scale != factor {
-            return Err(Error::Settings(format!(
-                "{}: an RRDBNet x{scale}, but upscale={factor}; set upscale={scale} or give an x{factor} model",
-                path.display()
-            )));
+            return Err(Error::invalid(
+                Setting::Upscale,
+                format!("{}: an RRDBNet x{scale} cannot upscale by {factor}", net.path().display()),
+                format!("set the factor to {scale}, or give an x{factor} model"),
+            ));
         }
         Ok(Upscaler::Net(net))
     }
@@ -299,7 +298,9 @@ mod tests {
         assert!(check_tiles(0, 64).is_ok());
         assert!(check_tiles(64, 32).is_ok());
         let e = check_tiles(48, 32).unwrap_err();
-        assert!(e.contains("tile-size 48") && e.contains("64"), "{e}");
+        assert!(matches!(e, Error::InvalidSetting { setting: Setting::TileSize, .. }), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("48 is smaller than twice the tile overlap 32") && e.contains("at least 64"), "{e}");
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! RRDBNet (ESRGAN's generator), as BasicSR's `rrdbnet_arch.py` and GPEN's `sr_model` copy:
 //! GPEN's RealESRNet (num_feat 32) and Real-ESRGAN's x4plus/x2plus (num_feat 64) load unchanged.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::StateDict;
 use crate::nn::{leaky_relu_, Conv2d, ConvSpec, Params};
-use crate::Error;
+use crate::{Error, Network};
 
 type Result<T> = std::result::Result<T, tch::TchError>;
 
@@ -30,20 +30,33 @@ impl Default for RrdbConfig {
 impl RrdbConfig {
     /// Read from the tensor shapes: the input channels of `conv_first` give the scale (3: x4,
     /// 12: x2 after pixel-unshuffle by 2, 48: x1 after unshuffle by 4).
-    pub fn from_state_dict(sd: &StateDict) -> std::result::Result<Self, String> {
-        let first = sd.get("conv_first.weight").ok_or("no `conv_first.weight` (not an RRDBNet checkpoint)")?;
+    pub fn from_state_dict(sd: &StateDict) -> std::result::Result<Self, Error> {
+        let mismatch = |details: String| Error::ModelMismatch {
+            network: Network::RrdbNet,
+            path: sd.path.clone(),
+            expected: "tensors named and shaped as in BasicSR's rrdbnet_arch.py".into(),
+            details,
+        };
+        let first = sd.get("conv_first.weight").ok_or_else(|| mismatch("no `conv_first.weight` (not an RRDBNet checkpoint)".into()))?;
         let [num_feat, in_ch, _, _] = first.size()[..] else {
-            return Err(format!("`conv_first.weight` has shape {:?}, expected 4 dimensions", first.size()));
+            return Err(mismatch(format!("`conv_first.weight` has shape {:?}, expected 4 dimensions", first.size())));
         };
         let scale = match in_ch {
             3 => 4,
             12 => 2,
             48 => 1,
-            c => return Err(format!("`conv_first.weight` takes {c} input channels; RRDBNet takes 3 (x4), 12 (x2) or 48 (x1)")),
+            c => return Err(mismatch(format!("`conv_first.weight` takes {c} input channels; RRDBNet takes 3 (x4), 12 (x2) or 48 (x1)"))),
         };
-        let grow = sd.get("body.0.rdb1.conv1.weight").ok_or("no `body.0.rdb1.conv1.weight` (not an RRDBNet checkpoint)")?;
+        let grow = sd
+            .get("body.0.rdb1.conv1.weight")
+            .ok_or_else(|| mismatch("no `body.0.rdb1.conv1.weight` (not an RRDBNet checkpoint)".into()))?;
         let num_block = (0..).take_while(|i| sd.get(&format!("body.{i}.rdb1.conv1.weight")).is_some()).count() as i64;
         Ok(RrdbConfig { scale, num_feat, num_block, num_grow_ch: grow.size()[0] })
+    }
+
+    /// The configuration in words, as errors name it.
+    pub fn describe(&self) -> String {
+        format!("RRDBNet x{} (num_feat {}, num_block {}, num_grow_ch {})", self.scale, self.num_feat, self.num_block, self.num_grow_ch)
     }
 
     fn unshuffle(&self) -> i64 {
@@ -74,7 +87,7 @@ impl RrdbConfig {
 /// A state dict of `cfg`'s shapes with small random weights (benchmarks and tests: the official
 /// weights cannot be had everywhere).
 pub fn random_state_dict(cfg: &RrdbConfig, seed: i64) -> StateDict {
-    tch::manual_seed(seed);
+    crate::sys::manual_seed(seed);
     let (nf, gc) = (cfg.num_feat, cfg.num_grow_ch);
     let u = cfg.unshuffle();
     let mut convs: Vec<(String, i64, i64)> = vec![("conv_first".into(), 3 * u * u, nf)];
@@ -159,6 +172,7 @@ pub struct RrdbNet {
     conv_hr: Conv2d,
     conv_last: Conv2d,
     device: Device,
+    path: PathBuf,
 }
 
 // SAFETY: as for the generator: weights are only read after construction, and libtorch allows
@@ -177,18 +191,15 @@ impl RrdbNet {
                 sd = crate::checkpoint::load(path, Some(k))?;
             }
         }
-        let cfg = RrdbConfig::from_state_dict(&sd).map_err(|e| Error::Settings(format!("{}: {e}", path.display())))?;
-        Self::from_state_dict(&sd, cfg, device).map_err(|e| match e {
-            Error::Settings(m) => Error::Settings(format!("{}: {m}", path.display())),
-            other => other,
-        })
+        let cfg = RrdbConfig::from_state_dict(&sd)?;
+        Self::from_state_dict(&sd, cfg, device)
     }
 
     pub fn from_state_dict(sd: &StateDict, cfg: RrdbConfig, device: Device) -> std::result::Result<Self, Error> {
         let _guard = tch::no_grad_guard();
         let p = Params::new(sd, device);
         let model = Self::build(&p, cfg, device)?;
-        p.finish().map_err(|d| Error::Settings(format!("does not match RRDBNet {cfg:?}: {d}")))?;
+        p.finish(Network::RrdbNet, &cfg.describe())?;
         Ok(model)
     }
 
@@ -206,6 +217,7 @@ impl RrdbNet {
             conv_hr: conv("conv_hr", nf, nf)?,
             conv_last: conv("conv_last", nf, 3)?,
             device,
+            path: p.path().to_owned(),
         })
     }
 
@@ -215,6 +227,11 @@ impl RrdbNet {
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// The checkpoint it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -1,0 +1,54 @@
+//! Injected out-of-memory failures that drive the memory policy in tests (the
+//! `fault-injection` feature: production builds never read the environment variable).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tch::TchError;
+
+/// Environment variable that makes every Nth generator forward of an element fail as out of
+/// memory (a testing switch, read when the element starts; unset or 0 = off): `N` for every
+/// element, or `NAME:N[,NAME:N…]` for the elements of those names only.
+pub const FAIL_EVERY_ENV: &str = "GST_GPEN_FAIL_EVERY";
+
+/// What [`FAIL_EVERY_ENV`] asks of the element named `element` (0 when unset, not for it, or
+/// not a number).
+pub fn fail_every_from_env(element: &str) -> u64 {
+    std::env::var(FAIL_EVERY_ENV).map(|v| fail_every_for(&v, element)).unwrap_or(0)
+}
+
+fn fail_every_for(spec: &str, element: &str) -> u64 {
+    let spec = spec.trim();
+    if let Ok(n) = spec.parse() {
+        return n;
+    }
+    spec.split(',')
+        .filter_map(|part| part.trim().rsplit_once(':'))
+        .find(|(name, _)| *name == element)
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Counts a generator forward in `counter` and, every `every` forwards (0 = never), fails it
+/// the way CUDA does when memory runs out.
+pub fn injected_fault(counter: &AtomicU64, every: u64) -> Result<(), TchError> {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if every > 0 && n.is_multiple_of(every) {
+        return Err(TchError::Torch(format!(
+            "CUDA out of memory. Tried to allocate 2.00 GiB (injected by {FAIL_EVERY_ENV}={every}, forward {n})"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_injection_names_elements() {
+        assert_eq!(fail_every_for("3", "any"), 3);
+        assert_eq!(fail_every_for("g1:2, g3:5", "g3"), 5);
+        assert_eq!(fail_every_for("g1:2,g3:5", "g2"), 0);
+        assert_eq!(fail_every_for("nonsense", "g1"), 0);
+    }
+}
