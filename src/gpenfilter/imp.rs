@@ -24,7 +24,7 @@ use super::caps::{frame_interval, packed_layout, scale_caps};
 use super::properties::{self, property_of, Settings};
 use super::stats::Stats;
 use crate::memory;
-use crate::restorer::{Detections, FrameOutput, Outcome, Restorer};
+use crate::restorer::{Detections, DeviceSpec, FrameOutput, Outcome, Restorer};
 use crate::{Error, Setting};
 
 static CAT: Lazy<gst::DebugCategory> =
@@ -189,6 +189,18 @@ impl BaseTransformImpl for GpenFilter {
         );
         if fail_every > 0 {
             gst::warning!(CAT, imp = self, "fault injection: every {fail_every}th generator forward fails as out of memory");
+        }
+        // device=auto on a machine with an NVIDIA driver, yet on the CPU: say why, loudly (bf16 on
+        // the CPU takes seconds a frame where the user expected a GPU).
+        if core.device == DeviceSpec::Auto && restorer.device() == tch::Device::Cpu {
+            if let Some(reason) = crate::sys::cuda_unusable_reason() {
+                gst::element_imp_warning!(
+                    self,
+                    gst::LibraryError::Init,
+                    ("An NVIDIA driver is installed but CUDA cannot be used, so the models run on the CPU: {}", reason),
+                    ["update the NVIDIA driver for this libtorch's CUDA, or set device=cpu to silence this warning"]
+                );
+            }
         }
         *self.stats.lock().unwrap() = Stats { plan: Some(restorer.plan()), device: Some(restorer.device()), ..Stats::default() };
         gst::info!(CAT, imp = self, "memory budget {} MiB, plan {}", memory::mib(restorer.budget()), restorer.plan());
