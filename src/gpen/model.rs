@@ -643,6 +643,20 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 /// The largest banded feature map (per band, halo included) that [`Strips::plan`] aims for.
 pub const STRIP_BYTES: i64 = 32 << 20;
 
+/// Whether a forward runs its top decoder levels on bands ([`Strips`]), chosen per call: banding
+/// saves memory for extra work (recomputed halo rows, many small launches), worth it on the CPU
+/// and on a GPU short of memory, not on a GPU with room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Banding {
+    /// Band the levels whose maps exceed [`STRIP_BYTES`] (what [`FullGenerator::forward`] does).
+    #[default]
+    Default,
+    /// Whole maps throughout.
+    Off,
+    /// Band the levels whose maps exceed this many bytes, each band's map kept under it.
+    Above(u64),
+}
+
 impl Strips {
     /// Rows of the first whole level that a band needs on each side: going up a level, the
     /// rows spoiled at a band's edges by the zero padding of its convolutions become
@@ -657,9 +671,24 @@ impl Strips {
     /// encoder feature) would exceed [`STRIP_BYTES`] runs on bands, as many as keep each band's
     /// map under it; `None` when no level is that large.
     pub fn plan(cfg: &GpenConfig, batch: i64, elem_bytes: i64) -> Option<Strips> {
+        Self::plan_above(cfg, batch, elem_bytes, STRIP_BYTES)
+    }
+
+    /// The banding that `banding` asks for (see [`Banding`]; `Default` is [`Strips::plan`]).
+    pub fn plan_with(cfg: &GpenConfig, batch: i64, elem_bytes: i64, banding: Banding) -> Option<Strips> {
+        match banding {
+            Banding::Default => Self::plan(cfg, batch, elem_bytes),
+            Banding::Off => None,
+            Banding::Above(bytes) => Self::plan_above(cfg, batch, elem_bytes, i64::try_from(bytes).unwrap_or(i64::MAX)),
+        }
+    }
+
+    /// [`Strips::plan`] with `limit` in place of [`STRIP_BYTES`].
+    fn plan_above(cfg: &GpenConfig, batch: i64, elem_bytes: i64, limit: i64) -> Option<Strips> {
+        let limit = limit.max(1);
         let map = |res: i64| batch * 2 * cfg.channels(res) * res * res * elem_bytes;
         let mut levels = 0;
-        while levels + 3 < cfg.log_size() as usize && map(cfg.size >> levels) > STRIP_BYTES {
+        while levels + 3 < cfg.log_size() as usize && map(cfg.size >> levels) > limit {
             levels += 1;
         }
         if levels == 0 {
@@ -670,7 +699,7 @@ impl Strips {
         // Bands at least as tall as their two halos: past that the recomputed rows would cost
         // more than the memory saved is worth.
         let halos = 2 * Self::halo(levels) * scale;
-        let fit = (STRIP_BYTES / row_bytes - halos).max(halos);
+        let fit = (limit / row_bytes - halos).max(halos);
         let bands = ceil_div(cfg.size, fit);
         Some(Strips { levels, rows: ceil_div(ceil_div(cfg.size, bands), scale) * scale })
     }
@@ -757,7 +786,14 @@ impl FullGenerator {
     /// fp32, on the model's device. The top levels run on bands when their maps are large
     /// ([`Strips::plan`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let strips = Strips::plan(&self.config, x.size().first().copied().unwrap_or(1), self.kind.elt_size_in_bytes() as i64);
+        self.forward_with(x, Banding::Default)
+    }
+
+    /// As [`forward`](Self::forward) with the banding chosen by the caller: `Banding::Off` on a
+    /// GPU with room for whole maps, `Banding::Above(bytes)` to band only maps above `bytes`.
+    pub fn forward_with(&self, x: &Tensor, banding: Banding) -> Result<Tensor> {
+        let batch = x.size().first().copied().unwrap_or(1);
+        let strips = Strips::plan_with(&self.config, batch, self.kind.elt_size_in_bytes() as i64, banding);
         Ok(self.run(x, false, strips)?.output)
     }
 
@@ -858,5 +894,24 @@ mod tests {
         assert_eq!(Strips::plan(&GpenConfig::official(256), 1, 2), None);
         let s = Strips::plan(&GpenConfig::official(1024), 4, 4).unwrap();
         assert!(s.levels >= 3 && s.rows % (1 << s.levels) == 0, "{s:?}");
+    }
+
+    #[test]
+    fn banding_is_chosen_per_call() {
+        let gpen512 = GpenConfig::official(512);
+        for (batch, elem) in [(1, 4), (1, 2), (4, 4)] {
+            assert_eq!(Strips::plan_with(&gpen512, batch, elem, Banding::Default), Strips::plan(&gpen512, batch, elem));
+            assert_eq!(Strips::plan_with(&gpen512, batch, elem, Banding::Off), None);
+            let at_default = Banding::Above(STRIP_BYTES as u64);
+            assert_eq!(Strips::plan_with(&gpen512, batch, elem, at_default), Strips::plan(&gpen512, batch, elem));
+        }
+        // A high threshold bands nothing; a lower one bands more levels in thinner bands.
+        assert_eq!(Strips::plan_with(&gpen512, 1, 4, Banding::Above(1 << 30)), None);
+        let low = Strips::plan_with(&gpen512, 1, 4, Banding::Above(8 << 20)).unwrap();
+        let default = Strips::plan(&gpen512, 1, 4).unwrap();
+        assert!(low.levels > default.levels && low.rows < default.rows, "{low:?} vs {default:?}");
+        // Above(0) is the most banding there is, not a division by zero.
+        let most = Strips::plan_with(&gpen512, 1, 4, Banding::Above(0)).unwrap();
+        assert_eq!(most.levels, gpen512.log_size() as usize - 3);
     }
 }
