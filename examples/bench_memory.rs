@@ -5,8 +5,15 @@
 //! ```text
 //! cargo run --release --example bench_memory -- [--device cuda|cpu] [--frames 10]
 //!     [--sizes 512,1024] [--budgets 2048,4096,8192] [--precisions fp32,fp16] [--estimate-only]
+//!     [--shared DIR] [--save-models DIR]
 //! ```
-//! `scripts/device-check.sh` runs it on a GPU machine.
+//! `--save-models DIR` keeps the random-weight checkpoints in DIR (`GPEN-BFR-{size}.safetensors`)
+//! for later steps, such as a `gst-launch-1.0` run of the element.
+//! A budget of 0 is the default budget (what the device has free at start). The shared folder
+//! (media and detector weights) is `--shared`, else `$GST_GPEN_SHARED`, else `../shared` from the
+//! current folder: nothing is fixed at build time, so the binary runs from the device bundle
+//! (`scripts/build-device-bundle.sh`). Exits with status 1 if a configuration could not start
+//! or failed; `scripts/device-check.sh` runs it on a GPU machine.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,13 +23,22 @@ use gstgpen::memory::{self, Estimator, Plan};
 use gstgpen::restorer::{FaceSettings, MemorySettings, Outcome, PackedLayout, Restorer, RestorerSettings};
 use tch::{Device, Kind, Tensor};
 
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+/// The shared folder given on the command line or in the environment, else `../shared`.
+fn shared_dir(flag: Option<PathBuf>) -> PathBuf {
+    let dir = flag.or_else(|| std::env::var_os("GST_GPEN_SHARED").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("../shared"));
+    if !dir.join("media/images/grace_hopper_512x512.jpg").exists() {
+        eprintln!(
+            "bench_memory: no media/images/grace_hopper_512x512.jpg under {}: pass --shared DIR or set GST_GPEN_SHARED",
+            dir.display()
+        );
+        std::process::exit(2);
+    }
+    dir
 }
 
 /// 1920x1080 with a 4x2 grid of grace_hopper_512x512.jpg at 480 px: 8 faces.
-fn frame() -> (Vec<u8>, PackedLayout) {
-    let img = image::open(shared().join("media/images/grace_hopper_512x512.jpg")).expect("image").to_rgb8();
+fn frame(shared: &std::path::Path) -> (Vec<u8>, PackedLayout) {
+    let img = image::open(shared.join("media/images/grace_hopper_512x512.jpg")).expect("image").to_rgb8();
     let t = Tensor::from_slice(img.as_raw()).reshape([512, 512, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float);
     let cell = t.upsample_bilinear2d([480, 480], false, None, None);
     let big = Tensor::zeros([1, 3, 1080, 1920], (Kind::Float, Device::Cpu));
@@ -41,7 +57,10 @@ fn list<T: std::str::FromStr>(v: &str) -> Vec<T> {
 }
 
 fn main() {
+    // sys loads the CUDA backend before libtorch is asked (it answers once for the process).
     let mut device = if gstgpen::sys::cuda_is_available() { "cuda".to_owned() } else { "cpu".to_owned() };
+    let mut shared = None;
+    let mut save_models: Option<PathBuf> = None;
     let mut frames = 10;
     let mut sizes: Vec<i64> = vec![512, 1024];
     let mut budgets: Vec<u64> = vec![2048, 4096, 8192];
@@ -57,6 +76,8 @@ fn main() {
             "--budgets" => budgets = list(&value()),
             "--precisions" => precisions = list(&value()),
             "--estimate-only" => estimate_only = true,
+            "--shared" => shared = Some(PathBuf::from(value())),
+            "--save-models" => save_models = Some(PathBuf::from(value())),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -75,9 +96,12 @@ fn main() {
         return;
     }
 
-    let dir = std::env::temp_dir().join(format!("gst-gpen-bench-memory-{}", std::process::id()));
+    let shared = shared_dir(shared);
+    println!("\ndevice {device}, {} CUDA device(s)", tch::Cuda::device_count());
+    let dir = save_models.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("gst-gpen-bench-memory-{}", std::process::id())));
     std::fs::create_dir_all(&dir).unwrap();
-    let (bytes, layout) = frame();
+    let (bytes, layout) = frame(&shared);
+    let mut failures = Vec::new();
     println!(
         "\n{:<6} {:<5} {:>8} {:>10} {:>8} {:>7} {:>7} {:>7}  plan at the end",
         "size", "prec", "budget", "peak MiB", "fps", "frames", "drops", "retries"
@@ -95,10 +119,7 @@ fn main() {
                     size,
                     fp16: prec == "fp16",
                     device: device.parse().expect("--device"),
-                    faces: FaceSettings {
-                        detector_model: Some(shared().join("weights/retinaface-mnet025-fd1mb.pth")),
-                        ..Default::default()
-                    },
+                    faces: FaceSettings { detector_model: Some(shared.join("weights/retinaface-mnet025-fd1mb.pth")), ..Default::default() },
                     memory: MemorySettings { budget_mib: budget, ..Default::default() },
                     ..Default::default()
                 };
@@ -106,6 +127,7 @@ fn main() {
                     Ok(r) => r,
                     Err(e) => {
                         println!("{size:<6} {prec:<5} {budget:>8} cannot start: {e}");
+                        failures.push(format!("{size} {prec} budget {budget}: cannot start: {e}"));
                         continue;
                     }
                 };
@@ -125,6 +147,7 @@ fn main() {
                         Ok(other) => println!("  {other:?}"),
                         Err(e) => {
                             println!("  error: {e}");
+                            failures.push(format!("{size} {prec} budget {budget}: {e}"));
                             break;
                         }
                     }
@@ -135,12 +158,22 @@ fn main() {
                 let secs = t.elapsed().as_secs_f64();
                 let peak = memory::figures(dev).map(|f| memory::mib(f.peak)).unwrap_or(0);
                 println!(
-                    "{size:<6} {prec:<5} {budget:>8} {peak:>10} {:>8.2} {restored:>7} {drops:>7} {retries:>7}  {}",
+                    "{size:<6} {prec:<5} {budget:>8} {peak:>10} {:>8.2} {restored:>7} {drops:>7} {retries:>7}  {}{}",
                     frames as f64 / secs,
-                    r.plan()
+                    r.plan(),
+                    if budget == 0 { format!(" (default budget: {} MiB)", memory::mib(r.budget())) } else { String::new() }
                 );
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if save_models.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if !failures.is_empty() {
+        println!("\n{} configuration(s) failed:", failures.len());
+        for f in &failures {
+            println!("  {f}");
+        }
+        std::process::exit(1);
+    }
 }

@@ -1,14 +1,139 @@
 #!/usr/bin/env bash
-# The GPU check, for a machine with a CUDA device: builds, runs the CUDA tests, then restores a
-# synthetic 1080p clip with 8 faces with GPEN-512 and GPEN-1024 (random weights, official shapes)
-# in fp32 and fp16 under budgets of 2, 4 and 8 GiB, printing peak allocator memory, frames per
-# second and what the memory policy did. Run from the repository root: scripts/device-check.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
-[ -e .venv/libtorch ] || ./scripts/setup.sh
-export PATH="$HOME/.cargo/bin:$PATH"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "device-check: nvidia-smi not found"
-cargo build --release --example bench_memory
-cargo test --release --features cuda-tests --test cuda -- --nocapture
-target/release/examples/bench_memory --device cuda --frames "${FRAMES:-10}" --sizes 512,1024 \
-  --budgets 2048,4096,8192 --precisions fp32,fp16
+# The GPU check, on a machine with a CUDA device, from prebuilt binaries: no network, cargo or
+# apt. Needs Python 3 with torch 2.11 (its libtorch is used) and an NVIDIA driver; GStreamer's
+# libraries come from the bundle where the machine lacks them, gst-launch-1.0 is optional.
+#
+# Build the bundle on a build machine with scripts/build-device-bundle.sh, copy
+# out/device-bundle.tar over, then: tar xf device-bundle.tar && device-bundle/device-check.sh
+# (or run scripts/device-check.sh in a repository that has out/device-bundle). See "GPU check"
+# in README.md. Steps (each prints its figures):
+#   1. tests/cuda.rs: CUDA parity with the official CPU output (fp32, fp16); fp16 finiteness on
+#      real-size random weights (GPEN-512/1024) and the cost of banding; the element with
+#      device=auto fp16=true and the default budget on 1080p frames with 8 faces; two elements
+#      sharing one model; a real out-of-memory handled by memory-policy=degrade; GPEN-512/1024
+#      in fp32/fp16 under budgets 0, 2, 4, 8 GiB.
+#   2. bench_memory: the same budgets over FRAMES frames (default 5): peak memory, fps, policy.
+#   3. gst-launch-1.0 ... ! gpenfilter device=auto fp16=true ! fakesink on a 1080p clip (skipped
+#      when gst-launch-1.0 or its demuxer/decoder plugins are missing: step 1 covers the element).
+# Each step is cut at STEP_TIMEOUT (240 s) and the whole at TOTAL_TIMEOUT (290 s).
+# Prints a summary and exits 1 if any step failed, 2 if the check could not run at all.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+if [ -x "$here/bin/cuda-tests" ]; then
+  bundle=$here
+elif [ -x "$here/../out/device-bundle/bin/cuda-tests" ]; then
+  bundle=$(cd "$here/../out/device-bundle" && pwd)
+else
+  echo "device-check: no bundle beside this script or in out/device-bundle: build it with scripts/build-device-bundle.sh" >&2
+  exit 2
+fi
+frames=${FRAMES:-5}
+step_timeout=${STEP_TIMEOUT:-240}
+total_timeout=${TOTAL_TIMEOUT:-290}
+work=$(mktemp -d "${TMPDIR:-/tmp}/gst-gpen-device-check.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+start=$(date +%s)
+
+fail() { echo "device-check: $*" >&2; exit 2; }
+
+# libtorch: the system Python's torch (a RUNPATH into the build machine's .venv is in the
+# binaries; LD_LIBRARY_PATH takes precedence over it).
+py=${PYTHON:-python3}
+torch_dir=$("$py" -c 'import torch, os; print(os.path.dirname(torch.__file__))' 2>/dev/null) ||
+  fail "no torch in $py (set PYTHON to an interpreter with torch 2.11)"
+torch_version=$("$py" -c 'import torch; print(torch.__version__)')
+case "$torch_version" in 2.11.*) ;; *) echo "device-check: warning: torch $torch_version, the binaries were built against 2.11.0" >&2 ;; esac
+[ -e "$torch_dir/lib/libtorch_cuda.so" ] || fail "$torch_dir/lib has no libtorch_cuda.so (a CPU-only torch?)"
+
+# Bundled libraries only where the system has none of that name.
+mkdir -p "$work/lib"
+ldconfig=$(command -v ldconfig || echo /sbin/ldconfig)
+known=$("$ldconfig" -p 2>/dev/null || true)
+missing=()
+for f in "$bundle"/lib/*; do
+  [ -e "$f" ] || continue
+  name=$(basename "$f")
+  if ! grep -qF "	$name (" <<<"$known"; then
+    ln -s "$f" "$work/lib/$name"
+    missing+=("$name")
+  fi
+done
+export LD_LIBRARY_PATH="$torch_dir/lib:$work/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export GST_GPEN_SHARED="$bundle/shared"
+export GST_PLUGIN_PATH="$bundle/plugin"
+export GST_REGISTRY="$work/registry.bin"
+export RUST_BACKTRACE=1
+
+echo "== device-check $(cat "$bundle/COMMIT" 2>/dev/null || echo '(no commit recorded)') on $(hostname), $(nproc) cores"
+echo "torch $torch_version at $torch_dir"
+echo "bundled libraries in use: ${missing[*]:-none (the system has them all)}"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader || true
+else
+  echo "nvidia-smi: not found"
+fi
+"$py" -c 'import torch; print("torch sees", torch.cuda.device_count(), "CUDA device(s)")' 2>&1 || true
+
+# Nothing below can pass without a GPU: say so once, clearly, instead of N failures.
+if ! "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  echo "device-check: no usable CUDA device here (torch.cuda.is_available() is False: no GPU, no driver, or a driver too old for this torch); nothing was run" >&2
+  exit 2
+fi
+ldd "$bundle/bin/cuda-tests" | grep "not found" && fail "libraries missing for the binaries (above)"
+
+results=()
+failed=0
+run_step() {
+  local name=$1
+  shift
+  echo
+  echo "== $name: $*"
+  local t0 rc limit
+  t0=$(date +%s)
+  limit=$((start + total_timeout - t0))
+  [ $limit -gt "$step_timeout" ] && limit=$step_timeout
+  if [ $limit -lt 10 ]; then
+    results+=("FAIL  $name (not started: the check's $total_timeout s are spent)")
+    failed=1
+    return
+  fi
+  timeout "$limit" "$@"
+  rc=$?
+  local secs=$(($(date +%s) - t0))
+  if [ $rc -eq 0 ]; then
+    results+=("PASS  $name (${secs} s)")
+  else
+    [ $rc -eq 124 ] && echo "device-check: $name timed out after $limit s"
+    results+=("FAIL  $name (${secs} s, status $rc)")
+    failed=1
+  fi
+}
+
+run_step "CUDA tests (tests/cuda.rs)" "$bundle/bin/cuda-tests" --test-threads=1 --nocapture
+run_step "bench_memory (GPEN-512/1024, fp32/fp16, budgets 0/2/4/8 GiB, $frames frames)" \
+  "$bundle/bin/bench_memory" --device cuda --frames "$frames" --sizes 512,1024 --budgets 0,2048,4096,8192 \
+  --precisions fp32,fp16 --shared "$bundle/shared" --save-models "$work/models"
+
+clip="$bundle/shared/media/videos/hamilton-1080p.avi"
+model="$work/models/GPEN-BFR-512.safetensors"
+if ! command -v gst-launch-1.0 >/dev/null; then
+  results+=("SKIP  gst-launch-1.0 on a 1080p clip: gst-launch-1.0 is not installed (the element ran in the CUDA tests)")
+elif ! gst-inspect-1.0 gpenfilter >/dev/null 2>&1; then
+  echo "== gst-inspect-1.0 gpenfilter:"
+  gst-inspect-1.0 gpenfilter 2>&1 | tail -5
+  results+=("FAIL  gst-launch-1.0: the plugin in $bundle/plugin does not load")
+  failed=1
+elif ! gst-inspect-1.0 avidemux >/dev/null 2>&1 || ! gst-inspect-1.0 jpegdec >/dev/null 2>&1 ||
+  ! gst-inspect-1.0 videoconvert >/dev/null 2>&1 || [ ! -e "$clip" ] || [ ! -e "$model" ]; then
+  results+=("SKIP  gst-launch-1.0 on a 1080p clip: avidemux, jpegdec, videoconvert, the clip or the model is missing (the element ran in the CUDA tests)")
+else
+  run_step "gst-launch-1.0 gpenfilter device=auto fp16=true, default budget, 1080p clip" \
+    gst-launch-1.0 -m filesrc location="$clip" ! avidemux ! jpegdec ! videoconvert \
+    ! gpenfilter name=g device=auto fp16=true post-messages=true model="$model" detector-model="$bundle/shared/weights/retinaface-mnet025-fd1mb.pth" \
+    ! fakesink sync=false
+fi
+
+echo
+echo "== summary ($(($(date +%s) - start)) s)"
+printf '  %s\n' "${results[@]}"
+exit $failed

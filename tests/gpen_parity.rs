@@ -4,7 +4,7 @@
 mod common;
 
 use gstgpen::checkpoint;
-use gstgpen::gpen::{FullGenerator, GpenConfig, Strips};
+use gstgpen::gpen::{Banding, FullGenerator, GpenConfig, Strips};
 use tch::{Device, Kind, Tensor};
 
 fn expected(model: &serde_json::Value) -> std::collections::HashMap<String, Tensor> {
@@ -78,6 +78,30 @@ fn banded_top_levels_match_the_official_output() {
                 assert!(to_whole <= 1e-5, "{name} {strips:?}: {to_whole} from whole maps");
             }
         }
+    }
+}
+
+#[test]
+fn banding_chosen_per_call_keeps_the_output() {
+    for m in common::manifest() {
+        let name = m["file"].as_str().unwrap();
+        let e = expected(&m);
+        let model = load(&m, Kind::Float);
+        let (batch, cfg) = (e["input"].size()[0], model.config().clone());
+        let off = model.forward_with(&e["input"], Banding::Off).unwrap();
+        let default = model.forward(&e["input"]).unwrap();
+        assert_eq!(Strips::plan_with(&cfg, batch, 4, Banding::Default), Strips::plan(&cfg, batch, 4));
+        let (to_default, _) = common::diff(&off, &default);
+        assert!(to_default <= 1e-5, "{name}: Off is {to_default} from Default");
+        // The fixtures are small enough that the default bands nothing: a low threshold bands.
+        let low = Banding::Above(256 << 10);
+        let strips = Strips::plan_with(&cfg, batch, 4, low).expect("bands under a low threshold");
+        let banded = model.forward_with(&e["input"], low).unwrap();
+        let (to_off, _) = common::diff(&banded, &off);
+        let (max, _) = common::diff(&off, &e["output"]);
+        println!("{name}: Off {max:.3e} from the official output; {low:?} ({strips:?}) {to_off:.3e} from Off");
+        assert!(max <= 1e-4, "{name}: Off {max}");
+        assert!(to_off <= 1e-5, "{name} {strips:?}: {to_off} from whole maps");
     }
 }
 

@@ -255,7 +255,30 @@ enum Modulation {
     /// function up to rounding, and cheaper at the low resolutions, where weights are large.
     /// `weight` is `(out, in, k, k)` (`(in, out, k, k)` when up-sampling) in the compute
     /// precision; `weight_sq` is fp32 `(out, in)`, the squared weights summed over the kernel.
-    Unfused { weight: Tensor, weight_sq: Tensor },
+    /// With `prenorm` (reduced precision) `weight` is pre-normalised, see [`PreNorm`].
+    Unfused { weight: Tensor, weight_sq: Tensor, prenorm: Option<PreNorm> },
+}
+
+/// StyleGAN2-ADA's pre-normalisation for reduced precision, on the unfused path: there the
+/// activations are multiplied by the raw style and `in x k x k` products are summed in the
+/// compute precision before the demodulation brings the result back to scale. Styles of a
+/// few thousand (a trained mapping network can make them) then overflow float16's 65504.
+///
+/// Exact because of the demodulation. With `y = conv(x * s, W)` and the fp32 coefficient
+/// `d[b, o] = rsqrt(S[b, o] + 1e-8)`, `S[b, o] = sum over i of s[b, i]^2 * sum over k, k of W[o, i]^2`,
+/// the output is `y * d`. Scale each output channel's weights by `g[o] = 1 / (max |W[o]| *
+/// sqrt(in * k * k))` (its largest entry becomes `1 / sqrt(in * k * k)`, as in ADA) and each
+/// sample's style by `1 / c[b]`, `c[b] = max |s[b]|` (its largest entry becomes 1). The
+/// convolution is linear in both, so it gives `y' = y * g[o] / c[b]`, and then
+/// `y' * (d[b, o] * c[b] / g[o]) = y * d[b, o]`: the same output with the same epsilon, the
+/// only difference being rounding. (ADA recomputes the epsilon on the scaled operands, which
+/// moves it by `(c / g)^2`; applying the scale to the fp32 coefficient instead keeps it.)
+/// Bounds in the compute precision: `|x * s'| <= |x|` and `|y'| <= sqrt(in * k * k) * max |x|`.
+/// The cost is one `max` over the `b x in` styles per layer; the weights are scaled at load.
+#[derive(Debug)]
+struct PreNorm {
+    /// `1 / g[o]` as fp32 `(1, out)`.
+    inv_gain: Tensor,
 }
 
 /// `ModulatedConv2d`: a convolution modulated by the style, optionally demodulated.
@@ -283,10 +306,21 @@ impl ModulatedConv2d {
         let weight_work = out_channels * in_channels * kernel_size * kernel_size;
         let map_work = in_channels * in_res * in_res + out_channels * out_res * out_res;
         let modulation_kind = if weight_work > map_work {
-            let w4 = weight.f_squeeze_dim(0)?;
+            let mut w4 = weight.f_squeeze_dim(0)?;
             let weight_sq = l.put_f32(&w4.f_square()?.f_sum_dim_intlist(&[2i64, 3][..], false, None::<Kind>)?)?;
+            // Reduced precision only: in fp32 nothing can overflow, and the parity figures stay
+            // exactly those of the official operation order.
+            let prenorm = if demodulate && l.kind != Kind::Float && l.kind != Kind::Double {
+                let fan_in = ((in_channels * kernel_size * kernel_size) as f64).sqrt();
+                // max |W[o]| * sqrt(in k k); a channel of zeros keeps a tiny gain (its output is 0).
+                let inv_gain = w4.f_abs()?.f_amax(&[1i64, 2, 3][..], false)?.f_clamp_min(1e-30)?.f_mul_scalar(fan_in)?;
+                w4 = w4.f_div(&inv_gain.f_reshape([-1, 1, 1, 1])?)?;
+                Some(PreNorm { inv_gain: l.put_f32(&inv_gain.f_reshape([1, -1])?)? })
+            } else {
+                None
+            };
             let w4 = if upsample { w4.f_transpose(0, 1)? } else { w4 };
-            Modulation::Unfused { weight: l.put(&w4)?, weight_sq }
+            Modulation::Unfused { weight: l.put(&w4)?, weight_sq, prenorm }
         } else {
             Modulation::Fused { weight: l.put_f32(&weight)? }
         };
@@ -306,7 +340,7 @@ impl ModulatedConv2d {
         let style = self.modulation.forward(latent)?;
         match &self.modulation_kind {
             Modulation::Fused { weight } => self.forward_fused(x, &style, weight),
-            Modulation::Unfused { weight, weight_sq } => self.forward_unfused(x, &style, weight, weight_sq),
+            Modulation::Unfused { weight, weight_sq, prenorm } => self.forward_unfused(x, &style, weight, weight_sq, prenorm.as_ref()),
         }
     }
 
@@ -336,10 +370,27 @@ impl ModulatedConv2d {
         }
     }
 
-    fn forward_unfused(&self, x: &Tensor, style: &Tensor, weight: &Tensor, weight_sq: &Tensor) -> Result<Tensor> {
+    fn forward_unfused(
+        &self,
+        x: &Tensor,
+        style: &Tensor,
+        weight: &Tensor,
+        weight_sq: &Tensor,
+        prenorm: Option<&PreNorm>,
+    ) -> Result<Tensor> {
         let (i, o, k) = (self.in_channels, self.out_channels, self.kernel_size);
         let b = x.size()[0];
-        let xs = x.f_mul(&style.f_to_kind(x.kind())?.f_reshape([b, i, 1, 1])?)?;
+        // Pre-normalised: the style scaled by 1 / c[b] (largest entry 1), see [`PreNorm`].
+        let style_max = match prenorm {
+            Some(_) => Some(style.f_abs()?.f_amax(&[1i64][..], true)?.f_clamp_min(1e-30)?),
+            None => None,
+        };
+        let s_in = match &style_max {
+            Some(c) => style.f_div(c)?,
+            None => style.shallow_clone(),
+        };
+        let xs = x.f_mul(&s_in.f_to_kind(x.kind())?.f_reshape([b, i, 1, 1])?)?;
+        drop(s_in);
         let y = match &self.blur {
             Some(blur) => up_conv_blur(&xs, weight, 1, b, blur)?,
             None => xs.f_conv2d::<Tensor>(weight, None, [1, 1], [k / 2, k / 2], [1, 1], 1)?,
@@ -348,7 +399,11 @@ impl ModulatedConv2d {
             return Ok(y);
         }
         // sum over (in, k, k) of (W s)^2 = (s^2) . (sum over k, k of W^2)
-        let d = style.f_square()?.f_matmul(&weight_sq.f_tr()?)?.f_add_scalar(1e-8)?.f_rsqrt()?;
+        let mut d = style.f_square()?.f_matmul(&weight_sq.f_tr()?)?.f_add_scalar(1e-8)?.f_rsqrt()?;
+        if let (Some(p), Some(c)) = (prenorm, &style_max) {
+            // d * c[b] / g[o], in fp32: undoes both scalings.
+            d = d.f_mul_(c)?.f_mul_(&p.inv_gain)?;
+        }
         y.shallow_clone().f_mul_(&d.f_to_kind(y.kind())?.f_reshape([b, o, 1, 1])?)
     }
 }
@@ -588,6 +643,20 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 /// The largest banded feature map (per band, halo included) that [`Strips::plan`] aims for.
 pub const STRIP_BYTES: i64 = 32 << 20;
 
+/// Whether a forward runs its top decoder levels on bands ([`Strips`]), chosen per call: banding
+/// saves memory for extra work (recomputed halo rows, many small launches), worth it on the CPU
+/// and on a GPU short of memory, not on a GPU with room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Banding {
+    /// Band the levels whose maps exceed [`STRIP_BYTES`] (what [`FullGenerator::forward`] does).
+    #[default]
+    Default,
+    /// Whole maps throughout.
+    Off,
+    /// Band the levels whose maps exceed this many bytes, each band's map kept under it.
+    Above(u64),
+}
+
 impl Strips {
     /// Rows of the first whole level that a band needs on each side: going up a level, the
     /// rows spoiled at a band's edges by the zero padding of its convolutions become
@@ -602,9 +671,24 @@ impl Strips {
     /// encoder feature) would exceed [`STRIP_BYTES`] runs on bands, as many as keep each band's
     /// map under it; `None` when no level is that large.
     pub fn plan(cfg: &GpenConfig, batch: i64, elem_bytes: i64) -> Option<Strips> {
+        Self::plan_above(cfg, batch, elem_bytes, STRIP_BYTES)
+    }
+
+    /// The banding that `banding` asks for (see [`Banding`]; `Default` is [`Strips::plan`]).
+    pub fn plan_with(cfg: &GpenConfig, batch: i64, elem_bytes: i64, banding: Banding) -> Option<Strips> {
+        match banding {
+            Banding::Default => Self::plan(cfg, batch, elem_bytes),
+            Banding::Off => None,
+            Banding::Above(bytes) => Self::plan_above(cfg, batch, elem_bytes, i64::try_from(bytes).unwrap_or(i64::MAX)),
+        }
+    }
+
+    /// [`Strips::plan`] with `limit` in place of [`STRIP_BYTES`].
+    fn plan_above(cfg: &GpenConfig, batch: i64, elem_bytes: i64, limit: i64) -> Option<Strips> {
+        let limit = limit.max(1);
         let map = |res: i64| batch * 2 * cfg.channels(res) * res * res * elem_bytes;
         let mut levels = 0;
-        while levels + 3 < cfg.log_size() as usize && map(cfg.size >> levels) > STRIP_BYTES {
+        while levels + 3 < cfg.log_size() as usize && map(cfg.size >> levels) > limit {
             levels += 1;
         }
         if levels == 0 {
@@ -615,7 +699,7 @@ impl Strips {
         // Bands at least as tall as their two halos: past that the recomputed rows would cost
         // more than the memory saved is worth.
         let halos = 2 * Self::halo(levels) * scale;
-        let fit = (STRIP_BYTES / row_bytes - halos).max(halos);
+        let fit = (limit / row_bytes - halos).max(halos);
         let bands = ceil_div(cfg.size, fit);
         Some(Strips { levels, rows: ceil_div(ceil_div(cfg.size, bands), scale) * scale })
     }
@@ -702,7 +786,14 @@ impl FullGenerator {
     /// fp32, on the model's device. The top levels run on bands when their maps are large
     /// ([`Strips::plan`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let strips = Strips::plan(&self.config, x.size().first().copied().unwrap_or(1), self.kind.elt_size_in_bytes() as i64);
+        self.forward_with(x, Banding::Default)
+    }
+
+    /// As [`forward`](Self::forward) with the banding chosen by the caller: `Banding::Off` on a
+    /// GPU with room for whole maps, `Banding::Above(bytes)` to band only maps above `bytes`.
+    pub fn forward_with(&self, x: &Tensor, banding: Banding) -> Result<Tensor> {
+        let batch = x.size().first().copied().unwrap_or(1);
+        let strips = Strips::plan_with(&self.config, batch, self.kind.elt_size_in_bytes() as i64, banding);
         Ok(self.run(x, false, strips)?.output)
     }
 
@@ -803,5 +894,24 @@ mod tests {
         assert_eq!(Strips::plan(&GpenConfig::official(256), 1, 2), None);
         let s = Strips::plan(&GpenConfig::official(1024), 4, 4).unwrap();
         assert!(s.levels >= 3 && s.rows % (1 << s.levels) == 0, "{s:?}");
+    }
+
+    #[test]
+    fn banding_is_chosen_per_call() {
+        let gpen512 = GpenConfig::official(512);
+        for (batch, elem) in [(1, 4), (1, 2), (4, 4)] {
+            assert_eq!(Strips::plan_with(&gpen512, batch, elem, Banding::Default), Strips::plan(&gpen512, batch, elem));
+            assert_eq!(Strips::plan_with(&gpen512, batch, elem, Banding::Off), None);
+            let at_default = Banding::Above(STRIP_BYTES as u64);
+            assert_eq!(Strips::plan_with(&gpen512, batch, elem, at_default), Strips::plan(&gpen512, batch, elem));
+        }
+        // A high threshold bands nothing; a lower one bands more levels in thinner bands.
+        assert_eq!(Strips::plan_with(&gpen512, 1, 4, Banding::Above(1 << 30)), None);
+        let low = Strips::plan_with(&gpen512, 1, 4, Banding::Above(8 << 20)).unwrap();
+        let default = Strips::plan(&gpen512, 1, 4).unwrap();
+        assert!(low.levels > default.levels && low.rows < default.rows, "{low:?} vs {default:?}");
+        // Above(0) is the most banding there is, not a division by zero.
+        let most = Strips::plan_with(&gpen512, 1, 4, Banding::Above(0)).unwrap();
+        assert_eq!(most.levels, gpen512.log_size() as usize - 3);
     }
 }
