@@ -4,19 +4,8 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
+use common::{count, detector, init};
 use gst::prelude::*;
-
-fn init() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstgpen::plugin_register_static().unwrap();
-    });
-}
-
-fn detector() -> std::path::PathBuf {
-    common::shared().join("weights/retinaface-mnet025-fd1mb.pth")
-}
 
 /// What a run saw: stats, QoS messages, the first error, the RGB frames out.
 struct Run {
@@ -70,10 +59,6 @@ fn run(props: &str, frames: u32) -> Run {
     pipeline.set_state(gst::State::Null).unwrap();
     let frames = out.lock().unwrap().clone();
     Run { stats, qos_messages: qos, error, frames }
-}
-
-fn count(s: &gst::Structure, f: &str) -> u64 {
-    s.get::<u64>(f).unwrap_or_else(|_| panic!("no {f} in {s}"))
 }
 
 /// frames in = frames out + frames dropped, in the statistics and at the sink.
