@@ -158,13 +158,7 @@ fn frames_of_another_size_are_resized_and_keep_their_caps() {
 fn timestamps_flags_and_metadata_are_preserved() {
     init();
     // Properties first: the harness starts the element as soon as it wraps it.
-    let element = gst::ElementFactory::make("gpenfilter")
-        .property("model", fixture("gpen-256-tiny.pth").to_str().unwrap())
-        .property_from_str("size", "256")
-        .property("device", "cpu")
-        .property("aligned", true)
-        .build()
-        .unwrap();
+    let element = common::tiny_element(true);
     let mut h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
     let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgbx, 256, 256).fps(gst::Fraction::new(25, 1)).build().unwrap();
     h.set_src_caps(info.to_caps().unwrap());

@@ -173,13 +173,7 @@ fn hamilton_clip_keeps_every_frame_and_restores_faces() {
 #[test]
 fn frames_without_faces_pass_through_untouched_and_uncopied() {
     init();
-    let element = gst::ElementFactory::make("gpenfilter")
-        .property("model", common::gpen_fixture("gpen-256-tiny.pth").to_str().unwrap())
-        .property_from_str("size", "256")
-        .property("device", "cpu")
-        .property("detector-model", detector().to_str().unwrap())
-        .build()
-        .unwrap();
+    let element = common::tiny_element(false);
     let mut h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
     let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgbx, 320, 240).build().unwrap();
     h.set_src_caps(info.to_caps().unwrap());

@@ -156,13 +156,7 @@ fn two_elements_share_one_model() {
 #[test]
 fn late_frames_are_dropped_by_qos_and_counted() {
     init();
-    let element = gst::ElementFactory::make("gpenfilter")
-        .property("model", common::gpen_fixture("gpen-256-tiny.pth").to_str().unwrap())
-        .property_from_str("size", "256")
-        .property("device", "cpu")
-        .property("aligned", true)
-        .build()
-        .unwrap();
+    let element = common::tiny_element(true);
     let mut h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
     let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, 64, 64).fps(gst::Fraction::new(25, 1)).build().unwrap();
     h.set_src_caps(info.to_caps().unwrap());

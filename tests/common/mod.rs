@@ -67,6 +67,16 @@ pub fn rgb_tensor(rgb: &[u8], w: usize, h: usize) -> tch::Tensor {
     tch::Tensor::from_slice(rgb).reshape([h as i64, w as i64, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(tch::Kind::Float)
 }
 
+/// A `gpenfilter` on the CPU with the tiny 256 fixture: restoring whole aligned frames, or
+/// finding faces with [`detector`].
+pub fn tiny_element(aligned: bool) -> gst::Element {
+    let (model, detector) = (gpen_fixture("gpen-256-tiny.pth"), detector());
+    let b = gst::ElementFactory::make("gpenfilter").property("model", model.to_str().unwrap()).property_from_str("size", "256");
+    let b = b.property("device", "cpu");
+    let b = if aligned { b.property("aligned", true) } else { b.property("detector-model", detector.to_str().unwrap()) };
+    b.build().unwrap()
+}
+
 /// A counter from the element's `stats` structure.
 pub fn count(s: &gst::Structure, f: &str) -> u64 {
     s.get::<u64>(f).unwrap_or_else(|_| panic!("no {f} in {s}"))
