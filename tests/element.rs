@@ -5,15 +5,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::{init, level_diff};
 use gst::prelude::*;
-
-fn init() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstgpen::plugin_register_static().expect("register the gpen plugin");
-    });
-}
 
 /// Runs a pipeline to EOS; on failure returns the text of the first error on the bus.
 fn run(description: &str) -> Result<(), String> {
@@ -52,13 +45,6 @@ fn decode_rgb(path: &Path, dir: &Path) -> Vec<u8> {
     ))
     .unwrap();
     std::fs::read(out).unwrap()
-}
-
-fn level_diff(a: &[u8], b: &[u8]) -> (f64, u8) {
-    assert_eq!(a.len(), b.len());
-    let sum: u64 = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y) as u64).sum();
-    let max = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
-    (sum as f64 / a.len() as f64, max)
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -119,35 +105,60 @@ fn every_format_gives_the_same_restoration() {
             Some(w) => assert!(&got == w, "{format} differs from RGB"),
         }
     }
+    // And that restoration is the official one, not the input passed through.
+    assert_restored_like_the_official_output(&want.unwrap(), "RGB");
+}
+
+/// `got` (packed RGB of `gpen-256-tiny.input0.png` through the element) is within the
+/// tolerance of `aligned_faces_match_the_official_outputs` of the official output, and far
+/// from the input.
+fn assert_restored_like_the_official_output(got: &[u8], label: &str) {
+    let (want, _, _) = common::decode_image(&fixture("gpen-256-tiny.output0.png"));
+    let (input, _, _) = common::decode_image(&fixture("gpen-256-tiny.input0.png"));
+    let (mean, max) = level_diff(got, &want);
+    assert!(mean <= 0.5 && max <= 2, "{label}: mean {mean}, max {max} levels from the official output");
+    assert!(level_diff(got, &input).0 > 10.0, "{label}: output looks like the input");
 }
 
 #[test]
 fn frames_of_another_size_are_resized_and_keep_their_caps() {
     let dir = common::scratch("resize");
-    let out = dir.join("out.rgb");
+    let (inp, out) = (dir.join("in.rgb"), dir.join("out.rgb"));
+    let model = fixture("gpen-256-tiny.pth");
     // 200x160 frames, not the model's 256x256: resized in, restored, resized back.
     run(&format!(
-        "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,format=RGB,width=200,height=160 ! gpenfilter \
-         aligned=true size=256 model={} device=cpu ! video/x-raw,format=RGB,width=200,height=160 ! filesink location={}",
-        fixture("gpen-256-tiny.pth").display(),
+        "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,format=RGB,width=200,height=160 ! tee name=t \
+         t. ! queue ! filesink location={} \
+         t. ! queue ! gpenfilter aligned=true size=256 model={} device=cpu ! video/x-raw,format=RGB,width=200,height=160 \
+         ! filesink location={}",
+        inp.display(),
+        model.display(),
         out.display()
     ))
     .unwrap();
-    let got = std::fs::read(&out).unwrap();
-    assert_eq!(got.len(), 3 * 200 * 160 * 3);
+    let (input, got) = (std::fs::read(&inp).unwrap(), std::fs::read(&out).unwrap());
+    let frame = 200 * 160 * 3; // 600-byte rows: packed
+    assert_eq!((input.len(), got.len()), (3 * frame, 3 * frame));
+    // The reference: bilinear to 256, the generator, bilinear back (as the restorer does).
+    let _guard = tch::no_grad_guard();
+    let g = gstgpen::gpen::FullGenerator::load(&model, None, tch::Device::Cpu, tch::Kind::Float).unwrap();
+    for (n, (i, o)) in input.chunks(frame).zip(got.chunks(frame)).enumerate() {
+        let x = common::rgb_tensor(i, 200, 160) / 127.5 - 1.0;
+        let y = g.forward(&x.upsample_bilinear2d([256, 256], false, None, None)).unwrap();
+        let y = y.upsample_bilinear2d([160, 200], false, None, None);
+        let want = common::rgb_bytes(&((y.clamp(-1.0, 1.0) + 1.0) * 127.5));
+        let (mean, max) = level_diff(o, &want);
+        println!("frame {n}: mean abs {mean:.4} levels from the reference, max {max}");
+        assert!(mean <= 0.5 && max <= 2, "frame {n}: mean {mean}, max {max} levels from the reference");
+        assert!(level_diff(o, i).0 > 10.0, "frame {n}: output looks like the input");
+    }
 }
 
 #[test]
 fn timestamps_flags_and_metadata_are_preserved() {
     init();
     // Properties first: the harness starts the element as soon as it wraps it.
-    let element = gst::ElementFactory::make("gpenfilter")
-        .property("model", fixture("gpen-256-tiny.pth").to_str().unwrap())
-        .property_from_str("size", "256")
-        .property("device", "cpu")
-        .property("aligned", true)
-        .build()
-        .unwrap();
+    let element = common::tiny_element(true);
     let mut h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
     let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgbx, 256, 256).fps(gst::Fraction::new(25, 1)).build().unwrap();
     h.set_src_caps(info.to_caps().unwrap());
@@ -220,7 +231,7 @@ fn bad_input_gives_a_clear_error_on_the_bus() {
     let e = start_error(&format!("model={} size=256", garbage.display()));
     assert!(e.contains("garbage.pth") && e.contains("not a checkpoint"), "{e}");
 
-    let detector = common::shared().join("weights/retinaface-mnet025-fd1mb.pth");
+    let detector = common::detector();
     let e = start_error(&format!("model={} size=256", detector.display()));
     assert!(
         e.contains("retinaface-mnet025-fd1mb.pth") && e.contains("does not match the GPEN generator") && e.contains("no `ecd0.0.0.weight`"),
@@ -241,7 +252,7 @@ fn bad_input_gives_a_clear_error_on_the_bus() {
     assert!(e.contains("missing.pth") && e.contains("property detector-model") && e.contains("no such file"), "{e}");
 
     // A MobileNet detector that is not one of the published files: its variant cannot be told.
-    let sd = gstgpen::checkpoint::load(&common::shared().join("weights/retinaface-mnet025-fd1mb.pth"), None).unwrap();
+    let sd = gstgpen::checkpoint::load(&common::detector(), None).unwrap();
     let tensors: Vec<(String, tch::Tensor)> = sd.iter().map(|(n, t)| (n.to_owned(), t.shallow_clone())).collect();
     let unknown = dir.join("my-detector.safetensors");
     tch::Tensor::write_safetensors(&tensors, &unknown).unwrap();
@@ -305,6 +316,7 @@ fn safetensors_and_wrapped_checkpoints_restore_like_the_pth() {
         outputs.push(std::fs::read(out).unwrap());
     }
     assert_eq!(outputs[0], outputs[1]);
+    assert_restored_like_the_official_output(&outputs[1], "wrapped safetensors");
     let e = start_error(&format!("model={} size=256 model-key=params", path.display()));
     assert!(e.contains("no tensors under `params.`"), "{e}");
 }

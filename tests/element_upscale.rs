@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use common::{count, detector, init, rgb_tensor as tensor};
 use gst::prelude::*;
 use gstgpen::registry;
 use gstgpen::restorer::{FaceSettings, MemorySettings, Restorer, RestorerSettings, UpscaleSettings};
@@ -14,20 +15,8 @@ use gstgpen::upscale::Upscaler;
 use gstgpen::PackedLayout;
 use tch::{Device, Tensor};
 
-fn init() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstgpen::plugin_register_static().unwrap();
-    });
-}
-
 fn x2() -> PathBuf {
     common::shared().join("fixtures/rrdbnet/rrdbnet-x2-tiny.pth")
-}
-
-fn detector() -> PathBuf {
-    common::shared().join("weights/retinaface-mnet025-fd1mb.pth")
 }
 
 struct Run {
@@ -86,10 +75,6 @@ fn run(source: &str, properties: &str) -> Run {
     Run { frames, caps, stats, error }
 }
 
-fn count(s: &gst::Structure, f: &str) -> u64 {
-    s.get::<u64>(f).unwrap()
-}
-
 fn png(path: &Path) -> String {
     format!("filesrc location={} ! pngdec ! videoconvert ! video/x-raw,format=RGB", path.display())
 }
@@ -97,11 +82,6 @@ fn png(path: &Path) -> String {
 fn size_of(caps: &gst::Caps) -> (i32, i32) {
     let s = caps.structure(0).unwrap();
     (s.get("width").unwrap(), s.get("height").unwrap())
-}
-
-/// `1 x 3 x H x W` float from packed RGB (rows of `w * 3` bytes).
-fn tensor(rgb: &[u8], w: usize, h: usize) -> Tensor {
-    common::rgb_tensor(rgb, w, h)
 }
 
 #[test]
@@ -207,9 +187,9 @@ fn the_memory_ladder_shrinks_tiles() {
     // A budget between the two: the whole frame does not fit, 128 px tiles do.
     let budget = (need_small + (need_whole - need_small) / 2).div_ceil(1 << 20);
     let mut r = Restorer::new(&settings(budget)).unwrap();
-    let layout = PackedLayout { width: w, height: h, stride: w * 3, pixel_stride: 3, rgb_offsets: [0, 1, 2] };
+    let layout = PackedLayout::rgb(w, h);
     let det = r.begin(&rgb, &layout, 1.0 / 30.0).unwrap();
-    let out_layout = PackedLayout { width: 2 * w, height: 2 * h, stride: 2 * w * 3, pixel_stride: 3, rgb_offsets: [0, 1, 2] };
+    let out_layout = PackedLayout::rgb(2 * w, 2 * h);
     let mut out = vec![0u8; 4 * w * h * 3];
     let outcome = r.finish(det, Some((&mut out, &out_layout))).unwrap();
     println!("{outcome:?}, plan {}", r.plan());

@@ -41,7 +41,7 @@ fn properties() -> Vec<String> {
         format!("model={}", common::gpen_fixture("gpen-256-tiny.pth").display()),
         "size=256".into(),
         "device=cpu".into(),
-        format!("detector-model={}", common::shared().join("weights/retinaface-mnet025-fd1mb.pth").display()),
+        format!("detector-model={}", common::detector().display()),
     ]
 }
 

@@ -5,6 +5,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
+use common::count;
 use gst::prelude::*;
 
 struct Run {
@@ -12,10 +13,6 @@ struct Run {
     qos_messages: usize,
     input: Vec<Vec<u8>>,
     output: Vec<Vec<u8>>,
-}
-
-fn count(s: &gst::Structure, f: &str) -> u64 {
-    s.get::<u64>(f).unwrap_or_else(|_| panic!("no {f} in {s}"))
 }
 
 /// Visible RGB pixels of each buffer through `pad`.
@@ -41,7 +38,7 @@ fn run(fail_every: u64, props: &str, frames: u32) -> Run {
          ! gpenfilter name=g size=256 model={model} detector-model={det} device=cpu face-batch=2 {props} ! fakesink",
         img = common::shared().join("media/images/two_people.jpg").display(),
         model = common::gpen_fixture("gpen-256-tiny.pth").display(),
-        det = common::shared().join("weights/retinaface-mnet025-fd1mb.pth").display(),
+        det = common::detector().display(),
     );
     let pipeline = gst::parse::launch(&description).unwrap().downcast::<gst::Pipeline>().unwrap();
     let g = pipeline.by_name("g").unwrap();
@@ -66,8 +63,7 @@ fn run(fail_every: u64, props: &str, frames: u32) -> Run {
 
 #[test]
 fn injected_out_of_memory_drives_every_policy() {
-    gst::init().unwrap();
-    gstgpen::plugin_register_static().unwrap();
+    common::init();
     let frames = 12;
 
     // degrade: every 3rd forward fails; each failure is retried on the next rung, and once the
@@ -110,7 +106,7 @@ fn injected_out_of_memory_drives_every_policy() {
          detector-model={} device=cpu memory-policy=error ! fakesink",
         common::shared().join("media/images/two_people.jpg").display(),
         common::gpen_fixture("gpen-256-tiny.pth").display(),
-        common::shared().join("weights/retinaface-mnet025-fd1mb.pth").display(),
+        common::detector().display(),
     ))
     .unwrap();
     p.set_state(gst::State::Playing).unwrap();

@@ -14,7 +14,7 @@ fn element() -> String {
     format!(
         "gpenfilter name=g size=256 model={} detector-model={} device=cpu",
         common::gpen_fixture("gpen-256-tiny.pth").display(),
-        common::shared().join("weights/retinaface-mnet025-fd1mb.pth").display()
+        common::detector().display()
     )
 }
 
@@ -90,9 +90,7 @@ fn padded_rows_restore_like_packed_ones() {
     let (rgb, sw, sh) = common::decode_image(&common::shared().join("media/images/astronaut.png"));
     let (w, h) = (333usize, 333usize);
     let t = common::rgb_tensor(&rgb, sw, sh).upsample_bilinear2d([h as i64, w as i64], false, None, None);
-    let packed: Vec<u8> =
-        Vec::try_from(t.round().clamp(0.0, 255.0).to_kind(tch::Kind::Uint8).squeeze_dim(0).permute([1, 2, 0]).contiguous().flatten(0, -1))
-            .unwrap();
+    let packed = common::rgb_bytes(&t);
     let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w as u32, h as u32).build().unwrap();
     let stride = info.stride()[0] as usize;
     assert_eq!(stride, 1000);
@@ -109,11 +107,11 @@ fn padded_rows_restore_like_packed_ones() {
         model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
         size: 256,
         device: gstgpen::restorer::DeviceSpec::Cpu,
-        faces: FaceSettings { detector_model: Some(common::shared().join("weights/retinaface-mnet025-fd1mb.pth")), ..Default::default() },
+        faces: FaceSettings { detector_model: Some(common::detector()), ..Default::default() },
         ..Default::default()
     })
     .unwrap();
-    let layout = PackedLayout { width: w, height: h, stride: w * 3, pixel_stride: 3, rgb_offsets: [0, 1, 2] };
+    let layout = PackedLayout::rgb(w, h);
     let det = restorer.detect(&packed, &layout).unwrap();
     let mut expected = packed.clone();
     assert_eq!(restorer.restore_faces(&det, &mut expected, &layout).unwrap().restored, 1);

@@ -23,7 +23,7 @@ fn stream(name: &str, frames: &[Vec<u8>], w: usize, h: usize) -> (Vec<Vec<u8>>, 
          ! gpenfilter name={name} size=256 model={} detector-model={} device=cpu memory-policy=degrade \
          ! appsink name=sink sync=false",
         common::gpen_fixture("gpen-256-tiny.pth").display(),
-        common::shared().join("weights/retinaface-mnet025-fd1mb.pth").display()
+        common::detector().display()
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()

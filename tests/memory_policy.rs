@@ -4,19 +4,8 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
+use common::{count, detector, init};
 use gst::prelude::*;
-
-fn init() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstgpen::plugin_register_static().unwrap();
-    });
-}
-
-fn detector() -> std::path::PathBuf {
-    common::shared().join("weights/retinaface-mnet025-fd1mb.pth")
-}
 
 /// What a run saw: stats, QoS messages, the first error, the RGB frames out.
 struct Run {
@@ -70,10 +59,6 @@ fn run(props: &str, frames: u32) -> Run {
     pipeline.set_state(gst::State::Null).unwrap();
     let frames = out.lock().unwrap().clone();
     Run { stats, qos_messages: qos, error, frames }
-}
-
-fn count(s: &gst::Structure, f: &str) -> u64 {
-    s.get::<u64>(f).unwrap_or_else(|_| panic!("no {f} in {s}"))
 }
 
 /// frames in = frames out + frames dropped, in the statistics and at the sink.
@@ -171,13 +156,7 @@ fn two_elements_share_one_model() {
 #[test]
 fn late_frames_are_dropped_by_qos_and_counted() {
     init();
-    let element = gst::ElementFactory::make("gpenfilter")
-        .property("model", common::gpen_fixture("gpen-256-tiny.pth").to_str().unwrap())
-        .property_from_str("size", "256")
-        .property("device", "cpu")
-        .property("aligned", true)
-        .build()
-        .unwrap();
+    let element = common::tiny_element(true);
     let mut h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
     let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, 64, 64).fps(gst::Fraction::new(25, 1)).build().unwrap();
     h.set_src_caps(info.to_caps().unwrap());

@@ -1,6 +1,8 @@
 //! The README's property table is generated from the element and kept in sync here:
 //! `GST_GPEN_UPDATE_README=1 cargo test --test readme` rewrites it after a property changes.
 
+mod common;
+
 use std::path::Path;
 
 use gst::prelude::*;
@@ -49,8 +51,7 @@ fn describe(pspec: &glib::ParamSpec) -> (String, String, String) {
 }
 
 fn table() -> String {
-    gst::init().unwrap();
-    gstgpen::plugin_register_static().unwrap();
+    common::init();
     let element = gst::ElementFactory::make("gpenfilter").build().unwrap();
     let mut out =
         String::from("| property | type | default | range / values | changeable | description |\n| --- | --- | --- | --- | --- | --- |\n");

@@ -18,7 +18,7 @@ fn restore_cmd(input: &Path, output: &Path) -> Command {
         "--model",
         common::gpen_fixture("gpen-256-tiny.pth").to_str().unwrap(),
         "--detector-model",
-        common::shared().join("weights/retinaface-mnet025-fd1mb.pth").to_str().unwrap(),
+        common::detector().to_str().unwrap(),
     ]);
     c
 }

@@ -9,11 +9,7 @@ use common::init;
 use gst::prelude::*;
 
 fn models() -> String {
-    format!(
-        "model={} detector-model={} device=cpu",
-        common::gpen_fixture("gpen-256-tiny.pth").display(),
-        common::shared().join("weights/retinaface-mnet025-fd1mb.pth").display()
-    )
+    format!("model={} detector-model={} device=cpu", common::gpen_fixture("gpen-256-tiny.pth").display(), common::detector().display())
 }
 
 /// The PTS of every buffer leaving the element `g`.
@@ -156,8 +152,7 @@ fn a_flushing_seek_mid_stream_continues_from_the_new_position() {
 fn astronaut(w: i64, h: i64) -> Vec<u8> {
     let (rgb, sw, sh) = common::decode_image(&common::shared().join("media/images/astronaut.png"));
     let t = common::rgb_tensor(&rgb, sw, sh).upsample_bilinear2d([h, w], false, None, None);
-    let hwc = t.round().clamp(0.0, 255.0).to_kind(tch::Kind::Uint8).squeeze_dim(0).permute([1, 2, 0]).contiguous();
-    Vec::try_from(hwc.flatten(0, -1)).unwrap()
+    common::rgb_bytes(&t)
 }
 
 /// An appsrc → gpenfilter → appsink pipeline; returns it, the source and the received samples.

@@ -6,11 +6,7 @@ mod common;
 use common::motion::{self, Pose};
 use gst::prelude::*;
 
-use common::init;
-
-fn detector() -> std::path::PathBuf {
-    common::shared().join("weights/retinaface-mnet025-fd1mb.pth")
-}
+use common::{detector, init};
 
 /// One `gpenfilter-faces` message: detector ran, scene cut, faces as (id, landmarks).
 #[derive(Debug, Clone)]

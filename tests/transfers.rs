@@ -16,7 +16,7 @@ fn restorer(aligned: bool, detection_interval: u32) -> Restorer {
         device: DeviceSpec::Cpu,
         aligned,
         faces: FaceSettings {
-            detector_model: Some(common::shared().join("weights/retinaface-mnet025-fd1mb.pth")),
+            detector_model: Some(common::detector()),
             live: LiveSettings { detection_interval, ..Default::default() },
             ..Default::default()
         },

@@ -23,6 +23,11 @@ pub fn shared() -> PathBuf {
     p
 }
 
+/// The small RetinaFace detector (MobileNet 0.25, fd1mb) in `../shared/weights`.
+pub fn detector() -> PathBuf {
+    shared().join("weights/retinaface-mnet025-fd1mb.pth")
+}
+
 pub fn gpen_fixture(name: &str) -> PathBuf {
     shared().join("fixtures/gpen").join(name)
 }
@@ -60,4 +65,33 @@ pub fn decode_image(path: &std::path::Path) -> (Vec<u8>, usize, usize) {
 /// `1 x 3 x H x W` float tensor with values 0..255 from packed RGB.
 pub fn rgb_tensor(rgb: &[u8], w: usize, h: usize) -> tch::Tensor {
     tch::Tensor::from_slice(rgb).reshape([h as i64, w as i64, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(tch::Kind::Float)
+}
+
+/// A `gpenfilter` on the CPU with the tiny 256 fixture: restoring whole aligned frames, or
+/// finding faces with [`detector`].
+pub fn tiny_element(aligned: bool) -> gst::Element {
+    let (model, detector) = (gpen_fixture("gpen-256-tiny.pth"), detector());
+    let b = gst::ElementFactory::make("gpenfilter").property("model", model.to_str().unwrap()).property_from_str("size", "256");
+    let b = b.property("device", "cpu");
+    let b = if aligned { b.property("aligned", true) } else { b.property("detector-model", detector.to_str().unwrap()) };
+    b.build().unwrap()
+}
+
+/// A counter from the element's `stats` structure.
+pub fn count(s: &gst::Structure, f: &str) -> u64 {
+    s.get::<u64>(f).unwrap_or_else(|_| panic!("no {f} in {s}"))
+}
+
+/// Mean and max absolute difference in levels between two byte images of the same length.
+pub fn level_diff(a: &[u8], b: &[u8]) -> (f64, u8) {
+    assert_eq!(a.len(), b.len());
+    let sum: u64 = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y) as u64).sum();
+    let max = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    (sum as f64 / a.len() as f64, max)
+}
+
+/// Packed RGB bytes (`H x W x 3`) from a `1 x 3 x H x W` float tensor of levels, rounded and clamped.
+pub fn rgb_bytes(t: &tch::Tensor) -> Vec<u8> {
+    let t = t.round().clamp(0.0, 255.0).to_kind(tch::Kind::Uint8).squeeze_dim(0).permute([1, 2, 0]).contiguous();
+    Vec::try_from(t.flatten(0, -1)).unwrap()
 }
