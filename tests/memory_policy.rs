@@ -118,7 +118,7 @@ fn a_budget_between_the_precisions_degrades_to_half_precision() {
     let full = e.peak_bytes(&cfg, &Plan { size: 256, half: false, face_batch: 4, tile: None }, 2, (1126, 661));
     let half = e.peak_bytes(&cfg, &Plan { size: 256, half: true, face_batch: 4, tile: None }, 2, (1126, 661));
     assert!(half < full);
-    let budget = (full + half) / 2 >> 20;
+    let budget = ((full + half) / 2) >> 20;
     let r = run(&format!("vram-budget={budget}"), 3);
     println!("budget {budget} MiB: {}", r.stats);
     assert_accounted(&r, 3);

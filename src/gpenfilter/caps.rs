@@ -55,7 +55,7 @@ pub fn scale_caps(caps: &gst::Caps, factor: i32, up: bool) -> gst::Caps {
                 }
             } else if let Ok(r) = s.get::<gst::IntRange<i32>>(field) {
                 let (min, max) = if up {
-                    (r.min().saturating_mul(factor).min(i32::MAX), r.max().saturating_mul(factor))
+                    (r.min().saturating_mul(factor), r.max().saturating_mul(factor))
                 } else {
                     ((r.min() + factor - 1) / factor, r.max() / factor)
                 };

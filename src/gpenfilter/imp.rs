@@ -218,12 +218,8 @@ impl BaseTransformImpl for GpenFilter {
 
     fn sink_event(&self, event: gst::Event) -> bool {
         match event.view() {
-            gst::EventView::Eos(_) => {
-                // Every frame before EOS has been pushed: these are the final figures.
-                if self.settings.lock().unwrap().post_messages {
-                    self.post_stats(true);
-                }
-            }
+            // Every frame before EOS has been pushed: these are the final figures.
+            gst::EventView::Eos(_) if self.settings.lock().unwrap().post_messages => self.post_stats(true),
             // A seek or a new stream: the next frame does not follow the last one.
             gst::EventView::FlushStop(_) | gst::EventView::StreamStart(_) => {
                 if matches!(event.view(), gst::EventView::FlushStop(_)) {

@@ -337,17 +337,17 @@ mod tests {
         };
         assert_eq!(setting_of(RestorerSettings::default()), None);
         assert_eq!(setting_of(RestorerSettings { size: 300, ..Default::default() }), Some(Setting::Size));
-        let mut s = RestorerSettings::default();
-        s.faces.live.alpha = 1.5;
+        let live = LiveSettings { alpha: 1.5, ..Default::default() };
+        let mut s = RestorerSettings { faces: FaceSettings { live, ..Default::default() }, ..Default::default() };
         assert_eq!(setting_of(s.clone()), Some(Setting::Alpha));
         // Face settings do not matter for aligned faces.
         s.aligned = true;
         assert_eq!(setting_of(s), None);
-        let mut s = RestorerSettings::default();
-        s.faces.live.detection_interval = 0;
+        let live = LiveSettings { detection_interval: 0, ..Default::default() };
+        let s = RestorerSettings { faces: FaceSettings { live, ..Default::default() }, ..Default::default() };
         assert_eq!(setting_of(s), Some(Setting::DetectionInterval));
-        let mut s = RestorerSettings::default();
-        s.upscale = UpscaleSettings { factor: 2, tile: 40, overlap: 32, model: None };
+        let upscale = UpscaleSettings { factor: 2, tile: 40, overlap: 32, model: None };
+        let mut s = RestorerSettings { upscale, ..Default::default() };
         assert_eq!(setting_of(s.clone()), Some(Setting::TileSize));
         s.aligned = true;
         assert_eq!(setting_of(s), Some(Setting::Upscale));
