@@ -35,6 +35,12 @@ if ! command -v cargo >/dev/null; then
   fi
 fi
 
+# The test command checks formatting and lints; rustup's minimal profile lacks both tools.
+if command -v rustup >/dev/null && ! (cargo fmt --version && cargo clippy --version) >/dev/null 2>&1; then
+  echo "setup: adding the rustfmt and clippy components"
+  rustup component add rustfmt clippy
+fi
+
 # libtorch comes from the PyPI wheel (it runs on CPU too); tch 0.24 needs exactly 2.11.0.
 if ! .venv/bin/python -c "import torch, safetensors; assert torch.__version__.startswith('$TORCH_VERSION')" 2>/dev/null; then
   echo "setup: installing torch==$TORCH_VERSION into .venv (about 5 GB)"

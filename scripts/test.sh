@@ -8,5 +8,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if [ ! -d ../shared/fixtures/gpen ]; then
   echo "test: ../shared (fixtures) must sit beside the repository root" >&2; exit 1
 fi
+# Formatting and lints first: CI refuses code that is not formatted or that clippy warns about.
+cargo fmt --check
+cargo clippy --all-targets --features fault-injection -- -D warnings
+cargo clippy --features cuda-tests --test cuda -- -D warnings   # compiles the GPU tests too
 cargo build --lib --features fault-injection   # the plugin .so that the gst-inspect test loads
 cargo test --features fault-injection --no-fail-fast "$@"

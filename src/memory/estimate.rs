@@ -1,7 +1,7 @@
 //! A pure estimate of a plan's peak memory, from the model's channel table.
 
 use super::Plan;
-use crate::gpen::{GpenConfig, Strips};
+use crate::gpen::{Banding, GpenConfig, Strips};
 
 /// Predicts peak memory from the model's channel table. The constants count the tensors alive
 /// at once in this implementation's forward pass; `calibration` scales the activation part
@@ -30,8 +30,14 @@ impl Estimator {
     /// Elements alive at the peak of one forward of `batch` faces with `elem_bytes` per element
     /// (which decide the banding of the top levels, [`Strips::plan`]).
     pub fn activation_elements(cfg: &GpenConfig, batch: i64, elem_bytes: i64) -> u64 {
+        Self::activation_elements_with(cfg, batch, elem_bytes, Banding::Default)
+    }
+
+    /// As [`activation_elements`](Self::activation_elements), with the top levels banded as
+    /// `banding` says.
+    pub fn activation_elements_with(cfg: &GpenConfig, batch: i64, elem_bytes: i64, banding: Banding) -> u64 {
         let size = cfg.size;
-        let strips = Strips::plan(cfg, batch, elem_bytes);
+        let strips = Strips::plan_with(cfg, batch, elem_bytes, banding);
         let entry = strips.map_or(size, |s| size >> s.levels);
         // Banded levels exist a band (with its halos) at a time, beside the whole entry map.
         let (share, held) = match strips {
@@ -66,10 +72,15 @@ impl Estimator {
     }
 
     /// Peak bytes of restoring a frame of `width x height` with `faces` faces under `plan`.
-    pub fn peak_bytes(&self, cfg: &GpenConfig, plan: &Plan, faces: usize, (width, height): (i64, i64)) -> u64 {
+    pub fn peak_bytes(&self, cfg: &GpenConfig, plan: &Plan, faces: usize, frame: (i64, i64)) -> u64 {
+        self.peak_bytes_with(cfg, plan, faces, frame, Banding::Default)
+    }
+
+    /// As [`peak_bytes`](Self::peak_bytes), with the top levels banded as `banding` says.
+    pub fn peak_bytes_with(&self, cfg: &GpenConfig, plan: &Plan, faces: usize, (width, height): (i64, i64), banding: Banding) -> u64 {
         let elem = if plan.half { 2.0 } else { 4.0 };
         let batch = faces.min(plan.face_batch).max(1) as i64;
-        let activations = Self::activation_elements(cfg, batch, elem as i64) as f64 * elem * self.calibration;
+        let activations = Self::activation_elements_with(cfg, batch, elem as i64, banding) as f64 * elem * self.calibration;
         // The float frame, the crops and restored faces of every face (fp32), paste buffers.
         let s = (plan.size * plan.size) as f64;
         let frame = (width * height) as f64 * 4.0 * (3.0 + 4.0);
@@ -80,6 +91,22 @@ impl Estimator {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn whole_maps_cost_more_than_bands_only_where_banding_applies() {
+        let e = Estimator::default();
+        let plan = Plan { size: 512, half: false, face_batch: 1, tile: None };
+        let c512 = GpenConfig::official(512);
+        let (banded, whole) = (
+            e.peak_bytes_with(&c512, &plan, 1, (1920, 1080), Banding::Default),
+            e.peak_bytes_with(&c512, &plan, 1, (1920, 1080), Banding::Off),
+        );
+        assert!(whole > banded + (100 << 20), "whole {} MiB, banded {} MiB", whole >> 20, banded >> 20);
+        assert_eq!(e.peak_bytes(&c512, &plan, 1, (1920, 1080)), banded);
+        // GPEN-256 in half precision is never banded: both the same.
+        let plan = Plan { size: 256, half: true, face_batch: 1, tile: None };
+        let c256 = GpenConfig::official(256);
+        assert_eq!(e.peak_bytes_with(&c256, &plan, 1, (640, 360), Banding::Off), e.peak_bytes(&c256, &plan, 1, (640, 360)));
+    }
 
     use super::*;
     use crate::memory::mib;

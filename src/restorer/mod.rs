@@ -21,7 +21,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::align::{self, Alignment, Border};
 use crate::detect::{detect_at_scales_with, DetectorVariant, Face, RetinaFace};
-use crate::gpen::{FullGenerator, GpenConfig};
+use crate::gpen::{Banding, FullGenerator, GpenConfig};
 use crate::memory::{self, Estimator, Plan};
 use crate::upscale::Upscaler;
 use crate::{registry, transfer, Error, Setting};
@@ -154,6 +154,8 @@ pub struct Restorer {
     model_key: Option<String>,
     device: Device,
     ladder: Ladder,
+    /// How the generator's top levels are banded for the current frame.
+    banding: Banding,
     budget: u64,
     estimator: Estimator,
     mode: Mode,
@@ -227,6 +229,7 @@ impl Restorer {
             model_key: settings.model_key.clone(),
             device,
             ladder: Ladder::new(plan, settings.memory.policy, u.overlap, smaller),
+            banding: Banding::Default,
             budget,
             estimator: Estimator::default(),
             mode,
@@ -250,10 +253,11 @@ impl Restorer {
         memory::reset_peak(self.device);
         let before = memory::figures(self.device)?.allocated;
         let x = Tensor::f_zeros([1, 3, plan.size, plan.size], (Kind::Float, self.device))?;
-        let _y = self.model.forward(&x)?;
+        // Whole maps, as a GPU with room runs them; the same factor scales banded estimates.
+        let _y = self.model.forward_with(&x, Banding::Off)?;
         let peak = memory::figures(self.device)?.peak;
         let elem = if plan.half { 2.0 } else { 4.0 };
-        let predicted = Estimator::activation_elements(self.model.config(), 1, elem as i64) as f64 * elem;
+        let predicted = Estimator::activation_elements_with(self.model.config(), 1, elem as i64, Banding::Off) as f64 * elem;
         if predicted > 0.0 && peak > before {
             self.estimator.calibration = (peak - before) as f64 / predicted;
         }
@@ -379,8 +383,10 @@ impl Restorer {
     fn fit_to_budget(&mut self, faces: usize, frame: (i64, i64)) -> Result<Option<Outcome>, Error> {
         loop {
             let plan = self.ladder.plan();
-            let need = self.estimate(&plan, faces, frame);
+            let banding = self.banding_for(&plan, faces, frame);
+            let need = self.estimate_with(&plan, faces, frame, banding);
             if need <= self.budget {
+                self.banding = banding;
                 return Ok(None);
             }
             let reason = format!(
@@ -487,7 +493,7 @@ impl Restorer {
         let mut out = Vec::with_capacity(((n + batch - 1) / batch) as usize);
         for start in (0..n).step_by(batch as usize) {
             self.before_forward()?;
-            out.push(self.model.forward(&x.f_narrow(0, start, batch.min(n - start))?)?.f_to_kind(Kind::Float)?);
+            out.push(self.model.forward_with(&x.f_narrow(0, start, batch.min(n - start))?, self.banding)?.f_to_kind(Kind::Float)?);
         }
         Ok(Tensor::f_cat(&out, 0)?)
     }
@@ -639,8 +645,24 @@ impl Restorer {
         }
     }
 
-    /// Predicted peak bytes of `plan` for a frame of `width x height` with `faces` faces.
+    /// Predicted peak bytes of `plan` for a frame of `width x height` with `faces` faces, banded
+    /// as the restorer would band it.
     pub fn estimate(&self, plan: &Plan, faces: usize, frame: (i64, i64)) -> u64 {
+        self.estimate_with(plan, faces, frame, self.banding_for(plan, faces, frame))
+    }
+
+    /// Banding saves memory for extra work: recomputed halo rows and many small launches. On the
+    /// CPU it lowers the resident peak for little time, so it stays; on a GPU, whole maps unless
+    /// they do not fit the budget.
+    fn banding_for(&self, plan: &Plan, faces: usize, frame: (i64, i64)) -> Banding {
+        match self.device {
+            Device::Cpu => Banding::Default,
+            _ if self.estimate_with(plan, faces, frame, Banding::Off) <= self.budget => Banding::Off,
+            _ => Banding::Default,
+        }
+    }
+
+    fn estimate_with(&self, plan: &Plan, faces: usize, frame: (i64, i64), banding: Banding) -> u64 {
         let official;
         let cfg = if plan.size == self.model.config().size {
             self.model.config()
@@ -653,7 +675,7 @@ impl Restorer {
             _ => 0,
         };
         let f = self.upscale_factor();
-        self.estimator.peak_bytes(cfg, plan, faces, (frame.0 * f, frame.1 * f)) + up
+        self.estimator.peak_bytes_with(cfg, plan, faces, (frame.0 * f, frame.1 * f), banding) + up
     }
 }
 
