@@ -2,13 +2,15 @@
 //! checkpoint's tensor shapes, the strict key/shape check, and the model itself.
 
 mod model;
+mod strips;
 
 use std::path::PathBuf;
 
 use crate::checkpoint::StateDict;
 use crate::{Error, Network};
 
-pub use model::{Banding, FullGenerator, Intermediates, Strips, STRIP_BYTES};
+pub use model::{FullGenerator, Intermediates};
+pub use strips::{Banding, Strips, STRIP_BYTES};
 
 /// Mirrors `FullGenerator(size, style_dim, n_mlp, channel_multiplier=2, narrow=1)`; blur kernel
 /// `[1,3,3,1]`, `lr_mlp=0.01` and `isconcat=True` are fixed in every released model.
