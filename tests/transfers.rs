@@ -1,12 +1,12 @@
 //! Host/device transfers per frame, counted on the CPU where they cost nothing (`gstgpen::transfer`
 //! counts every copy of the data path whatever the device): a frame with faces waits for the
 //! device twice (its detections, read with the scene change, and the restored frame) and is
-//! copied up twice (the frame, and one table of every face's transforms). One test per process:
-//! the counters are global.
+//! copied up twice (the frame, and one table of every face's transforms); upscaled in tiles, once
+//! more (the tiles' blending windows). One test per process: the counters are global.
 
 mod common;
 
-use gstgpen::restorer::{DeviceSpec, FaceSettings, LiveSettings, Outcome, PackedLayout, Restorer, RestorerSettings};
+use gstgpen::restorer::{DeviceSpec, FaceSettings, LiveSettings, Outcome, PackedLayout, Restorer, RestorerSettings, UpscaleSettings};
 use gstgpen::transfer::{transfers, Transfers};
 
 fn restorer(aligned: bool, detection_interval: u32) -> Restorer {
@@ -62,4 +62,33 @@ fn each_frame_waits_for_the_device_twice() {
     let (t, outcome) = frame(&mut r, &face, &PackedLayout::rgb(fw, fh));
     assert!(matches!(outcome, Outcome::Restored { faces: 1, .. }), "{outcome:?}");
     assert_eq!(t, Transfers { uploads: 1, downloads: 1 }, "aligned");
+
+    // Upscaled x2 in tiles: one more copy up (every tile's blending windows in one table); the
+    // faces are composed into the upscaled frame on the device, which comes down once.
+    let (photo, pw, ph) = common::decode_image(&common::shared().join("media/images/two_people.jpg"));
+    let mut r = Restorer::new(&RestorerSettings {
+        model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
+        size: 256,
+        device: DeviceSpec::Cpu,
+        faces: FaceSettings { detector_model: Some(common::detector()), ..Default::default() },
+        upscale: UpscaleSettings {
+            factor: 2,
+            model: Some(common::shared().join("fixtures/rrdbnet/rrdbnet-x2-tiny.pth")),
+            tile: 256,
+            overlap: 32,
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    for i in 0..2 {
+        let layout = PackedLayout::rgb(pw, ph);
+        let mut out = vec![0u8; 4 * pw * ph * 3];
+        let before = transfers();
+        let d = r.begin(&photo, &layout, 1.0 / 25.0).unwrap();
+        let outcome = r.finish(d, Some((&mut out, &PackedLayout::rgb(2 * pw, 2 * ph)))).unwrap();
+        let after = transfers();
+        assert!(matches!(outcome, Outcome::Restored { faces: 2, .. }), "{outcome:?}");
+        let t = Transfers { uploads: after.uploads - before.uploads, downloads: after.downloads - before.downloads };
+        assert_eq!(t, Transfers { uploads: 3, downloads: 2 }, "upscaled frame {i}");
+    }
 }

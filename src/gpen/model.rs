@@ -16,9 +16,10 @@ use tch::{Device, Kind, TchError, Tensor};
 use super::strips::{ceil_div, Banding, Strips};
 use super::{GpenConfig, LR_MLP};
 use crate::checkpoint::StateDict;
+use crate::Error;
 
 const SQRT_2: f64 = std::f64::consts::SQRT_2;
-type Result<T> = std::result::Result<T, TchError>;
+type Result<T, E = TchError> = std::result::Result<T, E>;
 
 /// Moves checkpoint tensors to the model's device and precision.
 struct Loader<'a> {
@@ -548,9 +549,10 @@ impl Generator {
     /// its level is done (unless the caller keeps a handle). With `bands`, the top levels run
     /// on bands of rows (see [`Strips`]) and `feats` lacks the top feature: the band's rows of
     /// it come from the function (start row, rows).
-    fn forward(&self, w: &Tensor, mut feats: Vec<Tensor>, bands: Option<(Strips, TopFeature)>) -> Result<Tensor> {
+    fn forward(&self, w: &Tensor, mut feats: Vec<Tensor>, bands: Option<(Strips, TopFeature)>) -> Result<Tensor, Error> {
         let b = w.size()[0];
-        let missing = || TchError::Shape("GPEN decoder: fewer encoder features than levels".into());
+        let levels = self.to_rgbs.len();
+        let missing = || Error::Frame(format!("the GPEN decoder needs {} encoder features and was given fewer", levels + 1));
         let x = self.input.input.f_repeat([b, 1, 1, 1])?;
         let noise = feats.pop().ok_or_else(missing)?;
         let mut x = self.conv1.forward(x, w, &noise)?;
@@ -567,7 +569,7 @@ impl Generator {
                 if feats.len() + 1 != banded {
                     return Err(missing());
                 }
-                self.forward_strips(w, x, skip, &feats, top, Strips { levels: banded, ..s })
+                Ok(self.forward_strips(w, x, skip, &feats, top, Strips { levels: banded, ..s })?)
             }
             None => Ok(skip),
         }
@@ -703,36 +705,36 @@ impl FullGenerator {
     /// Restores a batch of aligned faces: `B x 3 x size x size`, RGB in [-1, 1]. The output is
     /// fp32, on the model's device. The top levels run on bands when their maps are large
     /// ([`Strips::plan`]).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, Error> {
         self.forward_with(x, Banding::Default)
     }
 
     /// As [`forward`](Self::forward) with the banding chosen by the caller: `Banding::Off` on a
     /// GPU with room for whole maps, `Banding::Above(bytes)` to band only maps above `bytes`.
-    pub fn forward_with(&self, x: &Tensor, banding: Banding) -> Result<Tensor> {
+    pub fn forward_with(&self, x: &Tensor, banding: Banding) -> Result<Tensor, Error> {
         let batch = x.size().first().copied().unwrap_or(1);
         let strips = Strips::plan_with(&self.config, batch, self.kind.elt_size_in_bytes() as i64, banding);
         Ok(self.run(x, false, strips)?.output)
     }
 
     /// As [`forward`](Self::forward) with the banding given (`None`: whole maps throughout).
-    pub fn forward_strips(&self, x: &Tensor, strips: Option<Strips>) -> Result<Tensor> {
+    pub fn forward_strips(&self, x: &Tensor, strips: Option<Strips>) -> Result<Tensor, Error> {
         Ok(self.run(x, false, strips)?.output)
     }
 
     /// As [`forward`](Self::forward) on whole maps, keeping the encoder features and latents.
-    pub fn forward_intermediates(&self, x: &Tensor) -> Result<Intermediates> {
+    pub fn forward_intermediates(&self, x: &Tensor) -> Result<Intermediates, Error> {
         self.run(x, true, None)
     }
 
     /// The forward pass; without `keep` each encoder feature is freed as soon as the decoder
     /// has used it (`ecd` comes back empty).
-    fn run(&self, x: &Tensor, keep: bool, strips: Option<Strips>) -> Result<Intermediates> {
+    fn run(&self, x: &Tensor, keep: bool, strips: Option<Strips>) -> Result<Intermediates, Error> {
         let _guard = tch::no_grad_guard();
         let s = x.size();
         let size = self.config.size;
         if s.len() != 4 || s[1] != 3 || s[2] != size || s[3] != size {
-            return Err(TchError::Shape(format!("GPEN-{size} takes B x 3 x {size} x {size} input, got {s:?}")));
+            return Err(Error::Frame(format!("GPEN-{size} takes B x 3 x {size} x {size} faces, got {s:?}")));
         }
         let input = x.f_to_device(self.device)?.f_to_kind(self.kind)?;
         let strips = strips.filter(|s| s.levels > 0 && !keep);

@@ -355,25 +355,31 @@ impl Restorer {
     fn restore(&self, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<usize, Error> {
         match &self.mode {
             Mode::Aligned => self.restore_aligned(&d.frame, data, layout).map(|_| 1),
-            Mode::Faces(stage) => self.restore_onto(stage, &d.frame, &d.frame, &d.faces, data, layout).map(|r| r.restored),
+            Mode::Faces(stage) => self.restore_onto(stage, &d.frame, &d.frame, &d.faces, Some((data, layout))).map(|r| r.restored),
             Mode::Upscaled(stage, up) => {
                 let background = up.upscale(&d.frame, self.ladder.plan().tile.unwrap_or(0), self.tile_overlap)?;
-                frame::write_frame(&background, data, layout)?;
-                if d.faces.is_empty() {
-                    return Ok(0);
+                let mut restored = 0;
+                if !d.faces.is_empty() {
+                    let f = up.factor();
+                    // Pixel centres: x in the frame is (x + 0.5) * f - 0.5 in the upscaled one.
+                    let scale = |v: f32| (v + 0.5) * f as f32 - 0.5;
+                    let faces: Vec<Face> = d
+                        .faces
+                        .iter()
+                        .map(|x| Face {
+                            bbox: x.bbox.map(scale),
+                            score: x.score,
+                            landmarks: x.landmarks.map(|[a, b]| [scale(a), scale(b)]),
+                        })
+                        .collect();
+                    // Crops come from the frame upscaled bilinearly, as GPEN takes them; the faces
+                    // are composed into the upscaled frame, which then comes down once.
+                    let (h, w) = (d.frame.size()[2], d.frame.size()[3]);
+                    let crops_from = d.frame.f_upsample_bilinear2d([h * f, w * f], false, None, None)?;
+                    restored = self.restore_onto(stage, &crops_from, &background, &faces, None)?.restored;
                 }
-                let f = up.factor();
-                // Pixel centres: x in the frame is (x + 0.5) * f - 0.5 in the upscaled one.
-                let scale = |v: f32| (v + 0.5) * f as f32 - 0.5;
-                let faces: Vec<Face> = d
-                    .faces
-                    .iter()
-                    .map(|x| Face { bbox: x.bbox.map(scale), score: x.score, landmarks: x.landmarks.map(|[a, b]| [scale(a), scale(b)]) })
-                    .collect();
-                // Crops come from the frame upscaled bilinearly, as GPEN takes them.
-                let (h, w) = (d.frame.size()[2], d.frame.size()[3]);
-                let crops_from = d.frame.f_upsample_bilinear2d([h * f, w * f], false, None, None)?;
-                self.restore_onto(stage, &crops_from, &background, &faces, data, layout).map(|r| r.restored)
+                frame::write_frame(&background, data, layout)?;
+                Ok(restored)
             }
         }
     }
@@ -500,22 +506,25 @@ impl Restorer {
 
     /// Restores `faces` cropped from `crops_from` and pastes them onto `background`, writing
     /// the pasted region into `data`. Pixels outside the pasted masks keep their value.
+    /// With `out`, the pasted region is written into the frame's memory; without, it is
+    /// composed into `background` on the device (which the caller writes whole).
     fn restore_onto(
         &self,
         stage: &FaceStage,
         crops_from: &Tensor,
         background: &Tensor,
         faces: &[Face],
-        data: &mut [u8],
-        layout: &PackedLayout,
+        out: Option<(&mut [u8], &PackedLayout)>,
     ) -> Result<PasteReport, Error> {
         let mut report = PasteReport { restored: 0, region: None, mask: None, timings: PasteTimings::default() };
         let t0 = Instant::now();
         let _guard = tch::no_grad_guard();
         let size = stage.paster.size();
         let (h, w) = (background.size()[2], background.size()[3]);
-        if layout.size() != (w, h) {
-            return Err(Error::Frame(format!("faces of a {w}x{h} frame pasted into a {}x{} one", layout.width, layout.height)));
+        if let Some((_, layout)) = &out {
+            if layout.size() != (w, h) {
+                return Err(Error::Frame(format!("faces of a {w}x{h} frame pasted into a {}x{} one", layout.width, layout.height)));
+            }
         }
         let (faces, alignments): (Vec<&Face>, Vec<Alignment>) =
             faces.iter().filter_map(|f| align::align(&f.landmarks, size).map(|a| (f, a))).unzip();
@@ -540,7 +549,10 @@ impl Restorer {
         let restored = stage.paster.finish(restored, &crops, &small, stage.settings.live.alpha)?;
         let Some(pasted) = stage.paster.paste(background, &restored, &regions, &maps.f_narrow(0, n, n)?)? else { return Ok(report) };
         let (x0, y0, rw, rh) = pasted.region;
-        frame::write_rgb(&frame::to_bytes(&pasted.image)?, (x0, y0), data, layout, false)?;
+        match out {
+            Some((data, layout)) => frame::write_rgb(&frame::to_bytes(&pasted.image)?, (x0, y0), data, layout, false)?,
+            None => background.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?.f_copy_(&pasted.image)?,
+        }
         report.timings.paste = t2.elapsed();
         Ok(PasteReport { restored: pasted.faces, region: Some((x0, y0, rw, rh)), mask: Some(pasted.mask), timings: report.timings })
     }
@@ -572,7 +584,7 @@ impl Restorer {
     /// Restores the detected faces and pastes them back into the frame in place, with no
     /// memory policy (for tests and benchmarks of the stages).
     pub fn restore_faces(&self, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<PasteReport, Error> {
-        self.restore_onto(self.face_stage()?, &d.frame, &d.frame, &d.faces, data, layout)
+        self.restore_onto(self.face_stage()?, &d.frame, &d.frame, &d.faces, Some((data, layout)))
     }
 
     fn face_stage(&self) -> Result<&FaceStage, Error> {

@@ -185,12 +185,20 @@ impl Upscaler {
         let dev = frame.device();
         let out = Tensor::f_zeros([1, 3, h * s, w * s], (Kind::Float, dev))?;
         let weights = Tensor::f_zeros([1, 1, h * s, w * s], (Kind::Float, dev))?;
-        // Column windows are the same for every row of tiles.
-        let wxs = (0..plan.xs.len())
-            .map(|ix| Tensor::f_from_slice(&window(&plan.xs, ix, s))?.f_to_device(dev)?.f_reshape([1, 1, 1, -1]))
-            .collect::<Result<Vec<_>>>()?;
-        for (iy, y) in plan.ys.iter().enumerate() {
-            let wy = Tensor::f_from_slice(&window(&plan.ys, iy, s))?.f_to_device(dev)?.f_reshape([1, 1, -1, 1])?;
+        // Every tile's column and row windows go to the device in one copy.
+        let windows: Vec<Vec<f32>> =
+            (0..plan.xs.len()).map(|ix| window(&plan.xs, ix, s)).chain((0..plan.ys.len()).map(|iy| window(&plan.ys, iy, s))).collect();
+        let all = crate::transfer::upload(&Tensor::f_from_slice(&windows.concat())?, dev)?;
+        let mut at = 0;
+        let mut parts = Vec::with_capacity(windows.len());
+        for w in &windows {
+            parts.push(all.f_narrow(0, at, w.len() as i64)?);
+            at += w.len() as i64;
+        }
+        let rows = parts.split_off(plan.xs.len());
+        let wxs = parts.iter().map(|w| w.f_reshape([1, 1, 1, -1])).collect::<Result<Vec<_>>>()?;
+        for (y, wy) in plan.ys.iter().zip(&rows) {
+            let wy = wy.f_reshape([1, 1, -1, 1])?;
             for (x, wx) in plan.xs.iter().zip(&wxs) {
                 let w = wy.f_mul(wx)?;
                 let part = run_padded(net, &unit.f_narrow(2, y.start, y.len)?.f_narrow(3, x.start, x.len)?)?;
