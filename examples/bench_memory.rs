@@ -86,7 +86,7 @@ fn main() {
     for &size in &[512i64, 1024] {
         for half in [false, true] {
             for batch in [1usize, 4, 8] {
-                let plan = Plan { size, half, face_batch: batch, tile: None };
+                let plan = Plan { size, half, face_batch: batch, tile: None, parse: false };
                 let b = Estimator::default().peak_bytes(&GpenConfig::official(size), &plan, 8, (1920, 1080));
                 println!("  {plan}: {} MiB", memory::mib(b));
             }

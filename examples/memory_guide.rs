@@ -28,7 +28,7 @@ fn main() {
             for half in [false, true] {
                 let Some((batch, peak)) = [8usize, 4, 2, 1].into_iter().find_map(|b| {
                     let p =
-                        memory::mib(Estimator::default().peak_bytes(&cfg, &Plan { size, half, face_batch: b, tile: None }, faces, frame));
+                        memory::mib(Estimator::default().peak_bytes(&cfg, &Plan { size, half, face_batch: b, tile: None, parse: false }, faces, frame));
                     (p <= usable).then_some((b, p))
                 }) else {
                     continue;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Installs the model weights listed in weights/manifest.json into the folder gpenfilter reads.
 
-    scripts/install-weights.py                 # the default set (GPEN-BFR-256/512, detectors)
+    scripts/install-weights.py                 # the default set (GPEN-BFR-256/512, ParseNet, detectors)
     scripts/install-weights.py GPEN-BFR-1024 realesrnet_x2
     scripts/install-weights.py --all
     scripts/install-weights.py --list

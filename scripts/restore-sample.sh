@@ -17,7 +17,7 @@ mkdir -p out
 weights=${GST_GPEN_MODEL_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/gst-gpen/weights}
 if [ ! -f "$weights/GPEN-BFR-512.pth" ]; then
   echo "restore: GPEN-BFR-512.pth is not installed; trying to download it (scripts/install-weights.py)"
-  python3 scripts/install-weights.py --dir "$weights" --timeout 20 GPEN-BFR-512 retinaface-mnet025-fd1mb \
+  python3 scripts/install-weights.py --dir "$weights" --timeout 20 GPEN-BFR-512 ParseNet-latest retinaface-mnet025-fd1mb \
     || echo "restore: the download failed (reasons above)"
 fi
 if [ -f "$weights/GPEN-BFR-512.pth" ]; then

@@ -190,6 +190,28 @@ pub fn paste_region(tfm_inv: &Similarity, size: i64, (height, width): (i64, i64)
     (x1 > x0 && y1 > y0).then_some((x0, y0, x1 - x0, y1 - y0))
 }
 
+/// The separable kernels of `cv2.getGaussianKernel(101, 4)` (normalised), `1 x 1 x 1 x 101` and
+/// `1 x 1 x 101 x 1`, on `device`.
+pub fn gaussian_kernels(device: Device) -> Result<(Tensor, Tensor)> {
+    let taps: Vec<f64> = (-50..=50).map(|i: i32| (-(i * i) as f64 / (2.0 * 16.0)).exp()).collect();
+    let total: f64 = taps.iter().sum();
+    let taps: Vec<f32> = taps.iter().map(|t| (t / total) as f32).collect();
+    let k = Tensor::f_from_slice(&taps)?.f_to_device(device)?;
+    Ok((k.f_reshape([1, 1, 1, 101])?, k.f_reshape([1, 1, 101, 1])?))
+}
+
+/// GPEN's `mask_postprocess` blur: `cv2.GaussianBlur((101, 101), 4)` twice, with cv2's default
+/// border (BORDER_REFLECT_101), on `N x 1 x H x W` masks, with the kernels of
+/// [`gaussian_kernels`] on the masks' device.
+pub fn blur_twice(mask: &Tensor, (kx, ky): &(Tensor, Tensor)) -> Result<Tensor> {
+    let mut m = mask.shallow_clone();
+    for _ in 0..2 {
+        m = m.f_reflection_pad2d([50, 50, 0, 0])?.f_conv2d::<Tensor>(kx, None, [1, 1], [0, 0], [1, 1], 1)?;
+        m = m.f_reflection_pad2d([0, 0, 50, 50])?.f_conv2d::<Tensor>(ky, None, [1, 1], [0, 0], [1, 1], 1)?;
+    }
+    Ok(m)
+}
+
 /// GPEN's fixed soft paste mask at 512: the rectangle (26,26)-(486,486) filled, blurred twice
 /// with a 101-tap Gaussian of sigma 4, then resized (bilinear) to `size`. `1 x 1 x size x size`.
 pub fn soft_mask(size: i64, device: Device) -> Result<Tensor> {
@@ -198,18 +220,7 @@ pub fn soft_mask(size: i64, device: Device) -> Result<Tensor> {
     let inside = Tensor::f_arange(N, opts)?.f_ge(26)?.f_logical_and(&Tensor::f_arange(N, opts)?.f_le(486)?)?;
     let inside = inside.f_to_kind(Kind::Float)?;
     let mask = inside.f_reshape([N, 1])?.f_mul(&inside.f_reshape([1, N])?)?.f_reshape([1, 1, N, N])?;
-    // cv2.getGaussianKernel(101, 4), normalised.
-    let taps: Vec<f64> = (-50..=50).map(|i: i32| (-(i * i) as f64 / (2.0 * 16.0)).exp()).collect();
-    let total: f64 = taps.iter().sum();
-    let taps: Vec<f32> = taps.iter().map(|t| (t / total) as f32).collect();
-    let k = Tensor::f_from_slice(&taps)?;
-    let (kx, ky) = (k.f_reshape([1, 1, 1, 101])?, k.f_reshape([1, 1, 101, 1])?);
-    let mut m = mask;
-    for _ in 0..2 {
-        // BORDER_REFLECT_101, cv2's default.
-        m = m.f_reflection_pad2d([50, 50, 0, 0])?.f_conv2d::<Tensor>(&kx, None, [1, 1], [0, 0], [1, 1], 1)?;
-        m = m.f_reflection_pad2d([0, 0, 50, 50])?.f_conv2d::<Tensor>(&ky, None, [1, 1], [0, 0], [1, 1], 1)?;
-    }
+    let mut m = blur_twice(&mask, &gaussian_kernels(Device::Cpu)?)?;
     if size != N {
         m = m.f_upsample_bilinear2d([size, size], false, None, None)?;
     }

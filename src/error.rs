@@ -32,6 +32,9 @@ pub enum Setting {
     TileOverlap,
     Budget,
     Policy,
+    Mask,
+    ParseModel,
+    MaskRegions,
 }
 
 impl fmt::Display for Setting {
@@ -59,6 +62,9 @@ impl fmt::Display for Setting {
             Setting::TileOverlap => "the upscaler tile overlap",
             Setting::Budget => "the memory budget",
             Setting::Policy => "the memory policy",
+            Setting::Mask => "the paste mask",
+            Setting::ParseModel => "the face-parsing checkpoint",
+            Setting::MaskRegions => "the regions the restored face replaces",
         })
     }
 }

@@ -5,7 +5,6 @@
 
 pub mod align;
 pub mod checkpoint;
-pub mod cuda;
 pub mod detect;
 pub mod error;
 pub mod gpen;

@@ -24,7 +24,7 @@ fn expected(name: &str) -> std::collections::HashMap<String, Tensor> {
 
 /// The CUDA device, after loading the backend (before anything asks libtorch about CUDA).
 fn cuda() -> Device {
-    gstgpen::cuda::load_backend().expect("the CUDA backend");
+    gstgpen::sys::load_cuda_backend().expect("the CUDA backend");
     assert!(tch::Cuda::is_available(), "libtorch_cuda is loaded but no GPU is visible");
     Device::Cuda(0)
 }

@@ -194,6 +194,7 @@ fn the_manifest_lists_the_known_models() {
         "realesrnet_x4",
         "RealESRGAN_x4plus",
         "RealESRGAN_x2plus",
+        "ParseNet-latest",
     ] {
         assert!(names.contains(&n), "{n} is missing from the manifest");
     }
@@ -203,6 +204,10 @@ fn the_manifest_lists_the_known_models() {
         }
         assert!(m["urls"].as_array().is_some_and(|u| !u.is_empty()), "{}: urls", m["name"]);
     }
+    // The parsing network is installed by default, under the name the element looks for.
+    let parse = models.iter().find(|m| m["name"] == "ParseNet-latest").unwrap();
+    assert_eq!(parse["file"], gstgpen::restorer::PARSE_FILE);
+    assert_eq!(parse["default"], true);
     // The GPEN files carry the names the element looks up in a folder.
     for size in [256, 512, 1024, 2048] {
         let m = models.iter().find(|m| m["name"] == format!("GPEN-BFR-{size}")).unwrap();

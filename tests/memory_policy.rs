@@ -115,8 +115,8 @@ fn a_budget_between_the_precisions_degrades_to_half_precision() {
     let cfg = GpenConfig { size: 256, channel_multiplier: 1, narrow: 0.125, ..Default::default() };
     let e = Estimator::default();
     // two_people.jpg: 2 faces above the default threshold.
-    let full = e.peak_bytes(&cfg, &Plan { size: 256, half: false, face_batch: 4, tile: None }, 2, (1126, 661));
-    let half = e.peak_bytes(&cfg, &Plan { size: 256, half: true, face_batch: 4, tile: None }, 2, (1126, 661));
+    let full = e.peak_bytes(&cfg, &Plan { size: 256, half: false, face_batch: 4, tile: None, parse: false }, 2, (1126, 661));
+    let half = e.peak_bytes(&cfg, &Plan { size: 256, half: true, face_batch: 4, tile: None, parse: false }, 2, (1126, 661));
     assert!(half < full);
     let budget = ((full + half) / 2) >> 20;
     let r = run(&format!("vram-budget={budget}"), 3);

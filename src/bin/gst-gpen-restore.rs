@@ -24,7 +24,8 @@ use gst::prelude::*;
 
 const USAGE: &str = "usage: gst-gpen-restore INPUT OUTPUT.{mp4,mkv} [--size 256|512|1024|2048] [--fp16] \
 [--model PATH] [--detector-model PATH] [--upscale 1|2|4] [--upscaler-model PATH] [--tile-size PX] \
-[--temporal-smoothing 0..1] [--detection-interval N] \
+[--temporal-smoothing 0..1] [--detection-interval N] [--mask auto|parse|rectangle] [--parse-model PATH] \
+[--mask-regions skin+nose+eyes+...] \
 [--memory-policy degrade|drop|passthrough|error] [--vram-budget MIB] [--device auto|cpu|cuda:N]";
 
 struct Args {
@@ -54,6 +55,9 @@ fn parse_args() -> Result<Args, String> {
             "--memory-policy" => properties.push(value("memory-policy")?),
             "--vram-budget" => properties.push(value("vram-budget")?),
             "--device" => properties.push(value("device")?),
+            "--mask" => properties.push(value("mask")?),
+            "--parse-model" => properties.push(value("parse-model")?),
+            "--mask-regions" => properties.push(value("mask-regions")?),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             _ => positional.push(PathBuf::from(a)),
         }

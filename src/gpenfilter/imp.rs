@@ -187,6 +187,12 @@ impl BaseTransformImpl for GpenFilter {
             restorer.detector(),
             started.elapsed()
         );
+        if !core.aligned {
+            match restorer.parse_model() {
+                Some(p) => gst::info!(CAT, imp = self, "faces are pasted through face-parsing masks ({})", p.display()),
+                None => gst::info!(CAT, imp = self, "faces are pasted through GPEN's soft rectangle (mask {:?})", core.faces.mask.mode),
+            }
+        }
         if fail_every > 0 {
             gst::warning!(CAT, imp = self, "fault injection: every {fail_every}th generator forward fails as out of memory");
         }

@@ -66,6 +66,83 @@ pub enum DetectorVariant {
     Standard = 2,
 }
 
+/// Which mask restored faces are pasted back through (`mask`).
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstGpenMask")]
+pub enum Mask {
+    #[default]
+    #[enum_value(name = "The face-parsing mask when a ParseNet checkpoint is found, else the rectangle", nick = "auto")]
+    Auto = 0,
+    #[enum_value(name = "GPEN's face-parsing mask (ParseNet); the checkpoint must be there", nick = "parse")]
+    Parse = 1,
+    #[enum_value(name = "GPEN's fixed soft rectangle", nick = "rectangle")]
+    Rectangle = 2,
+}
+
+/// The face-parsing regions the restored face replaces (`mask-regions`); the others keep the
+/// original pixels.
+#[glib::flags(name = "GstGpenMaskRegions")]
+pub enum MaskRegions {
+    #[flags_value(name = "Background", nick = "background")]
+    BACKGROUND = 1 << 0,
+    #[flags_value(name = "Skin", nick = "skin")]
+    SKIN = 1 << 1,
+    #[flags_value(name = "Nose", nick = "nose")]
+    NOSE = 1 << 2,
+    #[flags_value(name = "Glasses", nick = "glasses")]
+    GLASSES = 1 << 3,
+    #[flags_value(name = "Eyes", nick = "eyes")]
+    EYES = 1 << 4,
+    #[flags_value(name = "Eyebrows", nick = "brows")]
+    BROWS = 1 << 5,
+    #[flags_value(name = "Ears", nick = "ears")]
+    EARS = 1 << 6,
+    #[flags_value(name = "Mouth and lips", nick = "mouth")]
+    MOUTH = 1 << 7,
+    #[flags_value(name = "Hair", nick = "hair")]
+    HAIR = 1 << 8,
+    #[flags_value(name = "Hat", nick = "hat")]
+    HAT = 1 << 9,
+    #[flags_value(name = "Earrings", nick = "earrings")]
+    EARRINGS = 1 << 10,
+    #[flags_value(name = "Necklace", nick = "necklace")]
+    NECKLACE = 1 << 11,
+    #[flags_value(name = "Neck", nick = "neck")]
+    NECK = 1 << 12,
+    #[flags_value(name = "Cloth", nick = "cloth")]
+    CLOTH = 1 << 13,
+}
+
+impl MaskRegions {
+    /// GPEN's set: everything but background, hat and cloth.
+    pub fn gpen() -> Self {
+        MaskRegions::all() - MaskRegions::BACKGROUND - MaskRegions::HAT - MaskRegions::CLOTH
+    }
+
+    /// The parsing classes these regions cover (bit `i`: class `i` of ParseNet's 19).
+    pub fn classes(self) -> crate::restorer::MaskRegions {
+        const GROUPS: [(MaskRegions, &[u32]); 14] = [
+            (MaskRegions::BACKGROUND, &[0]),
+            (MaskRegions::SKIN, &[1]),
+            (MaskRegions::NOSE, &[2]),
+            (MaskRegions::GLASSES, &[3]),
+            (MaskRegions::EYES, &[4, 5]),
+            (MaskRegions::BROWS, &[6, 7]),
+            (MaskRegions::EARS, &[8, 9]),
+            (MaskRegions::MOUTH, &[10, 11, 12]),
+            (MaskRegions::HAIR, &[13]),
+            (MaskRegions::HAT, &[14]),
+            (MaskRegions::EARRINGS, &[15]),
+            (MaskRegions::NECKLACE, &[16]),
+            (MaskRegions::NECK, &[17]),
+            (MaskRegions::CLOTH, &[18]),
+        ];
+        let bits = GROUPS.iter().filter(|(g, _)| self.contains(*g)).flat_map(|(_, c)| c.iter()).fold(0u32, |b, c| b | (1 << c));
+        crate::restorer::MaskRegions(bits)
+    }
+}
+
 /// What happens to a frame that does not fit in the memory budget (`memory-policy`).
 #[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
 #[repr(u32)]
@@ -73,7 +150,7 @@ pub enum DetectorVariant {
 pub enum MemoryPolicy {
     #[default]
     #[enum_value(
-        name = "Degrade: half precision, then smaller face batches, then the next smaller size; drop when nothing fits",
+        name = "Degrade: half precision, then smaller face batches, smaller upscaler tiles, the rectangle mask, the next smaller size; drop when nothing fits",
         nick = "degrade"
     )]
     Degrade = 0,
@@ -90,5 +167,7 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     Size::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     DetectorVariant::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Upscale::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    Mask::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    MaskRegions::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(Some(plugin), "gpenfilter", gst::Rank::NONE, GpenFilter::static_type())
 }

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use gst::glib;
 use gst::prelude::*;
 
-use super::{DetectorVariant, MemoryPolicy, Size, Upscale};
+use super::{DetectorVariant, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
 use crate::memory::MemorySettings;
-use crate::restorer::{DeviceSpec, FaceSettings, LiveSettings, RestorerSettings, UpscaleSettings, MODEL_DIR_ENV};
+use crate::restorer::{DeviceSpec, FaceSettings, LiveSettings, MaskMode, MaskSettings, RestorerSettings, UpscaleSettings, MODEL_DIR_ENV, PARSE_FILE};
 use crate::{Error, Setting};
 
 pub const DEFAULT_SIZE: Size = Size::S512;
@@ -31,6 +31,9 @@ pub struct Settings {
     pub detector_variant: DetectorVariant,
     pub detection_size: u32,
     pub face_batch: u32,
+    pub mask: Mask,
+    pub parse_model: Option<String>,
+    pub mask_regions: MaskRegions,
     /// The properties that may change while playing.
     pub live: LiveSettings,
     pub vram_budget: u32,
@@ -58,6 +61,9 @@ impl Default for Settings {
             detector_variant: DetectorVariant::Auto,
             detection_size: faces.detection_size as u32,
             face_batch: faces.face_batch as u32,
+            mask: Mask::Auto,
+            parse_model: None,
+            mask_regions: MaskRegions::gpen(),
             live: faces.live,
             vram_budget: 0,
             memory_policy: MemoryPolicy::Degrade,
@@ -96,6 +102,9 @@ pub fn property_of(setting: Setting) -> &'static str {
         Setting::TileOverlap => "tile-overlap",
         Setting::Budget => "vram-budget",
         Setting::Policy => "memory-policy",
+        Setting::Mask => "mask",
+        Setting::ParseModel => "parse-model",
+        Setting::MaskRegions => "mask-regions",
     }
 }
 
@@ -124,6 +133,15 @@ impl Settings {
                 },
                 detection_size: self.detection_size as i64,
                 face_batch: self.face_batch as usize,
+                mask: MaskSettings {
+                    mode: match self.mask {
+                        Mask::Auto => MaskMode::Auto,
+                        Mask::Parse => MaskMode::Parse,
+                        Mask::Rectangle => MaskMode::Rectangle,
+                    },
+                    parse_model: path(&self.parse_model),
+                    regions: self.mask_regions.classes(),
+                },
                 live: self.live,
             },
             memory: MemorySettings {
@@ -164,6 +182,9 @@ impl Settings {
             "min-face-size" => self.live.min_face_size = value.get::<u32>().expect(CHECKED) as f32,
             "alpha" => self.live.alpha = value.get().expect(CHECKED),
             "face-batch" => self.face_batch = value.get().expect(CHECKED),
+            "mask" => self.mask = value.get().expect(CHECKED),
+            "parse-model" => self.parse_model = non_empty(value.get().expect(CHECKED)),
+            "mask-regions" => self.mask_regions = value.get().expect(CHECKED),
             "temporal-smoothing" => self.live.smoothing = value.get().expect(CHECKED),
             "detection-interval" => self.live.detection_interval = value.get().expect(CHECKED),
             "post-faces" => self.post_faces = value.get().expect(CHECKED),
@@ -195,6 +216,9 @@ impl Settings {
             "min-face-size" => (self.live.min_face_size as u32).to_value(),
             "alpha" => self.live.alpha.to_value(),
             "face-batch" => self.face_batch.to_value(),
+            "mask" => self.mask.to_value(),
+            "parse-model" => self.parse_model.to_value(),
+            "mask-regions" => self.mask_regions.to_value(),
             "vram-budget" => self.vram_budget.to_value(),
             "memory-policy" => self.memory_policy.to_value(),
             "post-messages" => self.post_messages.to_value(),
@@ -291,7 +315,8 @@ pub fn specs() -> Vec<glib::ParamSpec> {
             .nick("Detection size")
             .blurb(
                 "Longest side in pixels frames are scaled down to for detection (coordinates are mapped \
-                 back); 0 = detect at the native size",
+                 back); 0 = detect at the native size. The default detects frames up to 1920x1080 at their \
+                 native size, as GPEN does, so small faces are not missed",
             )
             .maximum(16384)
             .default_value(faces.detection_size as u32)
@@ -349,6 +374,32 @@ pub fn specs() -> Vec<glib::ParamSpec> {
             .minimum(1)
             .maximum(256)
             .default_value(faces.face_batch as u32)
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecEnum::builder_with_default("mask", Mask::Auto)
+            .nick("Paste mask")
+            .blurb(&format!(
+                "Mask restored faces are pasted back through: parse (GPEN's face-parsing mask: face, hair, ears, neck; \
+                 needs {PARSE_FILE}), rectangle (GPEN's soft square), auto (parse when the checkpoint is found, see \
+                 parse-model)"
+            ))
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecString::builder("parse-model")
+            .nick("Parsing model")
+            .blurb(&format!(
+                "ParseNet checkpoint for mask=parse|auto, or a folder holding {PARSE_FILE}; unset: {PARSE_FILE} in the \
+                 folder of the GPEN model (see model)"
+            ))
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecFlags::builder::<MaskRegions>("mask-regions")
+            .default_value(MaskRegions::gpen())
+            .nick("Mask regions")
+            .blurb(
+                "Face-parsing regions the restored face replaces (mask=parse); the others keep the original pixels. \
+                 Default: GPEN's (all but background, hat and cloth)",
+            )
             .mutable_ready()
             .build(),
         glib::ParamSpecUInt::builder("vram-budget")
@@ -465,6 +516,9 @@ mod tests {
             Setting::TileOverlap,
             Setting::Budget,
             Setting::Policy,
+            Setting::Mask,
+            Setting::ParseModel,
+            Setting::MaskRegions,
         ] {
             assert!(names.iter().any(|n| n == property_of(s)), "{s:?} -> {}", property_of(s));
         }

@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn outcomes_are_counted_once_each() {
-        let plan = Plan { size: 512, half: false, face_batch: 4, tile: None };
+        let plan = Plan { size: 512, half: false, face_batch: 4, tile: None, parse: false };
         let mut s = Stats { frames_in: 6, ..Default::default() };
         let ms = Duration::from_millis;
         s.record(&Outcome::NoFaces, ms(10));
@@ -150,7 +150,7 @@ mod tests {
         gst::init().unwrap();
         let s = Stats {
             frames_in: 3,
-            plan: Some(Plan { size: 256, half: true, face_batch: 2, tile: None }),
+            plan: Some(Plan { size: 256, half: true, face_batch: 2, tile: None, parse: false }),
             device: Some(tch::Device::Cpu),
             ..Default::default()
         };

@@ -71,6 +71,18 @@ impl Estimator {
         ((encoder as f64 + level) * batch as f64) as u64
     }
 
+    /// Bytes of face parsing a batch of `batch` faces with GPEN's ParseNet (official
+    /// configuration, 512x512 input), weights included. The peak is in the first down-sampling
+    /// block: its input (64 channels at 512), the full-resolution output of its first conv (128
+    /// channels) and that output padded for the second, beside the shortcut (128 at 256); the
+    /// masks and their blur (float, 512x512) are small beside it.
+    pub fn parse_bytes(batch: i64, elem_bytes: i64) -> u64 {
+        const WEIGHTS: i64 = 21_300_000;
+        let r = 512i64 * 512;
+        let peak = 64 * r + 128 * r + 128 * 514 * 514 + 128 * r / 4;
+        ((WEIGHTS + peak * batch) * elem_bytes) as u64
+    }
+
     /// Peak bytes of restoring a frame of `width x height` with `faces` faces under `plan`.
     pub fn peak_bytes(&self, cfg: &GpenConfig, plan: &Plan, faces: usize, frame: (i64, i64)) -> u64 {
         self.peak_bytes_with(cfg, plan, faces, frame, Banding::Default)
@@ -85,16 +97,30 @@ impl Estimator {
         let s = (plan.size * plan.size) as f64;
         let frame = (width * height) as f64 * 4.0 * (3.0 + 4.0);
         let faces_bytes = faces as f64 * s * 4.0 * 3.0 * 2.0;
-        Self::weight_bytes(cfg, plan.half) as f64 as u64 + (activations + frame + faces_bytes) as u64
+        let parse = if plan.parse { Self::parse_bytes(batch, elem as i64) as f64 } else { 0.0 };
+        Self::weight_bytes(cfg, plan.half) as f64 as u64 + (activations + frame + faces_bytes + parse) as u64
     }
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
+    fn face_parsing_adds_its_own_cost_only_when_planned() {
+        let e = Estimator::default();
+        let c512 = GpenConfig::official(512);
+        let rect = plan(512, false, 1);
+        let parse = Plan { parse: true, ..rect };
+        let extra = e.peak_bytes(&c512, &parse, 1, (1920, 1080)) - e.peak_bytes(&c512, &rect, 1, (1920, 1080));
+        assert_eq!(extra, Estimator::parse_bytes(1, 4));
+        // About 370 MiB of activations a face in fp32, beside 85 MB of weights.
+        assert!((400 << 20..500 << 20).contains(&extra), "{} MiB", extra >> 20);
+        assert!(Estimator::parse_bytes(4, 2) < Estimator::parse_bytes(4, 4));
+    }
+
+    #[test]
     fn whole_maps_cost_more_than_bands_only_where_banding_applies() {
         let e = Estimator::default();
-        let plan = Plan { size: 512, half: false, face_batch: 1, tile: None };
+        let plan = Plan { size: 512, half: false, face_batch: 1, tile: None, parse: false };
         let c512 = GpenConfig::official(512);
         let (banded, whole) = (
             e.peak_bytes_with(&c512, &plan, 1, (1920, 1080), Banding::Default),
@@ -103,7 +129,7 @@ mod tests {
         assert!(whole > banded + (100 << 20), "whole {} MiB, banded {} MiB", whole >> 20, banded >> 20);
         assert_eq!(e.peak_bytes(&c512, &plan, 1, (1920, 1080)), banded);
         // GPEN-256 in half precision is never banded: both the same.
-        let plan = Plan { size: 256, half: true, face_batch: 1, tile: None };
+        let plan = Plan { size: 256, half: true, face_batch: 1, tile: None, parse: false };
         let c256 = GpenConfig::official(256);
         assert_eq!(e.peak_bytes_with(&c256, &plan, 1, (640, 360), Banding::Off), e.peak_bytes(&c256, &plan, 1, (640, 360)));
     }
@@ -112,7 +138,7 @@ mod tests {
     use crate::memory::mib;
 
     fn plan(size: i64, half: bool, face_batch: usize) -> Plan {
-        Plan { size, half, face_batch, tile: None }
+        Plan { size, half, face_batch, tile: None, parse: false }
     }
 
     #[test]

@@ -8,15 +8,20 @@ pub struct Plan {
     pub face_batch: usize,
     /// Input pixels per upscaler tile (0: the whole frame); `None` when nothing is upscaled.
     pub tile: Option<i64>,
+    /// Faces are pasted through face-parsing masks (ParseNet), else through the rectangle.
+    pub parse: bool,
 }
 
 impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "size={} fp16={} face-batch={}", self.size, self.half, self.face_batch)?;
-        match self.tile {
-            Some(t) => write!(f, " tile-size={t}"),
-            None => Ok(()),
+        if let Some(t) = self.tile {
+            write!(f, " tile-size={t}")?;
         }
+        if self.parse {
+            write!(f, " mask=parse")?;
+        }
+        Ok(())
     }
 }
 

@@ -46,7 +46,8 @@ impl Ladder {
 
     /// The next rung below the current plan, if any: half precision, then halved face batches,
     /// then smaller upscaler tiles (from the whole frame to 512, then halves, while a tile keeps
-    /// more than its overlap), then the next smaller face size.
+    /// more than its overlap), then the rectangle mask instead of face parsing, then the next
+    /// smaller face size.
     pub fn next_rung(&self) -> Option<Plan> {
         let p = self.plan;
         if !p.half {
@@ -60,6 +61,9 @@ impl Ladder {
             if next >= (2 * self.tile_overlap).max(MIN_TILE) {
                 return Some(Plan { tile: Some(next), ..p });
             }
+        }
+        if p.parse {
+            return Some(Plan { parse: false, ..p });
         }
         self.smaller_sizes.iter().find(|&&s| s < p.size).map(|&size| Plan { size, ..p })
     }
@@ -105,7 +109,7 @@ mod tests {
     use super::*;
 
     fn plan(size: i64, half: bool, face_batch: usize, tile: Option<i64>) -> Plan {
-        Plan { size, half, face_batch, tile }
+        Plan { size, half, face_batch, tile, parse: false }
     }
 
     fn walk(mut l: Ladder) -> Vec<Plan> {
@@ -134,6 +138,13 @@ mod tests {
             plan(256, true, 1, Some(64)),
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_rectangle_mask_comes_before_smaller_sizes() {
+        let start = Plan { parse: true, ..plan(512, true, 1, None) };
+        let got = walk(Ladder::new(start, MemoryPolicy::Degrade, 32, vec![256]));
+        assert_eq!(got, [start, plan(512, true, 1, None), plan(256, true, 1, None)]);
     }
 
     #[test]

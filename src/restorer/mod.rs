@@ -23,6 +23,7 @@ use crate::align::{self, Alignment, Border};
 use crate::detect::{detect_at_scales_with, DetectorVariant, Face, RetinaFace};
 use crate::gpen::{Banding, FullGenerator, GpenConfig};
 use crate::memory::{self, Estimator, Plan};
+use crate::parse::ParseNet;
 use crate::upscale::Upscaler;
 use crate::{registry, transfer, Error, Setting};
 
@@ -121,12 +122,16 @@ pub struct PasteTimings {
     pub paste: Duration,
 }
 
-/// Whole-frame faces: the detector, the paste constants, the stream's tracks.
+/// Whole-frame faces: the detector, the paste constants and masks, the stream's tracks.
 #[derive(Debug)]
 struct FaceStage {
     detector: Arc<RetinaFace>,
     detector_path: PathBuf,
     paster: Paster,
+    /// The face-parsing checkpoint found for the parsing mask.
+    parse_path: Option<PathBuf>,
+    /// Loaded while the plan pastes through parsing masks.
+    parser: Option<Arc<ParseNet>>,
     settings: FaceSettings,
     video: VideoFaces,
 }
@@ -187,12 +192,17 @@ impl Restorer {
                 format!("ask for {size}, or use a GPEN-{} checkpoint", settings.size),
             ));
         }
+        let kind = compute_kind(settings.fp16, device);
         let face_stage = |f: &FaceSettings| -> Result<FaceStage, Error> {
             let detector_path = find_detector(f.detector_model.as_deref())?;
+            let parse_path = find_parser(&f.mask, settings.model.as_deref())?;
+            let parser = parse_path.as_deref().map(|p| registry::parser(p, device, kind)).transpose()?;
             Ok(FaceStage {
                 detector: registry::detector(&detector_path, f.detector_variant, device)?,
                 detector_path,
-                paster: Paster::new(size, device)?,
+                paster: Paster::new(size, device, f.mask.regions)?,
+                parse_path,
+                parser,
                 settings: f.clone(),
                 video: VideoFaces::new(f.live.smoothing),
             })
@@ -214,6 +224,7 @@ impl Restorer {
             half: settings.fp16,
             face_batch: if settings.aligned { 1 } else { settings.faces.face_batch },
             tile: matches!(mode, Mode::Upscaled(..)).then_some(u.tile),
+            parse: matches!(&mode, Mode::Faces(s) | Mode::Upscaled(s, _) if s.parser.is_some()),
         };
         // Smaller sizes are rungs of the ladder when their checkpoints sit in the model folder.
         let folder = match &settings.model {
@@ -471,13 +482,22 @@ impl Restorer {
         let current = self.ladder.plan();
         let path =
             if plan.size == current.size { self.model_path.clone() } else { resolve_model_path(self.model_source.as_deref(), plan.size) };
-        self.model = registry::generator(&path, self.model_key.as_deref(), self.device, compute_kind(plan.half, self.device))?;
-        if plan.size != current.size {
-            let size = self.model.config().size;
-            if let Mode::Faces(stage) | Mode::Upscaled(stage, _) = &mut self.mode {
-                stage.paster = Paster::new(size, self.device)?;
+        let kind = compute_kind(plan.half, self.device);
+        // Everything the plan needs is loaded before anything is replaced, so that a load that
+        // runs out of memory leaves the current plan whole.
+        let model = registry::generator(&path, self.model_key.as_deref(), self.device, kind)?;
+        if let Mode::Faces(stage) | Mode::Upscaled(stage, _) = &mut self.mode {
+            // The parser goes with the rectangle rung and comes back in the plan's precision.
+            let parser = match (&stage.parse_path, plan.parse) {
+                (Some(p), true) => Some(registry::parser(p, self.device, kind)?),
+                _ => None,
+            };
+            if plan.size != current.size {
+                stage.paster = Paster::new(model.config().size, self.device, stage.settings.mask.regions)?;
             }
+            stage.parser = parser;
         }
+        self.model = model;
         self.model_path = path;
         memory::release_cached();
         Ok(())
@@ -494,12 +514,19 @@ impl Restorer {
     /// The generator on `x` (`N x 3 x size x size`, -1..1) in batches of the plan's face
     /// batch, as float.
     fn forward_batches(&self, x: &Tensor) -> Result<Tensor, Error> {
+        self.in_batches(x, |b| {
+            self.before_forward()?;
+            self.model.forward_with(b, self.banding)
+        })
+    }
+
+    /// `f` on `x` in batches of the plan's face batch, concatenated as float.
+    fn in_batches(&self, x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor, Error>) -> Result<Tensor, Error> {
         let n = x.size()[0];
         let batch = self.ladder.plan().face_batch.max(1) as i64;
         let mut out = Vec::with_capacity(((n + batch - 1) / batch) as usize);
         for start in (0..n).step_by(batch as usize) {
-            self.before_forward()?;
-            out.push(self.model.forward_with(&x.f_narrow(0, start, batch.min(n - start))?, self.banding)?.f_to_kind(Kind::Float)?);
+            out.push(f(&x.f_narrow(0, start, batch.min(n - start))?)?.f_to_kind(Kind::Float)?);
         }
         Ok(Tensor::f_cat(&out, 0)?)
     }
@@ -543,11 +570,18 @@ impl Restorer {
         report.timings.crop = t0.elapsed();
         let t1 = Instant::now();
         let restored = from_unit(&self.forward_batches(&to_unit(&crops)?)?)?;
+        // GPEN parses the restored faces before smoothing and blending them.
+        let masks = match (&stage.parser, self.ladder.plan().parse) {
+            (Some(net), true) => Some(stage.paster.parse_masks(&restored, |x| self.in_batches(x, |b| net.forward(b)))?),
+            _ => None,
+        };
         report.timings.generator = t1.elapsed();
         let t2 = Instant::now();
         let small: Vec<bool> = faces.iter().map(|f| f.width().min(f.height()) < paste::SMALL_FACE).collect();
         let restored = stage.paster.finish(restored, &crops, &small, stage.settings.live.alpha)?;
-        let Some(pasted) = stage.paster.paste(background, &restored, &regions, &maps.f_narrow(0, n, n)?)? else { return Ok(report) };
+        let Some(pasted) = stage.paster.paste(background, &restored, &regions, &maps.f_narrow(0, n, n)?, masks.as_ref())? else {
+            return Ok(report);
+        };
         let (x0, y0, rw, rh) = pasted.region;
         match out {
             Some((data, layout)) => frame::write_rgb(&frame::to_bytes(&pasted.image)?, (x0, y0), data, layout, false)?,
@@ -579,6 +613,14 @@ impl Restorer {
         let frame = frame::to_tensor(data, layout, self.device)?;
         let (faces, _) = find_faces(&stage.detector, &stage.settings, &frame, &[])?;
         Ok(Detections { faces, ids: Vec::new(), detected: true, scene_cut: false, frame, decided: None })
+    }
+
+    /// A still image with faces found elsewhere (another detector, a previous pass, metadata):
+    /// the frame uploaded with `faces`, ready for [`restore_faces`](Self::restore_faces) or
+    /// [`finish`](Self::finish).
+    pub fn with_faces(&self, data: &[u8], layout: &PackedLayout, faces: Vec<Face>) -> Result<Detections, Error> {
+        let frame = frame::to_tensor(data, layout, self.device)?;
+        Ok(Detections { faces, ids: Vec::new(), detected: false, scene_cut: false, frame, decided: None })
     }
 
     /// Restores the detected faces and pastes them back into the frame in place, with no
@@ -616,6 +658,12 @@ impl Restorer {
     /// What tracking did so far (zeros for aligned faces).
     pub fn video_counters(&self) -> VideoCounters {
         self.face_stage().map(|s| s.video.counters()).unwrap_or_default()
+    }
+
+    /// The face-parsing checkpoint faces are pasted through now (`None`: the rectangle).
+    pub fn parse_model(&self) -> Option<&Path> {
+        let stage = self.face_stage().ok()?;
+        stage.parser.as_ref().and(stage.parse_path.as_deref())
     }
 
     /// The detector file and its variant, for whole frames.

@@ -4,6 +4,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use super::settings::MaskRegions;
 use crate::align::{self, Alignment, Border};
 use crate::Error;
 
@@ -18,7 +19,17 @@ pub struct Paster {
     mask: Tensor,
     /// GPEN's 3x3 smoothing of small faces, one filter per channel.
     smooth: Tensor,
+    /// The Gaussian of GPEN's mask blur, separable (see [`align::blur_twice`]).
+    blur: (Tensor, Tensor),
+    /// 1 for the parsing classes the restored face replaces, 0 for the others (19 values).
+    replaced: Tensor,
 }
+
+/// Side of the faces ParseNet reads, and of the masks GPEN post-processes.
+pub const PARSE_SIZE: i64 = 512;
+
+/// Pixels zeroed on every side of a parsing mask before it is blurred (GPEN's `thres`).
+const PARSE_BORDER: i64 = 26;
 
 /// A frame rectangle `(x0, y0, width, height)`.
 pub type Region = (i64, i64, i64, i64);
@@ -38,13 +49,42 @@ pub struct Pasted {
 }
 
 impl Paster {
-    pub fn new(size: i64, device: Device) -> Result<Self, Error> {
+    /// `regions`: the parsing classes the restored face replaces (used with parsing masks).
+    pub fn new(size: i64, device: Device, regions: MaskRegions) -> Result<Self, Error> {
         let smooth = Tensor::f_from_slice(&[1f32, 2., 1., 2., 4., 2., 1., 2., 1.])?
             .f_div_scalar(16.0)?
             .f_reshape([1, 1, 3, 3])?
             .f_repeat([3, 1, 1, 1])?
             .f_to_device(device)?;
-        Ok(Paster { size, mask: align::soft_mask(size, device)?, smooth })
+        let replaced = Tensor::f_from_slice(&regions.table())?.f_to_device(device)?;
+        Ok(Paster { size, mask: align::soft_mask(size, device)?, smooth, blur: align::gaussian_kernels(device)?, replaced })
+    }
+
+    /// GPEN's face-parsing masks of restored faces (`N x 3 x size x size`, 0..255), as
+    /// `face_enhancement.py` makes them, all faces at once on the device: each face truncated to
+    /// 8 bits (GPEN's `tensor2img`), resized to 512 (rounded, as `cv2.resize` on 8-bit images),
+    /// parsed (`parse`: `N x 3 x 512 x 512` in -1..1 to `N x 19 x 512 x 512` logits), the
+    /// replaced classes set to 1 and the others to 0, a 26-pixel border zeroed, blurred twice
+    /// (101 taps, sigma 4), and resized back to `size`. `N x 1 x size x size`, 0..1.
+    pub fn parse_masks(&self, restored: &Tensor, parse: impl Fn(&Tensor) -> Result<Tensor, Error>) -> Result<Tensor, Error> {
+        let _guard = tch::no_grad_guard();
+        let n = restored.size()[0];
+        let mut faces = restored.f_clamp(0.0, 255.0)?.f_floor()?;
+        if self.size != PARSE_SIZE {
+            faces = faces.f_upsample_bilinear2d([PARSE_SIZE, PARSE_SIZE], false, None, None)?.f_round()?;
+        }
+        let logits = parse(&faces.f_div_scalar(255.0)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?)?;
+        let classes = logits.f_argmax(1, false)?; // N x 512 x 512
+        let mask = self.replaced.f_index_select(0, &classes.f_reshape([-1])?)?.f_reshape([n, 1, PARSE_SIZE, PARSE_SIZE])?;
+        let inner = PARSE_SIZE - 2 * PARSE_BORDER;
+        let mask = mask.f_narrow(2, PARSE_BORDER, inner)?.f_narrow(3, PARSE_BORDER, inner)?.f_constant_pad_nd([
+            PARSE_BORDER,
+            PARSE_BORDER,
+            PARSE_BORDER,
+            PARSE_BORDER,
+        ])?;
+        let mask = align::blur_twice(&mask, &self.blur)?;
+        Ok(if self.size != PARSE_SIZE { mask.f_upsample_bilinear2d([self.size, self.size], false, None, None)? } else { mask })
     }
 
     pub fn size(&self) -> i64 {
@@ -92,10 +132,18 @@ impl Paster {
 
     /// Composes `faces` (`N x 3 x size x size`, 0..255) over `background` (`1 x 3 x H x W`),
     /// each warped back into its region through its map (`maps`: `N x 3 x 2` on the device, from
-    /// [`maps`](Self::maps)) with the soft mask; where masks overlap the face with the larger
-    /// mask wins the pixel, as in GPEN. Only the union of the regions is composed. `None` when
-    /// no face reaches the frame.
-    pub fn paste(&self, background: &Tensor, faces: &Tensor, regions: &[Option<Region>], maps: &Tensor) -> Result<Option<Pasted>, Error> {
+    /// [`maps`](Self::maps)) with its mask (`masks`: `N x 1 x size x size` from
+    /// [`parse_masks`](Self::parse_masks), or the soft rectangle); where masks overlap the face
+    /// with the larger mask wins the pixel, as in GPEN. Only the union of the regions is
+    /// composed. `None` when no face reaches the frame.
+    pub fn paste(
+        &self,
+        background: &Tensor,
+        faces: &Tensor,
+        regions: &[Option<Region>],
+        maps: &Tensor,
+        masks: Option<&Tensor>,
+    ) -> Result<Option<Pasted>, Error> {
         let Some((ux0, uy0, ux1, uy1)) = regions.iter().flatten().fold(None, |u, &(x0, y0, rw, rh)| {
             Some(match u {
                 None => (x0, y0, x0 + rw, y0 + rh),
@@ -110,7 +158,11 @@ impl Paster {
         let mut pasted = 0;
         for (i, region) in regions.iter().enumerate() {
             let Some((x0, y0, rw, rh)) = *region else { continue };
-            let face = Tensor::f_cat(&[faces.f_narrow(0, i as i64, 1)?, self.mask.shallow_clone()], 1)?;
+            let mask = match masks {
+                Some(m) => m.f_narrow(0, i as i64, 1)?,
+                None => self.mask.shallow_clone(),
+            };
+            let face = Tensor::f_cat(&[faces.f_narrow(0, i as i64, 1)?, mask], 1)?;
             let grid = align::grids(&maps.f_narrow(0, i as i64, 1)?, (rh, rw))?;
             let warped = align::warp(&face, &grid, Border::Zeros)?;
             let (img, mask) = (warped.f_narrow(1, 0, 3)?, warped.f_narrow(1, 3, 1)?);
@@ -144,7 +196,7 @@ mod tests {
     fn paste(p: &Paster, bg: &Tensor, faces: &Tensor, alignments: &[Alignment]) -> Option<Pasted> {
         let regions = p.regions(alignments, (bg.size()[2], bg.size()[3]));
         let maps = Tensor::from_slice(&p.maps(alignments, &regions)).reshape([alignments.len() as i64, 3, 2]);
-        p.paste(bg, faces, &regions, &maps).unwrap()
+        p.paste(bg, faces, &regions, &maps, None).unwrap()
     }
 
     fn max_abs(t: &Tensor) -> f64 {
@@ -153,7 +205,7 @@ mod tests {
 
     #[test]
     fn a_face_lands_where_its_alignment_says_and_nothing_else_changes() {
-        let p = Paster::new(64, Device::Cpu).unwrap();
+        let p = Paster::new(64, Device::Cpu, MaskRegions::GPEN).unwrap();
         let bg = Tensor::full([1, 3, 100, 120], 10.0, (Kind::Float, Device::Cpu));
         let face = Tensor::full([1, 3, 64, 64], 200.0, (Kind::Float, Device::Cpu));
         let a = alignment_at(64, (30.0, 20.0), 1.0);
@@ -173,7 +225,7 @@ mod tests {
 
     #[test]
     fn overlapping_faces_take_the_larger_mask_and_faces_off_frame_are_skipped() {
-        let p = Paster::new(64, Device::Cpu).unwrap();
+        let p = Paster::new(64, Device::Cpu, MaskRegions::GPEN).unwrap();
         let bg = Tensor::zeros([1, 3, 100, 160], (Kind::Float, Device::Cpu));
         let faces = Tensor::cat(
             &[
@@ -200,7 +252,7 @@ mod tests {
 
     #[test]
     fn finishing_smooths_small_faces_only_and_blends_by_alpha() {
-        let p = Paster::new(8, Device::Cpu).unwrap();
+        let p = Paster::new(8, Device::Cpu, MaskRegions::GPEN).unwrap();
         let noisy = Tensor::rand([2, 3, 8, 8], (Kind::Float, Device::Cpu)) * 255.0;
         let crops = Tensor::zeros([2, 3, 8, 8], (Kind::Float, Device::Cpu));
         let out = p.finish(noisy.shallow_clone(), &crops, &[true, false], 1.0).unwrap();

@@ -210,14 +210,127 @@ pub struct FaceSettings {
     pub detection_size: i64,
     /// Most faces per generator forward.
     pub face_batch: usize,
+    /// How restored faces are pasted back.
+    pub mask: MaskSettings,
     /// The settings that may change while frames flow.
     pub live: LiveSettings,
 }
 
 impl Default for FaceSettings {
     fn default() -> Self {
-        FaceSettings { detector_model: None, detector_variant: None, detection_size: 1280, face_batch: 4, live: LiveSettings::default() }
+        FaceSettings {
+            detector_model: None,
+            detector_variant: None,
+            detection_size: 1920,
+            face_batch: 4,
+            mask: MaskSettings::default(),
+            live: LiveSettings::default(),
+        }
     }
+}
+
+/// Which paste mask restored faces go back through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MaskMode {
+    /// The face-parsing mask when a ParseNet checkpoint is found, else the rectangle.
+    #[default]
+    Auto,
+    /// The face-parsing mask (GPEN's `face_enhancement.py`); the checkpoint must be there.
+    Parse,
+    /// GPEN's fixed soft rectangle.
+    Rectangle,
+}
+
+/// The official file name of GPEN's face-parsing network.
+pub const PARSE_FILE: &str = "ParseNet-latest.pth";
+
+/// ParseNet's classes, in the order of its 19 outputs (CelebAMask-HQ).
+pub const PARSE_CLASSES: [&str; 19] = [
+    "background",
+    "skin",
+    "nose",
+    "glasses",
+    "left eye",
+    "right eye",
+    "left brow",
+    "right brow",
+    "left ear",
+    "right ear",
+    "mouth",
+    "upper lip",
+    "lower lip",
+    "hair",
+    "hat",
+    "earring",
+    "necklace",
+    "neck",
+    "cloth",
+];
+
+/// The parsing classes whose pixels the restored face replaces: bit `i` for class `i` of
+/// [`PARSE_CLASSES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaskRegions(pub u32);
+
+impl MaskRegions {
+    /// GPEN's set: every class but background, hat and cloth.
+    pub const GPEN: MaskRegions = MaskRegions(((1 << 19) - 1) & !(1 << 0) & !(1 << 14) & !(1 << 18));
+
+    pub fn replaces(&self, class: usize) -> bool {
+        class < 19 && self.0 & (1 << class) != 0
+    }
+
+    /// 1.0 for replaced classes and 0.0 for kept ones, in class order.
+    pub fn table(&self) -> [f32; 19] {
+        std::array::from_fn(|c| if self.replaces(c) { 1.0 } else { 0.0 })
+    }
+}
+
+impl Default for MaskRegions {
+    fn default() -> Self {
+        MaskRegions::GPEN
+    }
+}
+
+/// How restored faces are pasted back.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MaskSettings {
+    pub mode: MaskMode,
+    /// A ParseNet checkpoint, or a folder holding [`PARSE_FILE`]; `None`: the folder of the GPEN
+    /// model (the `model` folder, the folder of the `model` file, or the default folder).
+    pub parse_model: Option<PathBuf>,
+    pub regions: MaskRegions,
+}
+
+/// The ParseNet checkpoint `mask` asks for, if any: `Ok(None)` for the rectangle (asked for, or
+/// `auto` with no checkpoint found). `model` is the GPEN `model` setting, whose folder is
+/// searched when no parsing checkpoint is named.
+pub fn find_parser(mask: &MaskSettings, model: Option<&Path>) -> Result<Option<PathBuf>, Error> {
+    if mask.mode == MaskMode::Rectangle {
+        return Ok(None);
+    }
+    let (place, named) = match (&mask.parse_model, model) {
+        (Some(p), _) => (p.clone(), true),
+        (None, Some(m)) if m.is_dir() => (m.to_path_buf(), false),
+        (None, Some(m)) => (m.parent().map(Path::to_path_buf).unwrap_or_default(), false),
+        (None, None) => (default_model_dir(), false),
+    };
+    let path = if place.is_dir() { place.join(PARSE_FILE) } else { place };
+    if path.is_file() {
+        return Ok(Some(path));
+    }
+    if mask.mode == MaskMode::Auto && !named {
+        return Ok(None);
+    }
+    Err(Error::FileNotFound {
+        setting: Setting::ParseModel,
+        path,
+        problem: "no face-parsing checkpoint there".into(),
+        hint: format!(
+            "install {PARSE_FILE} beside the GPEN model (scripts/install-weights.py does), name a ParseNet checkpoint, or \
+             paste through the rectangle mask"
+        ),
+    })
 }
 
 /// Face settings that may change between frames; pushed whole with
