@@ -11,6 +11,7 @@ pub mod gpen;
 pub mod gpenfilter;
 pub mod memory;
 pub mod nn;
+pub mod parse;
 pub mod registry;
 pub mod restorer;
 pub mod sys;

@@ -188,6 +188,18 @@ impl Conv2d {
         Ok(Conv2d { weight, bias: Some(bias), stride: spec.stride, padding: spec.padding, groups: spec.groups })
     }
 
+    /// The same convolution computing in `kind`: weights are folded in fp32 first and rounded
+    /// once.
+    pub fn to_kind(&self, kind: Kind) -> Result<Self> {
+        Ok(Conv2d {
+            weight: self.weight.f_to_kind(kind)?,
+            bias: self.bias.as_ref().map(|b| b.f_to_kind(kind)).transpose()?,
+            stride: self.stride,
+            padding: self.padding,
+            groups: self.groups,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (s, p) = (self.stride, self.padding);
         x.f_conv2d(&self.weight, self.bias.as_ref(), [s, s], [p, p], [1, 1], self.groups)

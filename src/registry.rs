@@ -11,6 +11,7 @@ use tch::{Device, Kind};
 
 use crate::detect::{DetectorVariant, RetinaFace};
 use crate::gpen::FullGenerator;
+use crate::parse::ParseNet;
 use crate::upscale::RrdbNet;
 use crate::Error;
 
@@ -18,10 +19,13 @@ use crate::Error;
 type GeneratorKey = (PathBuf, Option<String>, Device, Kind);
 type DetectorKey = (PathBuf, Option<DetectorVariant>, Device);
 type UpscalerKey = (PathBuf, Device);
+/// A ParseNet file, the device and the compute precision.
+type ParserKey = (PathBuf, Device, Kind);
 
 static GENERATORS: Lazy<Mutex<HashMap<GeneratorKey, Weak<FullGenerator>>>> = Lazy::new(Default::default);
 static DETECTORS: Lazy<Mutex<HashMap<DetectorKey, Weak<RetinaFace>>>> = Lazy::new(Default::default);
 static UPSCALERS: Lazy<Mutex<HashMap<UpscalerKey, Weak<RrdbNet>>>> = Lazy::new(Default::default);
+static PARSERS: Lazy<Mutex<HashMap<ParserKey, Weak<ParseNet>>>> = Lazy::new(Default::default);
 static GENERATOR_LOADS: AtomicU64 = AtomicU64::new(0);
 static LOADS_BY_FILE: Lazy<Mutex<HashMap<PathBuf, u64>>> = Lazy::new(Default::default);
 
@@ -70,6 +74,11 @@ pub fn detector(path: &Path, variant: Option<DetectorVariant>, device: Device) -
 /// The RRDBNet upscaler of `path`, loaded once for the whole process.
 pub fn upscaler(path: &Path, device: Device) -> Result<Arc<RrdbNet>, Error> {
     shared(&UPSCALERS, (canonical(path), device), || RrdbNet::new(path, device))
+}
+
+/// The ParseNet face parser of `path` on `device` in `kind`, loaded once for the whole process.
+pub fn parser(path: &Path, device: Device, kind: Kind) -> Result<Arc<ParseNet>, Error> {
+    shared(&PARSERS, (canonical(path), device, kind), || ParseNet::load(path, device, kind))
 }
 
 /// Generator loads since the process started (for tests and statistics).
