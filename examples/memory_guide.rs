@@ -27,8 +27,12 @@ fn main() {
             let cfg = GpenConfig::official(size);
             for half in [false, true] {
                 let Some((batch, peak)) = [8usize, 4, 2, 1].into_iter().find_map(|b| {
-                    let p =
-                        memory::mib(Estimator::default().peak_bytes(&cfg, &Plan { size, half, face_batch: b, tile: None, parse: false }, faces, frame));
+                    let p = memory::mib(Estimator::default().peak_bytes(
+                        &cfg,
+                        &Plan { size, half, face_batch: b, tile: None, parse: false },
+                        faces,
+                        frame,
+                    ));
                     (p <= usable).then_some((b, p))
                 }) else {
                     continue;

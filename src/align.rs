@@ -163,6 +163,51 @@ pub fn crop_faces(frame: &Tensor, alignments: &[Alignment], size: i64, border: B
     warp(frame, &grid, border)
 }
 
+/// The `2 x 3` matrices (row-major, 6 values a face) that take crop pixels to frame pixels, as
+/// `cv2.warpAffine` inverts each face's `tfm`; see [`crop_faces_cv`].
+pub fn crop_matrices(alignments: &[Alignment]) -> Vec<f64> {
+    alignments.iter().flat_map(|a| a.tfm.inverse().matrix().into_iter().flatten()).collect()
+}
+
+/// Crops of all faces as `cv2.warpAffine(frame, tfm, (size, size))` makes them from an 8-bit
+/// frame, exactly: INTER_LINEAR in OpenCV's fixed point (source coordinates rounded to 1/1024
+/// pixel for the row and column parts, then to 1/32; weights in 1/1024; the sum rounded half
+/// up), on the device. `frame` is `1 x C x H x W` holding 8-bit values (as float); `matrices`
+/// is `N x 6` (f64, from [`crop_matrices`]) on the frame's device. `B x C x size x size`,
+/// integral values.
+pub fn crop_faces_cv(frame: &Tensor, matrices: &Tensor, size: i64, border: Border) -> Result<Tensor> {
+    let (c, h, w) = (frame.size()[1], frame.size()[2], frame.size()[3]);
+    let n = matrices.size()[0];
+    let dev = frame.device();
+    let m = |i: i64| matrices.f_narrow(1, i, 1)?.f_reshape([n, 1, 1]); // N x 1 x 1, f64
+    let pos = Tensor::f_arange(size, (Kind::Double, dev))?;
+    let (col, row) = (pos.f_reshape([1, 1, size])?, pos.f_reshape([1, size, 1])?);
+    // cv::warpAffine: X0 = round((M01 y + M02) 1024) per row, adelta = round(M00 x 1024) per
+    // column, X = (X0 + adelta + 16) >> 5 (1/32 pixel); the same for Y.
+    let fixed = |a: Tensor| -> Result<Tensor> { a.f_mul_scalar(1024.0)?.f_round()?.f_to_kind(Kind::Int64) };
+    let x32 = fixed(m(1)?.f_mul(&row)?.f_add(&m(2)?)?)?.f_add(&fixed(m(0)?.f_mul(&col)?)?)?.f_add_scalar(16)?.f_floor_divide_scalar(32)?;
+    let y32 = fixed(m(4)?.f_mul(&row)?.f_add(&m(5)?)?)?.f_add(&fixed(m(3)?.f_mul(&col)?)?)?.f_add_scalar(16)?.f_floor_divide_scalar(32)?;
+    let (x0, fx) = (x32.f_floor_divide_scalar(32)?, x32.f_remainder(32)?);
+    let (y0, fy) = (y32.f_floor_divide_scalar(32)?, y32.f_remainder(32)?);
+    let flat = frame.f_reshape([1, c, h * w])?.f_expand([n, c, h * w], false)?;
+    let mut sum = Tensor::f_zeros([n, c, size * size], (Kind::Float, dev))?;
+    for (dy, wy) in [(0, fy.f_neg()?.f_add_scalar(32)?), (1, fy.shallow_clone())] {
+        for (dx, wx) in [(0, fx.f_neg()?.f_add_scalar(32)?), (1, fx.shallow_clone())] {
+            let (xs, ys) = (x0.f_add_scalar(dx)?, y0.f_add_scalar(dy)?);
+            let inside = xs.f_ge(0)?.f_logical_and(&xs.f_lt(w)?)?.f_logical_and(&ys.f_ge(0)?)?.f_logical_and(&ys.f_lt(h)?)?;
+            let index = ys.f_clamp(0, h - 1)?.f_mul_scalar(w)?.f_add(&xs.f_clamp(0, w - 1)?)?.f_reshape([n, 1, size * size])?;
+            let taps = flat.f_gather(2, &index.f_expand([n, c, size * size], false)?, false)?;
+            let mut weight = wx.f_mul(&wy)?;
+            if border == Border::Zeros {
+                weight = weight.f_mul(&inside)?;
+            }
+            sum = sum.f_add(&taps.f_mul(&weight.f_reshape([n, 1, size * size])?.f_to_kind(Kind::Float)?)?)?;
+        }
+    }
+    // Weights sum to 1024; OpenCV rounds (v + 512) >> 10.
+    sum.f_add_scalar(512.0)?.f_div_scalar(1024.0)?.f_floor()?.f_reshape([n, c, size, size])
+}
+
 /// The maps of [`crop_faces`] (one [`grid_map`] per face) for a frame of `height x width`.
 pub fn crop_maps(alignments: &[Alignment], (height, width): (i64, i64)) -> Vec<f32> {
     alignments.iter().flat_map(|a| grid_map(&a.tfm.inverse(), (0, 0), (height, width))).collect()

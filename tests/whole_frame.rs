@@ -91,8 +91,10 @@ fn check(mode: MaskMode, output: &str) {
         assert_eq!((ww, wh), (w, h));
         let diff = differences(&out, &want);
         let changed = out.chunks(3).zip(input.chunks(3)).filter(|(a, b)| a != b).count();
-        println!("{name} {output}: {} face(s) pasted, {changed} pixels changed (GPEN {}), mean/p99.9 per channel {diff:.3?}",
-            pasted.restored, case["outputs"][output]["changed_pixels"]);
+        println!(
+            "{name} {output}: {} face(s) pasted, {changed} pixels changed (GPEN {}), mean/p99.9 per channel {diff:.3?}",
+            pasted.restored, case["outputs"][output]["changed_pixels"]
+        );
         report.push((name.to_owned(), diff));
     }
     for (name, diff) in report {

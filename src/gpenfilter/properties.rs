@@ -9,7 +9,9 @@ use gst::prelude::*;
 
 use super::{DetectorVariant, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
 use crate::memory::MemorySettings;
-use crate::restorer::{DeviceSpec, FaceSettings, LiveSettings, MaskMode, MaskSettings, RestorerSettings, UpscaleSettings, MODEL_DIR_ENV, PARSE_FILE};
+use crate::restorer::{
+    DeviceSpec, FaceSettings, LiveSettings, MaskMode, MaskSettings, RestorerSettings, UpscaleSettings, MODEL_DIR_ENV, PARSE_FILE,
+};
 use crate::{Error, Setting};
 
 pub const DEFAULT_SIZE: Size = Size::S512;

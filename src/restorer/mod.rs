@@ -386,7 +386,7 @@ impl Restorer {
                     // Crops come from the frame upscaled bilinearly, as GPEN takes them; the faces
                     // are composed into the upscaled frame, which then comes down once.
                     let (h, w) = (d.frame.size()[2], d.frame.size()[3]);
-                    let crops_from = d.frame.f_upsample_bilinear2d([h * f, w * f], false, None, None)?;
+                    let crops_from = d.frame.f_upsample_bilinear2d([h * f, w * f], false, None, None)?.f_round()?.f_clamp(0.0, 255.0)?;
                     restored = self.restore_onto(stage, &crops_from, &background, &faces, None)?.restored;
                 }
                 frame::write_frame(&background, data, layout)?;
@@ -558,15 +558,19 @@ impl Restorer {
         if faces.is_empty() {
             return Ok(report);
         }
-        // Every face's crop and paste maps go to the device in one copy.
-        let (n, fh, fw) = (alignments.len() as i64, crops_from.size()[2], crops_from.size()[3]);
+        // Every face's crop matrix and paste map go to the device in one copy (f64: the crops
+        // round coordinates as OpenCV does, which needs the matrices exact).
+        let n = alignments.len() as i64;
         let regions = stage.paster.regions(&alignments, (h, w));
-        let mut maps = align::crop_maps(&alignments, (fh, fw));
-        maps.extend(stage.paster.maps(&alignments, &regions));
-        let maps = transfer::upload(&Tensor::f_from_slice(&maps)?, self.device)?.f_reshape([2 * n, 3, 2])?;
-        // Faces cut by the frame edge get the edge replicated instead of GPEN's black band,
-        // which the generator would otherwise carry into the pasted face.
-        let crops = align::warp(crops_from, &align::grids(&maps.f_narrow(0, 0, n)?, (size, size))?, Border::Replicate)?;
+        let mut table = align::crop_matrices(&alignments);
+        table.extend(stage.paster.maps(&alignments, &regions).into_iter().map(f64::from));
+        let table = transfer::upload(&Tensor::f_from_slice(&table)?, self.device)?;
+        let crop_matrices = table.f_narrow(0, 0, 6 * n)?.f_reshape([n, 6])?;
+        let paste_maps = table.f_narrow(0, 6 * n, 6 * n)?.f_to_kind(Kind::Float)?.f_reshape([n, 3, 2])?;
+        // GPEN's crops are cv2.warpAffine on the 8-bit frame; faces cut by the frame edge get the
+        // edge replicated instead of GPEN's black band, which the generator would otherwise
+        // carry into the pasted face.
+        let crops = align::crop_faces_cv(crops_from, &crop_matrices, size, Border::Replicate)?;
         report.timings.crop = t0.elapsed();
         let t1 = Instant::now();
         let restored = from_unit(&self.forward_batches(&to_unit(&crops)?)?)?;
@@ -579,7 +583,7 @@ impl Restorer {
         let t2 = Instant::now();
         let small: Vec<bool> = faces.iter().map(|f| f.width().min(f.height()) < paste::SMALL_FACE).collect();
         let restored = stage.paster.finish(restored, &crops, &small, stage.settings.live.alpha)?;
-        let Some(pasted) = stage.paster.paste(background, &restored, &regions, &maps.f_narrow(0, n, n)?, masks.as_ref())? else {
+        let Some(pasted) = stage.paster.paste(background, &restored, &regions, &paste_maps, masks.as_ref())? else {
             return Ok(report);
         };
         let (x0, y0, rw, rh) = pasted.region;

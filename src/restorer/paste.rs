@@ -73,7 +73,10 @@ impl Paster {
         if self.size != PARSE_SIZE {
             faces = faces.f_upsample_bilinear2d([PARSE_SIZE, PARSE_SIZE], false, None, None)?.f_round()?;
         }
-        let logits = parse(&faces.f_div_scalar(255.0)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?)?;
+        // GPEN scales the 8-bit face in float64 (numpy) and then casts: the same here, so that
+        // nearly tied classes fall the same way.
+        let unit = faces.f_to_kind(Kind::Double)?.f_div_scalar(255.0)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?.f_to_kind(Kind::Float)?;
+        let logits = parse(&unit)?;
         let classes = logits.f_argmax(1, false)?; // N x 512 x 512
         let mask = self.replaced.f_index_select(0, &classes.f_reshape([-1])?)?.f_reshape([n, 1, PARSE_SIZE, PARSE_SIZE])?;
         let inner = PARSE_SIZE - 2 * PARSE_BORDER;
