@@ -274,6 +274,42 @@ pub fn soft_mask(size: i64, device: Device) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fixed_point_crops_follow_opencv_arithmetic() {
+        let frame = Tensor::arange(3 * 6 * 8, (Kind::Float, Device::Cpu)).remainder(251).reshape([1, 3, 6, 8]);
+        let shift = |tx: f64, ty: f64| Similarity { a: 1.0, b: 0.0, tx, ty };
+        let matrices = |t: &[Similarity]| {
+            let v: Vec<f64> = t.iter().flat_map(|s| s.matrix().into_iter().flatten()).collect();
+            Tensor::from_slice(&v).reshape([t.len() as i64, 6])
+        };
+        // The identity gives the frame back, exactly.
+        let same = crop_faces_cv(&frame, &matrices(&[shift(0.0, 0.0)]), 6, Border::Zeros).unwrap();
+        assert_eq!(same.sum(Kind::Double).double_value(&[]), frame.narrow(3, 0, 6).sum(Kind::Double).double_value(&[]));
+        // Half a pixel to the right: the mean of neighbours, rounded half up (OpenCV's
+        // (v + 512) >> 10), where a float warp would round half to even.
+        let half = crop_faces_cv(&frame, &matrices(&[shift(0.5, 0.0)]), 4, Border::Replicate).unwrap();
+        for x in 0..3 {
+            let (a, b) = (frame.double_value(&[0, 0, 1, x]), frame.double_value(&[0, 0, 1, x + 1]));
+            assert_eq!(half.double_value(&[0, 0, 1, x]), ((a + b) / 2.0 + 0.5).floor(), "x {x}");
+        }
+        // Past the edge: replicated, or black.
+        let out = shift(-2.0, 0.0);
+        let rep = crop_faces_cv(&frame, &matrices(&[out]), 4, Border::Replicate).unwrap();
+        let zero = crop_faces_cv(&frame, &matrices(&[out]), 4, Border::Zeros).unwrap();
+        assert_eq!(rep.double_value(&[0, 2, 3, 0]), frame.double_value(&[0, 2, 3, 0]));
+        assert_eq!(zero.double_value(&[0, 2, 3, 0]), 0.0);
+        // A magnified face on a smooth picture: within a level of the float warp (positions are
+        // rounded to 1/32 pixel), integral everywhere.
+        let a = align(&template(64).map(|[x, y]| [(x * 0.05 + 0.3) as f32, (y * 0.05 + 0.2) as f32]), 64).unwrap();
+        let xs = Tensor::arange(12, (Kind::Float, Device::Cpu)).reshape([1, 1, 1, 12]);
+        let ys = Tensor::arange(10, (Kind::Float, Device::Cpu)).reshape([1, 1, 10, 1]);
+        let big = (xs * 9.0 + ys * 7.0).expand([1, 3, 10, 12], false).contiguous();
+        let cv = crop_faces_cv(&big, &Tensor::from_slice(&crop_matrices(&[a])).reshape([1, 6]), 64, Border::Replicate).unwrap();
+        let float = crop_faces(&big, &[a], 64, Border::Replicate).unwrap();
+        assert!((cv.shallow_clone() - float).abs().max().double_value(&[]) <= 1.0);
+        assert_eq!((cv.shallow_clone() - cv.round()).abs().max().double_value(&[]), 0.0);
+    }
+
     use super::*;
 
     #[test]
