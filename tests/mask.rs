@@ -1,0 +1,165 @@
+//! The paste mask as a user meets it: `mask=auto|parse|rectangle`, `parse-model`,
+//! `mask-regions`; bad parsing checkpoints refused at start with the file and the problem; the
+//! rectangle as a rung of the memory ladder.
+
+mod common;
+
+use gst::prelude::*;
+use gstgpen::restorer::{
+    DeviceSpec, FaceSettings, MaskMode, MaskRegions, MaskSettings, MemorySettings, Outcome, PackedLayout, Restorer, RestorerSettings,
+};
+
+fn parsenet() -> std::path::PathBuf {
+    common::shared().join("fixtures/parsenet/parsenet-tiny.pth")
+}
+
+fn settings(mask: MaskSettings) -> RestorerSettings {
+    RestorerSettings {
+        model: Some(common::gpen_fixture("gpen-512-tiny.pth")),
+        size: 512,
+        device: DeviceSpec::Cpu,
+        faces: FaceSettings { detector_model: Some(common::detector()), mask, ..Default::default() },
+        ..Default::default()
+    }
+}
+
+/// The error a pipeline posts when gpenfilter cannot start with `properties`.
+fn start_error(properties: &str) -> String {
+    common::init();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=64,height=64 ! gpenfilter device=cpu size=512 model={} \
+         detector-model={} {properties} ! fakesink",
+        common::gpen_fixture("gpen-512-tiny.pth").display(),
+        common::detector().display()
+    ))
+    .unwrap();
+    let _ = pipeline.set_state(gst::State::Playing);
+    let mut error = None;
+    for msg in pipeline.bus().unwrap().iter_timed(gst::ClockTime::from_seconds(60)) {
+        match msg.view() {
+            gst::MessageView::Error(e) => {
+                error = Some(format!("{} ({})", e.error(), e.debug().unwrap_or_default()));
+                break;
+            }
+            gst::MessageView::Eos(_) => break,
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let e = error.unwrap_or_else(|| panic!("{properties}: the pipeline must not start"));
+    assert!(!e.contains("panicked"), "{e}");
+    e
+}
+
+#[test]
+fn auto_uses_the_parsing_mask_only_where_a_checkpoint_is_found() {
+    // The GPEN fixtures' folder holds no ParseNet-latest.pth: auto falls back to the rectangle.
+    let r = Restorer::new(&settings(MaskSettings::default())).unwrap();
+    assert_eq!(r.parse_model(), None);
+    assert!(!r.plan().parse);
+    // Named, it is used, and the plan says so.
+    let r = Restorer::new(&settings(MaskSettings { parse_model: Some(parsenet()), ..Default::default() })).unwrap();
+    assert_eq!(r.parse_model(), Some(parsenet().as_path()));
+    assert!(r.plan().parse && r.plan().to_string().contains("mask=parse"), "{}", r.plan());
+    // In a folder beside the GPEN model, under its official name.
+    let dir = common::scratch("parse-folder");
+    std::fs::copy(common::gpen_fixture("gpen-512-tiny.pth"), dir.join("GPEN-BFR-512.pth")).unwrap();
+    std::fs::copy(parsenet(), dir.join(gstgpen::restorer::PARSE_FILE)).unwrap();
+    let r = Restorer::new(&RestorerSettings { model: Some(dir.clone()), ..settings(MaskSettings::default()) }).unwrap();
+    assert_eq!(r.parse_model(), Some(dir.join(gstgpen::restorer::PARSE_FILE).as_path()));
+    // rectangle never loads it.
+    let r =
+        Restorer::new(&RestorerSettings { model: Some(dir), ..settings(MaskSettings { mode: MaskMode::Rectangle, ..Default::default() }) })
+            .unwrap();
+    assert_eq!(r.parse_model(), None);
+}
+
+#[test]
+fn bad_parsing_checkpoints_are_refused_at_start_by_name() {
+    let e = start_error("mask=parse");
+    assert!(e.contains("ParseNet-latest.pth") && e.contains("property parse-model") && e.contains("fixtures/gpen"), "{e}");
+    let e = start_error("mask=parse parse-model=/nonexistent/parser.pth");
+    assert!(e.contains("/nonexistent/parser.pth") && e.contains("no face-parsing checkpoint"), "{e}");
+    // A parse-model that is named but missing is an error with auto too.
+    let e = start_error("parse-model=/nonexistent/parser.pth");
+    assert!(e.contains("/nonexistent/parser.pth"), "{e}");
+    let gpen = common::gpen_fixture("gpen-256-tiny.pth");
+    let e = start_error(&format!("mask=parse parse-model={}", gpen.display()));
+    assert!(e.contains("gpen-256-tiny.pth") && e.contains("ParseNet"), "{e}");
+    let dir = common::scratch("bad-parse");
+    let bytes = std::fs::read(parsenet()).unwrap();
+    let truncated = dir.join("truncated-parsenet.pth");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let e = start_error(&format!("mask=parse parse-model={}", truncated.display()));
+    assert!(e.contains("truncated-parsenet.pth") && e.contains("corrupt or truncated"), "{e}");
+}
+
+#[test]
+fn regions_choose_what_the_restored_face_replaces_and_memory_drops_parsing_first() {
+    let (input, w, h) = common::decode_image(&common::shared().join("media/images/astronaut.png"));
+    let layout = PackedLayout::rgb(w, h);
+    let changed = |regions: MaskRegions| {
+        let r = Restorer::new(&settings(MaskSettings { mode: MaskMode::Parse, parse_model: Some(parsenet()), regions })).unwrap();
+        let d = r.detect(&input, &layout).unwrap();
+        let mut out = input.clone();
+        r.restore_faces(&d, &mut out, &layout).unwrap();
+        out.chunks(3).zip(input.chunks(3)).filter(|(a, b)| a != b).count()
+    };
+    let (gpen, skin_only, nothing) = (changed(MaskRegions::GPEN), changed(MaskRegions(1 << 1)), changed(MaskRegions(0)));
+    println!("pixels changed: GPEN's regions {gpen}, skin only {skin_only}, no region {nothing}");
+    assert!(nothing == 0 && skin_only > 0 && skin_only < gpen, "{gpen} {skin_only} {nothing}");
+
+    // A budget that fits the rectangle but not the parser: the ladder drops the parsing mask
+    // (after half precision and smaller batches, before smaller sizes) and the frame is restored.
+    let probe =
+        Restorer::new(&settings(MaskSettings { mode: MaskMode::Parse, parse_model: Some(parsenet()), ..Default::default() })).unwrap();
+    let last = gstgpen::memory::Plan { half: true, face_batch: 1, ..probe.plan() };
+    let (with, without) = (
+        probe.estimate(&last, 1, (w as i64, h as i64)),
+        probe.estimate(&gstgpen::memory::Plan { parse: false, ..last }, 1, (w as i64, h as i64)),
+    );
+    assert!(without < with);
+    drop(probe);
+    let budget = (without + (with - without) / 2).div_ceil(1 << 20);
+    let mut r = Restorer::new(&RestorerSettings {
+        memory: MemorySettings { budget_mib: budget, ..Default::default() },
+        ..settings(MaskSettings { mode: MaskMode::Parse, parse_model: Some(parsenet()), ..Default::default() })
+    })
+    .unwrap();
+    let mut out = input.clone();
+    let outcome = r.process(&mut out, &layout, 1.0 / 25.0).unwrap();
+    assert!(matches!(outcome, Outcome::Restored { faces: 1, .. }), "{outcome:?}");
+    assert!(!r.plan().parse && r.plan().half && r.plan().size == 512, "plan {}", r.plan());
+    assert_eq!(r.parse_model(), None, "the parser is unloaded with its rung");
+}
+
+#[test]
+fn the_element_pastes_through_the_parsing_mask() {
+    common::init();
+    let (input, w, h) = common::decode_image(&common::shared().join("media/images/astronaut.png"));
+    let run = |mask: &str| {
+        let pipeline = gst::parse::launch(&format!(
+            "appsrc name=src caps=video/x-raw,format=RGB,width={w},height={h},framerate=25/1 format=time ! gpenfilter device=cpu \
+             size=512 model={} detector-model={} parse-model={} mask={mask} ! appsink name=sink sync=false",
+            common::gpen_fixture("gpen-512-tiny.pth").display(),
+            common::detector().display(),
+            parsenet().display()
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+        let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        src.push_buffer(gst::Buffer::from_slice(input.clone())).unwrap();
+        src.end_of_stream().unwrap();
+        let sample = sink.pull_sample().unwrap();
+        let out = sample.buffer().unwrap().map_readable().unwrap().to_vec();
+        pipeline.set_state(gst::State::Null).unwrap();
+        out
+    };
+    let (auto, parse, rect) = (run("auto"), run("parse"), run("rectangle"));
+    assert_eq!(auto, parse, "auto uses the named parse-model");
+    assert_ne!(parse, rect);
+    assert_ne!(parse, input);
+}
