@@ -255,10 +255,42 @@ pub fn release_cached() {
 /// the resident size after one forward stays near its peak and the next forward's peak comes
 /// on top of that retained memory. A no-op on other C libraries.
 pub fn trim_heap() {
+    if TRIM_PAUSED.with(|p| p.get()) > 0 {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+thread_local! {
+    static TRIM_PAUSED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Holds [`trim_heap`] off on this thread while it lives, and trims once when it goes: for
+/// networks run back to back (the generator, then face parsing), where giving the pages back in
+/// between only makes the next network fault them in again.
+pub struct TrimPause(());
+
+impl TrimPause {
+    pub fn new() -> Self {
+        TRIM_PAUSED.with(|p| p.set(p.get() + 1));
+        TrimPause(())
+    }
+}
+
+impl Default for TrimPause {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TrimPause {
+    fn drop(&mut self) {
+        TRIM_PAUSED.with(|p| p.set(p.get() - 1));
+        trim_heap();
     }
 }
 

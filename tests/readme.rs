@@ -29,6 +29,15 @@ fn describe(pspec: &glib::ParamSpec) -> (String, String, String) {
         let values = p.enum_class().values().iter().map(|v| format!("`{}`", v.nick())).collect::<Vec<_>>().join(", ");
         return ("enum".into(), format!("`{}`", p.enum_class().value(p.default_value_as_i32()).unwrap().nick()), values);
     }
+    if let Some(p) = pspec.downcast_ref::<glib::ParamSpecFlags>() {
+        let class = p.flags_class();
+        let default = p.default_value_as_u32();
+        let nicks =
+            |pick: &dyn Fn(u32) -> bool| class.values().iter().filter(|v| pick(v.value())).map(|v| v.nick().to_owned()).collect::<Vec<_>>();
+        let set = nicks(&|v| default & v == v).join("+");
+        let all = nicks(&|_| true).iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+        return ("flags".into(), format!("`{set}`"), all);
+    }
     let range = if let Some(p) = pspec.downcast_ref::<glib::ParamSpecUInt>() {
         format!("{} – {}", p.minimum(), p.maximum())
     } else if let Some(p) = pspec.downcast_ref::<glib::ParamSpecDouble>() {

@@ -573,12 +573,15 @@ impl Restorer {
         let crops = align::crop_faces_cv(crops_from, &crop_matrices, size, Border::Replicate)?;
         report.timings.crop = t0.elapsed();
         let t1 = Instant::now();
+        // With face parsing the heap is given back after both networks, not between them.
+        let _pause = (self.ladder.plan().parse && self.device == Device::Cpu).then(crate::sys::TrimPause::new);
         let restored = from_unit(&self.forward_batches(&to_unit(&crops)?)?)?;
         // GPEN parses the restored faces before smoothing and blending them.
         let masks = match (&stage.parser, self.ladder.plan().parse) {
             (Some(net), true) => Some(stage.paster.parse_masks(&restored, |x| self.in_batches(x, |b| net.forward(b)))?),
             _ => None,
         };
+        drop(_pause);
         report.timings.generator = t1.elapsed();
         let t2 = Instant::now();
         let small: Vec<bool> = faces.iter().map(|f| f.width().min(f.height()) < paste::SMALL_FACE).collect();
