@@ -53,11 +53,13 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() {
     let mut threads = 2;
     let mut reps = 5;
+    let mut detection_size = FaceSettings::default().detection_size;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--threads" => threads = args.next().and_then(|v| v.parse().ok()).expect("--threads N"),
             "--reps" => reps = args.next().and_then(|v| v.parse().ok()).expect("--reps N"),
+            "--detection-size" => detection_size = args.next().and_then(|v| v.parse().ok()).expect("--detection-size PX"),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -70,6 +72,7 @@ fn main() {
             faces: FaceSettings {
                 detector_model: Some(shared().join("weights/retinaface-mnet025-fd1mb.pth")),
                 live: LiveSettings { detection_interval, ..Default::default() },
+                detection_size,
                 ..Default::default()
             },
             ..Default::default()
