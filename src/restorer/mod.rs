@@ -12,6 +12,8 @@ pub mod paste;
 pub mod settings;
 pub mod video;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -132,8 +134,23 @@ struct FaceStage {
     parse_path: Option<PathBuf>,
     /// Loaded while the plan pastes through parsing masks.
     parser: Option<Arc<ParseNet>>,
+    /// The last parsing mask of each live track, in aligned space (`1 x 1 x size x size`).
+    track_masks: RefCell<HashMap<u64, Tensor>>,
+    /// Summed change of parsing masks between consecutive frames of a track, before and after
+    /// smoothing, kept on the device until asked for ([`Restorer::mask_change`]).
+    mask_change: RefCell<Option<(Tensor, Tensor, u64)>>,
     settings: FaceSettings,
     video: VideoFaces,
+}
+
+/// How much the parsing masks of tracked faces change from frame to frame (mean absolute change
+/// in aligned space, 0..1), as the parser gives them and as pasted.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct MaskChange {
+    pub raw: f64,
+    pub pasted: f64,
+    /// Pairs of consecutive frames of one track measured.
+    pub pairs: u64,
 }
 
 /// What frames are.
@@ -203,6 +220,8 @@ impl Restorer {
                 paster: Paster::new(size, device, f.mask.regions)?,
                 parse_path,
                 parser,
+                track_masks: RefCell::default(),
+                mask_change: RefCell::default(),
                 settings: f.clone(),
                 video: VideoFaces::new(f.live.smoothing),
             })
@@ -366,7 +385,7 @@ impl Restorer {
     fn restore(&self, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<usize, Error> {
         match &self.mode {
             Mode::Aligned => self.restore_aligned(&d.frame, data, layout).map(|_| 1),
-            Mode::Faces(stage) => self.restore_onto(stage, &d.frame, &d.frame, &d.faces, Some((data, layout))).map(|r| r.restored),
+            Mode::Faces(stage) => self.restore_onto(stage, &d.frame, &d.frame, &d.faces, &d.ids, Some((data, layout))).map(|r| r.restored),
             Mode::Upscaled(stage, up) => {
                 let background = up.upscale(&d.frame, self.ladder.plan().tile.unwrap_or(0), self.tile_overlap)?;
                 let mut restored = 0;
@@ -387,7 +406,7 @@ impl Restorer {
                     // are composed into the upscaled frame, which then comes down once.
                     let (h, w) = (d.frame.size()[2], d.frame.size()[3]);
                     let crops_from = d.frame.f_upsample_bilinear2d([h * f, w * f], false, None, None)?.f_round()?.f_clamp(0.0, 255.0)?;
-                    restored = self.restore_onto(stage, &crops_from, &background, &faces, None)?.restored;
+                    restored = self.restore_onto(stage, &crops_from, &background, &faces, &d.ids, None)?.restored;
                 }
                 frame::write_frame(&background, data, layout)?;
                 Ok(restored)
@@ -520,6 +539,51 @@ impl Restorer {
         })
     }
 
+    /// Parsing masks follow their track: each is blended in aligned space with the track's
+    /// previous mask by `temporal-smoothing` (the parser's argmax flips classes from frame to
+    /// frame where they are nearly tied; a still face keeps its mask exactly). Tracks that are
+    /// gone are forgotten.
+    fn smooth_masks(&self, stage: &FaceStage, masks: Tensor, tracks: &[Option<u64>]) -> Result<Tensor, Error> {
+        let strength = stage.settings.live.smoothing;
+        let mut kept = stage.track_masks.borrow_mut();
+        kept.retain(|id, _| tracks.contains(&Some(*id)));
+        let mut change = stage.mask_change.borrow_mut();
+        let mut out = Vec::with_capacity(tracks.len());
+        for (i, track) in tracks.iter().enumerate() {
+            let raw = masks.f_narrow(0, i as i64, 1)?;
+            let Some(id) = track else {
+                out.push(raw);
+                continue;
+            };
+            let pasted = match kept.get(id) {
+                Some(prev) => {
+                    let pasted = raw.f_sub(prev)?.f_mul_scalar(1.0 - strength)?.f_add(prev)?;
+                    // Summed on the device: nothing is read back per frame.
+                    let (r, p) = (raw.f_sub(prev)?.f_abs()?.f_mean(Kind::Float)?, pasted.f_sub(prev)?.f_abs()?.f_mean(Kind::Float)?);
+                    *change = Some(match change.take() {
+                        Some((rs, ps, n)) => (rs.f_add(&r)?, ps.f_add(&p)?, n + 1),
+                        None => (r, p, 1),
+                    });
+                    pasted
+                }
+                None => raw,
+            };
+            kept.insert(*id, pasted.shallow_clone());
+            out.push(pasted);
+        }
+        Ok(Tensor::f_cat(&out, 0)?)
+    }
+
+    /// How much parsing masks changed between consecutive frames of a track so far (one read
+    /// from the device).
+    pub fn mask_change(&self) -> Result<MaskChange, Error> {
+        let Ok(stage) = self.face_stage() else { return Ok(MaskChange::default()) };
+        let change = stage.mask_change.borrow();
+        let Some((raw, pasted, n)) = change.as_ref() else { return Ok(MaskChange::default()) };
+        let v = transfer::download_f32(&[raw, pasted])?;
+        Ok(MaskChange { raw: v[0][0] as f64 / *n as f64, pasted: v[1][0] as f64 / *n as f64, pairs: *n })
+    }
+
     /// `f` on `x` in batches of the plan's face batch, concatenated as float.
     fn in_batches(&self, x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor, Error>) -> Result<Tensor, Error> {
         let n = x.size()[0];
@@ -541,6 +605,7 @@ impl Restorer {
         crops_from: &Tensor,
         background: &Tensor,
         faces: &[Face],
+        ids: &[u64],
         out: Option<(&mut [u8], &PackedLayout)>,
     ) -> Result<PasteReport, Error> {
         let mut report = PasteReport { restored: 0, region: None, mask: None, timings: PasteTimings::default() };
@@ -553,8 +618,9 @@ impl Restorer {
                 return Err(Error::Frame(format!("faces of a {w}x{h} frame pasted into a {}x{} one", layout.width, layout.height)));
             }
         }
-        let (faces, alignments): (Vec<&Face>, Vec<Alignment>) =
-            faces.iter().filter_map(|f| align::align(&f.landmarks, size).map(|a| (f, a))).unzip();
+        // Each face with its track (none for still images) and its alignment.
+        let ((faces, tracks), alignments): ((Vec<&Face>, Vec<Option<u64>>), Vec<Alignment>) =
+            faces.iter().enumerate().filter_map(|(i, f)| align::align(&f.landmarks, size).map(|a| ((f, ids.get(i).copied()), a))).unzip();
         if faces.is_empty() {
             return Ok(report);
         }
@@ -578,7 +644,10 @@ impl Restorer {
         let restored = from_unit(&self.forward_batches(&to_unit(&crops)?)?)?;
         // GPEN parses the restored faces before smoothing and blending them.
         let masks = match (&stage.parser, self.ladder.plan().parse) {
-            (Some(net), true) => Some(stage.paster.parse_masks(&restored, |x| self.in_batches(x, |b| net.forward(b)))?),
+            (Some(net), true) => {
+                let masks = stage.paster.parse_masks(&restored, |x| self.in_batches(x, |b| net.forward(b)))?;
+                Some(self.smooth_masks(stage, masks, &tracks)?)
+            }
             _ => None,
         };
         drop(_pause);
@@ -633,7 +702,7 @@ impl Restorer {
     /// Restores the detected faces and pastes them back into the frame in place, with no
     /// memory policy (for tests and benchmarks of the stages).
     pub fn restore_faces(&self, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<PasteReport, Error> {
-        self.restore_onto(self.face_stage()?, &d.frame, &d.frame, &d.faces, Some((data, layout)))
+        self.restore_onto(self.face_stage()?, &d.frame, &d.frame, &d.faces, &d.ids, Some((data, layout)))
     }
 
     fn face_stage(&self) -> Result<&FaceStage, Error> {
@@ -659,6 +728,7 @@ impl Restorer {
     pub fn reset_tracks(&mut self) {
         if let Mode::Faces(stage) | Mode::Upscaled(stage, _) = &mut self.mode {
             stage.video.reset();
+            stage.track_masks.get_mut().clear();
         }
     }
 
