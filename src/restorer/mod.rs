@@ -619,8 +619,15 @@ impl Restorer {
             }
         }
         // Each face with its track (none for still images) and its alignment.
-        let ((faces, tracks), alignments): ((Vec<&Face>, Vec<Option<u64>>), Vec<Alignment>) =
-            faces.iter().enumerate().filter_map(|(i, f)| align::align(&f.landmarks, size).map(|a| ((f, ids.get(i).copied()), a))).unzip();
+        let mut aligned = Vec::with_capacity(faces.len());
+        for (i, f) in faces.iter().enumerate() {
+            if let Some(a) = align::align(&f.landmarks, size) {
+                aligned.push((f, ids.get(i).copied(), a));
+            }
+        }
+        let faces: Vec<&Face> = aligned.iter().map(|x| x.0).collect();
+        let tracks: Vec<Option<u64>> = aligned.iter().map(|x| x.1).collect();
+        let alignments: Vec<Alignment> = aligned.iter().map(|x| x.2).collect();
         if faces.is_empty() {
             return Ok(report);
         }
