@@ -14,6 +14,9 @@ use gstgpen::gpen::{random_state_dict, FullGenerator, GpenConfig};
 use gstgpen::parse::{ParseConfig, ParseNet};
 use tch::{Device, Kind, Tensor};
 
+/// One forward of the network under test.
+type Forward = Box<dyn Fn(&Tensor) -> Tensor>;
+
 /// A `kB` field of /proc/self/status, in MiB.
 fn status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -56,7 +59,7 @@ fn main() {
         d => panic!("unknown dtype {d}"),
     };
     tch::set_num_threads(threads);
-    let (model, size): (Box<dyn Fn(&Tensor) -> Tensor>, i64) = match net.as_str() {
+    let (model, size): (Forward, i64) = match net.as_str() {
         "gpen" => {
             let sd = random_state_dict(&GpenConfig::official(size), 0);
             let model = FullGenerator::from_state_dict(&sd, Device::Cpu, kind).expect("build model");
