@@ -133,3 +133,18 @@ fn parsing_masks_keep_the_background_and_differ_from_the_rectangle() {
     assert_ne!(parse, rect);
     assert!(changed(&parse) < changed(&rect), "parse {} rect {}", changed(&parse), changed(&rect));
 }
+
+#[test]
+fn default_detection_finds_every_face_gpen_restores_on_solvay() {
+    // The default settings (detection at native size up to 1920, threshold 0.9) against the
+    // faces GPEN's pipeline restores in the fixture.
+    let case = cases().into_iter().find(|c| c["image"] == "solvay_conference_1927.png").unwrap();
+    let (input, w, h) = decode("solvay_conference_1927.png");
+    let layout = PackedLayout::rgb(w, h);
+    let r = restorer(MaskMode::Rectangle);
+    let found = r.detect(&input, &layout).unwrap().faces;
+    let want = faces_of(&case);
+    let matched = want.iter().filter(|g| found.iter().any(|f| gstgpen::detect::iou(&f.bbox, &g.bbox) > 0.5)).count();
+    println!("solvay: default settings find {} faces, {matched} of GPEN's {}", found.len(), want.len());
+    assert_eq!(matched, want.len());
+}
