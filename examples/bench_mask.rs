@@ -5,7 +5,10 @@
 //!
 //! ```text
 //! cargo run --release --example bench_mask -- --dtype fp32|bf16 --threads 2 --reps 2
+//! cargo run --release --example bench_mask -- --clip    # the Hamilton clip, tiny test networks
 //! ```
+//! With `--clip`, the sample clip is restored end to end with each mask by the tiny GPEN-512 and
+//! ParseNet fixtures, and the frame-to-frame change of each track's parsing mask is reported.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,7 +29,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let (mut dtype, mut threads, mut reps) = ("fp32".to_owned(), 2, 2);
+    let (mut dtype, mut threads, mut reps, mut clip) = ("fp32".to_owned(), 2, 2, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -34,10 +37,14 @@ fn main() {
             "--dtype" => dtype = value(),
             "--threads" => threads = value().parse().expect("--threads N"),
             "--reps" => reps = value().parse().expect("--reps N"),
+            "--clip" => clip = true,
             other => panic!("unknown argument {other}; usage: --dtype fp32|bf16 --threads N --reps N"),
         }
     }
     tch::set_num_threads(threads);
+    if clip {
+        return hamilton();
+    }
     let dir = std::env::temp_dir().join(format!("gst-gpen-bench-mask-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let write = |name: &str, sd: gstgpen::checkpoint::StateDict| {
@@ -110,4 +117,67 @@ fn main() {
         mib(Estimator::parse_bytes(4, 2))
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The sample clip's frames as packed RGB, and their size.
+fn clip_frames() -> (Vec<Vec<u8>>, usize, usize) {
+    use gst::prelude::*;
+    gst::init().unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! decodebin ! videoconvert ! video/x-raw,format=RGB ! appsink name=sink sync=false",
+        shared().join("media/videos/short_hamilton_clip.mp4").display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let (mut frames, mut size) = (Vec::new(), (0, 0));
+    while let Ok(sample) = sink.pull_sample() {
+        let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
+        size = (info.width() as usize, info.height() as usize);
+        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(sample.buffer().unwrap(), &info).unwrap();
+        let stride = info.stride()[0] as usize;
+        let data = frame.plane_data(0).unwrap();
+        frames.push((0..size.1).flat_map(|y| data[y * stride..y * stride + 3 * size.0].to_vec()).collect());
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    (frames, size.0, size.1)
+}
+
+fn hamilton() {
+    let (frames, w, h) = clip_frames();
+    let layout = PackedLayout::rgb(w, h);
+    println!("short_hamilton_clip.mp4: {} frames of {w}x{h}, tiny GPEN-512 and ParseNet fixtures, fp32", frames.len());
+    for mode in [MaskMode::Rectangle, MaskMode::Parse] {
+        let mut r = Restorer::new(&RestorerSettings {
+            model: Some(shared().join("fixtures/gpen/gpen-512-tiny.pth")),
+            size: 512,
+            device: DeviceSpec::Cpu,
+            faces: FaceSettings {
+                detector_model: Some(shared().join("weights/retinaface-mnet025-fd1mb.pth")),
+                mask: MaskSettings { mode, parse_model: Some(shared().join("fixtures/parsenet/parsenet-tiny.pth")), ..Default::default() },
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .expect("restorer");
+        let (t, mut faces) = (Instant::now(), 0);
+        for f in &frames {
+            let mut out = f.clone();
+            if let gstgpen::restorer::Outcome::Restored { faces: n, .. } = r.process(&mut out, &layout, 1.0 / 25.0).unwrap() {
+                faces += n;
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let change = r.mask_change().unwrap();
+        println!(
+            "{mode:?}: {faces} faces restored in {secs:.1} s ({:.1} ms a frame); parsing mask change per frame of a track: as \
+             parsed {:.4}, pasted {:.4} ({} pairs)",
+            secs * 1e3 / frames.len() as f64,
+            change.raw,
+            change.pasted,
+            change.pairs
+        );
+    }
 }

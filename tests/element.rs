@@ -352,7 +352,7 @@ fn gst_inspect_shows_metadata_and_every_property() {
         ("detector-model", "Default: null"),
         ("detector-variant", "Default: 0, \"auto\""),
         ("detection-threshold", "Range: 0 - 1 Default: 0.9"),
-        ("detection-size", "Range: 0 - 16384 Default: 1280"),
+        ("detection-size", "Range: 0 - 16384 Default: 1920"),
         ("max-faces", "Range: 0 - 4096 Default: 32"),
         ("min-face-size", "Range: 0 - 16384 Default: 16"),
         ("alpha", "Range: 0 - 1 Default: 1"),
@@ -364,6 +364,9 @@ fn gst_inspect_shows_metadata_and_every_property() {
         ("upscaler-model", "Default: null"),
         ("tile-size", "Range: 0 - 65536 Default: 0"),
         ("tile-overlap", "Range: 0 - 4096 Default: 32"),
+        ("mask ", "Default: 0, \"auto\""),
+        ("parse-model", "Default: null"),
+        ("mask-regions", "Default: 0x00001dfe"),
     ] {
         let at = text.find(&format!("  {property}")).unwrap_or_else(|| panic!("no property {property}"));
         let block: String = text[at..].lines().take(3).collect::<Vec<_>>().join(" ");

@@ -190,7 +190,7 @@ fn frames_without_faces_pass_through_untouched_and_uncopied() {
 
 #[test]
 fn a_face_that_fills_the_frame_is_found_by_the_reduced_pass() {
-    // grace_hopper scaled x3 (1536 px, detected at the default 1280): the face is about 430 px
+    // grace_hopper scaled x3 (1536 px, detected at its native size by default): the face is about 520 px
     // there, beyond the small anchors, which see only its parts.
     let (small, w, h) = common::decode_image(&common::shared().join("media/images/grace_hopper_512x512.jpg"));
     let big = common::rgb_tensor(&small, w, h).upsample_bilinear2d([3 * h as i64, 3 * w as i64], false, None, None);
