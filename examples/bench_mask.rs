@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_mask -- --dtype fp32|bf16 --threads 2 --reps 2
-//! cargo run --release --example bench_mask -- --clip    # the Hamilton clip, tiny test networks
+//! cargo run --release --example bench_mask -- --clip [--frames N]   # the Hamilton clip, tiny test networks
 //! ```
 //! With `--clip`, the sample clip is restored end to end with each mask by the tiny GPEN-512 and
 //! ParseNet fixtures, and the frame-to-frame change of each track's parsing mask is reported.
@@ -29,7 +29,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let (mut dtype, mut threads, mut reps, mut clip) = ("fp32".to_owned(), 2, 2, false);
+    let (mut dtype, mut threads, mut reps, mut clip, mut frames) = ("fp32".to_owned(), 2, 2, false, usize::MAX);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -38,12 +38,13 @@ fn main() {
             "--threads" => threads = value().parse().expect("--threads N"),
             "--reps" => reps = value().parse().expect("--reps N"),
             "--clip" => clip = true,
+            "--frames" => frames = value().parse().expect("--frames N"),
             other => panic!("unknown argument {other}; usage: --dtype fp32|bf16 --threads N --reps N"),
         }
     }
     tch::set_num_threads(threads);
     if clip {
-        return hamilton();
+        return hamilton(frames);
     }
     let dir = std::env::temp_dir().join(format!("gst-gpen-bench-mask-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -145,8 +146,9 @@ fn clip_frames() -> (Vec<Vec<u8>>, usize, usize) {
     (frames, size.0, size.1)
 }
 
-fn hamilton() {
-    let (frames, w, h) = clip_frames();
+fn hamilton(first: usize) {
+    let (mut frames, w, h) = clip_frames();
+    frames.truncate(first);
     let layout = PackedLayout::rgb(w, h);
     println!("short_hamilton_clip.mp4: {} frames of {w}x{h}, tiny GPEN-512 and ParseNet fixtures, fp32", frames.len());
     for mode in [MaskMode::Rectangle, MaskMode::Parse] {
