@@ -41,7 +41,7 @@ for line in sys.stdin:
 built=$(date +%s)
 
 rm -rf "$out"
-mkdir -p "$out"/{bin,plugin,lib,shared/fixtures/gpen,shared/weights,shared/media/images,shared/media/videos}
+mkdir -p "$out"/{bin,plugin,lib,shared/fixtures/gpen,shared/fixtures/parsenet,shared/fixtures/whole-frame,shared/weights,shared/media/images,shared/media/videos}
 cp "$test_bin" "$out/bin/cuda-tests"
 cp target/release/examples/bench_memory "$out/bin/bench_memory"
 cp target/release/libgstgpen.so "$out/plugin/libgstgpen.so"
@@ -81,7 +81,11 @@ for m in manifest["models"]:
 EOF
 for m in $models; do cp "$shared/fixtures/gpen/$m.pth" "$out/shared/fixtures/gpen/"; done
 cp "$shared"/weights/retinaface-mnet025-*.pth "$shared"/weights/LICENSE.retinaface-* "$out/shared/weights/"
-cp "$shared/media/images/grace_hopper_512x512.jpg" "$out/shared/media/images/"
+cp "$shared/media/images/grace_hopper_512x512.jpg" "$shared/media/images/astronaut.png" "$out/shared/media/images/"
+# Face parsing on CUDA: the ParseNet fixture, its input and expected logits, GPEN's whole frame.
+cp "$shared/fixtures/gpen/gpen-512-tiny.output0.png" "$out/shared/fixtures/gpen/"
+cp "$shared"/fixtures/parsenet/parsenet-tiny.{pth,expected.safetensors} "$out/shared/fixtures/parsenet/"
+cp "$shared/fixtures/whole-frame/astronaut.parse-replicate.png" "$out/shared/fixtures/whole-frame/"
 
 # A 1080p clip that needs only GStreamer's base and good plugins to decode (MJPEG in AVI).
 frames=${BUNDLE_CLIP_FRAMES:-60}

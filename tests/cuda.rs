@@ -328,3 +328,61 @@ fn budgets_from_default_to_8_gib_start_and_restore() {
         }
     }
 }
+
+/// Per channel of packed RGB: mean absolute difference and 99.9th percentile, in levels.
+fn channel_differences(got: &[u8], want: &[u8]) -> Vec<(f64, u8)> {
+    (0..3)
+        .map(|c| {
+            let mut d: Vec<u8> = got.iter().zip(want).skip(c).step_by(3).map(|(a, b)| a.abs_diff(*b)).collect();
+            let mean = d.iter().map(|&v| v as f64).sum::<f64>() / d.len() as f64;
+            d.sort_unstable();
+            (mean, d[(d.len() as f64 * 0.999) as usize])
+        })
+        .collect()
+}
+
+#[test]
+fn face_parsing_on_cuda_matches_gpen() {
+    let dev = cuda();
+    let parsenet = common::shared().join("fixtures/parsenet/parsenet-tiny.pth");
+    let (rgb, w, h) = common::decode_image(&common::gpen_fixture("gpen-512-tiny.output0.png"));
+    let x = (common::rgb_tensor(&rgb, w, h) / 255.0 * 2.0 - 1.0).to_device(dev);
+    let want: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(common::shared().join("fixtures/parsenet/parsenet-tiny.expected.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    for (kind, tol) in [(Kind::Float, 1e-3), (Kind::Half, 5e-2)] {
+        let net = gstgpen::parse::ParseNet::load(&parsenet, dev, kind).unwrap();
+        let logits = net.forward(&x).unwrap().to_device(Device::Cpu);
+        let (max, mean) = common::diff(&logits.slice(2, 0, 512, 4).slice(3, 0, 512, 4), &want["out_mask_s4"]);
+        println!("ParseNet {kind:?} on CUDA: logits max abs {max:.2e}, mean abs {mean:.2e}");
+        assert!(bool::try_from(logits.isfinite().all()).unwrap() && max <= tol, "{kind:?}: {max}");
+    }
+    // A whole frame through the parsing mask, on CUDA in fp32, against GPEN's own output.
+    let (photo, pw, ph) = common::decode_image(&common::shared().join("media/images/astronaut.png"));
+    let layout = PackedLayout::rgb(pw, ph);
+    let r = Restorer::new(&RestorerSettings {
+        model: Some(common::gpen_fixture("gpen-512-tiny.pth")),
+        size: 512,
+        device: gstgpen::restorer::DeviceSpec::Cuda(0),
+        faces: FaceSettings {
+            detector_model: Some(detector()),
+            mask: gstgpen::restorer::MaskSettings {
+                mode: gstgpen::restorer::MaskMode::Parse,
+                parse_model: Some(parsenet),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let d = r.detect(&photo, &layout).unwrap();
+    let mut out = photo.clone();
+    assert_eq!(r.restore_faces(&d, &mut out, &layout).unwrap().restored, 1);
+    let (want, _, _) = common::decode_image(&common::shared().join("fixtures/whole-frame/astronaut.parse-replicate.png"));
+    let diff = channel_differences(&out, &want);
+    println!("astronaut through the parsing mask on CUDA: mean / p99.9 per channel {diff:.3?}");
+    assert!(diff.iter().all(|&(mean, p)| mean <= 0.3 && p <= 3), "{diff:?}");
+}
