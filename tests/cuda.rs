@@ -352,7 +352,8 @@ fn face_parsing_on_cuda_matches_gpen() {
             .unwrap()
             .into_iter()
             .collect();
-    for (kind, tol) in [(Kind::Float, 1e-3), (Kind::Half, 5e-2)] {
+    // fp32 within 1e-2: cuDNN may run convolutions in TF32 on recent GPUs.
+    for (kind, tol) in [(Kind::Float, 1e-2), (Kind::Half, 5e-2)] {
         let net = gstgpen::parse::ParseNet::load(&parsenet, dev, kind).unwrap();
         let logits = net.forward(&x).unwrap().to_device(Device::Cpu);
         let (max, mean) = common::diff(&logits.slice(2, 0, 512, 4).slice(3, 0, 512, 4), &want["out_mask_s4"]);

@@ -141,6 +141,13 @@ impl ElementImpl for GpenFilter {
 fn start_error(e: &Error) -> gst::ErrorMessage {
     use crate::checkpoint::CheckpointError as C;
     let named = |setting: Setting| format!("{setting} (property {})", property_of(setting));
+    if e.is_out_of_memory() && !matches!(e, Error::OutOfMemory(_)) {
+        return gst::error_msg!(
+            gst::ResourceError::NoSpaceLeft,
+            ("Out of memory while loading the models: {}", e),
+            ["set a smaller size, fp16=true, or free device memory; {}", named(Setting::Budget)]
+        );
+    }
     match e {
         Error::InvalidSetting { setting, problem, hint } => {
             gst::error_msg!(gst::LibraryError::Settings, ("{}: {}; {}", named(*setting), problem, hint))
@@ -169,12 +176,13 @@ impl BaseTransformImpl for GpenFilter {
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
+        // Live changes from here on are pushed with the first frame (the load takes seconds).
+        self.live_changed.store(false, Ordering::Release);
         let settings = self.settings.lock().unwrap().clone();
         let fail_every = fail_every(&self.obj().name());
         let core = settings.to_restorer(fail_every).map_err(|e| start_error(&e))?;
         let started = Instant::now();
         let restorer = Restorer::new(&core).map_err(|e| start_error(&e))?;
-        self.live_changed.store(false, Ordering::Release);
         let model = restorer.model();
         gst::info!(
             CAT,

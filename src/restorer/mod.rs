@@ -169,6 +169,8 @@ pub struct Restorer {
     ladder: Ladder,
     /// How the generator's top levels are banded for the current frame.
     banding: Banding,
+    /// Whole maps ran out of memory although the estimate fitted: band until the plan changes.
+    whole_maps_failed: bool,
     budget: u64,
     estimator: Estimator,
     mode: Mode,
@@ -251,6 +253,7 @@ impl Restorer {
             device,
             ladder: Ladder::new(plan, settings.memory.policy, u.overlap, smaller),
             banding: Banding::Default,
+            whole_maps_failed: false,
             budget,
             estimator: Estimator::default(),
             mode,
@@ -275,7 +278,11 @@ impl Restorer {
         let before = memory::figures(self.device)?.allocated;
         let x = Tensor::f_zeros([1, 3, plan.size, plan.size], (Kind::Float, self.device))?;
         // Whole maps, as a GPU with room runs them; the same factor scales banded estimates.
-        let _y = self.model.forward_with(&x, Banding::Off)?;
+        if let Err(e) = self.model.forward_with(&x, Banding::Off) {
+            // No room for a whole-map forward: the estimate stays uncalibrated.
+            memory::release_cached();
+            return if e.is_out_of_memory() { Ok(()) } else { Err(e) };
+        }
         let peak = memory::figures(self.device)?.peak;
         let elem = if plan.half { 2.0 } else { 4.0 };
         let predicted = Estimator::activation_elements_with(self.model.config(), 1, elem as i64, Banding::Off) as f64 * elem;
@@ -290,7 +297,18 @@ impl Restorer {
     /// tracks (`dt`: seconds since the previous frame). A detector that runs out of memory
     /// leaves the frame to the memory policy: the result then carries the frame's fate.
     pub fn begin(&mut self, data: &[u8], layout: &PackedLayout, dt: f64) -> Result<Detections, Error> {
-        let frame = frame::to_tensor(data, layout, self.device)?;
+        let frame = match frame::to_tensor(data, layout, self.device) {
+            Ok(f) => f,
+            // No room for the frame itself: the policy decides; a pass-through is made on the CPU.
+            Err(e) if e.is_out_of_memory() => {
+                memory::release_cached();
+                self.reset_tracks();
+                let decided = Some(self.ladder.give_up(format!("frame upload: {e}"))?);
+                let frame = frame::to_tensor(data, layout, Device::Cpu)?;
+                return Ok(Detections { faces: Vec::new(), ids: Vec::new(), detected: false, scene_cut: false, frame, decided });
+            }
+            Err(e) => return Err(e),
+        };
         let stage = match &mut self.mode {
             Mode::Aligned => {
                 return Ok(Detections { faces: Vec::new(), ids: Vec::new(), detected: false, scene_cut: false, frame, decided: None })
@@ -303,6 +321,7 @@ impl Restorer {
             Ok(t) => Ok(Detections { faces: t.faces, ids: t.ids, detected: t.detected, scene_cut: t.scene_cut, frame, decided: None }),
             Err(e) if e.is_out_of_memory() => {
                 memory::release_cached();
+                stage.track_masks.get_mut().clear();
                 // No smaller plan helps the detector: the policy decides at once.
                 let reason = format!("face detection: {e}");
                 let decided = Some(self.ladder.give_up(reason)?);
@@ -348,7 +367,7 @@ impl Restorer {
             )));
         }
         if let Some(outcome @ Outcome::PassedThrough { .. }) = d.decided {
-            frame::write_frame(&Upscaler::Bicubic(f).upscale(&d.frame, 0, 0)?, data, layout)?;
+            frame::write_frame(&Upscaler::Bicubic(f).upscale(&d.frame.f_to_device(Device::Cpu)?, 0, 0)?, data, layout)?;
             return Ok(outcome);
         }
         let faces = if matches!(self.mode, Mode::Aligned) { 1 } else { d.faces.len() };
@@ -359,7 +378,7 @@ impl Restorer {
         match outcome {
             Outcome::Restored { faces: 0, .. } => Ok(Outcome::NoFaces),
             Outcome::PassedThrough { .. } if f > 1 => {
-                frame::write_frame(&Upscaler::Bicubic(f).upscale(&d.frame, 0, 0)?, data, layout)?;
+                frame::write_frame(&Upscaler::Bicubic(f).upscale(&d.frame.f_to_device(Device::Cpu)?, 0, 0)?, data, layout)?;
                 Ok(outcome)
             }
             o => Ok(o),
@@ -435,21 +454,34 @@ impl Restorer {
         frame: (i64, i64),
         work: &mut dyn FnMut(&Self) -> Result<usize, Error>,
     ) -> Result<Outcome, Error> {
-        let mut retried = false;
+        let (mut retried, mut stepped) = (false, false);
         loop {
             match work(self) {
                 Ok(n) => {
                     let outcome = Outcome::Restored { faces: n, plan: self.ladder.plan(), retried };
-                    self.maybe_recover(faces, frame)?;
+                    // The frame is written: a better plan that cannot be loaded now is no error.
+                    let _ = self.maybe_recover(faces, frame);
                     return Ok(outcome);
                 }
                 Err(e) if e.is_out_of_memory() => {
                     memory::release_cached();
                     let reason = format!("out of memory with {}: {e}", self.ladder.plan());
-                    if retried || !self.step_down()? {
+                    // Whole maps were chosen because the estimate fitted: band them first (the
+                    // estimate is then off, so the next frames band too until the plan changes).
+                    if self.banding == Banding::Off {
+                        self.banding = Banding::Default;
+                        self.whole_maps_failed = true;
+                        retried = true;
+                        continue;
+                    }
+                    if stepped {
                         return self.ladder.give_up(reason);
                     }
-                    retried = true;
+                    (retried, stepped) = (true, true);
+                    if !self.step_down()? {
+                        return self.ladder.give_up(reason);
+                    }
+                    self.banding = self.banding_for(&self.ladder.plan(), faces, frame);
                 }
                 Err(e) => return Err(e),
             }
@@ -505,10 +537,14 @@ impl Restorer {
             if plan.size != current.size {
                 stage.paster = Paster::new(model.config().size, self.device, stage.settings.mask.regions)?;
             }
+            if plan.parse != current.parse {
+                stage.track_masks.get_mut().clear();
+            }
             stage.parser = parser;
         }
         self.model = model;
         self.model_path = path;
+        self.whole_maps_failed = false;
         memory::release_cached();
         Ok(())
     }
@@ -625,6 +661,7 @@ impl Restorer {
     fn banding_for(&self, plan: &Plan, faces: usize, frame: (i64, i64)) -> Banding {
         match self.device {
             Device::Cpu => Banding::Default,
+            _ if self.whole_maps_failed => Banding::Default,
             _ if self.estimate_with(plan, faces, frame, Banding::Off) <= self.budget => Banding::Off,
             _ => Banding::Default,
         }

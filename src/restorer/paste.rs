@@ -63,7 +63,7 @@ impl Paster {
     /// GPEN's face-parsing masks of restored faces (`N x 3 x size x size`, 0..255), as
     /// `face_enhancement.py` makes them, all faces at once on the device: each face truncated to
     /// 8 bits (GPEN's `tensor2img`), resized to 512 (rounded, as `cv2.resize` on 8-bit images),
-    /// parsed (`parse`: `N x 3 x 512 x 512` in -1..1 to `N x 19 x 512 x 512` logits), the
+    /// parsed (`parse`: `N x 3 x 512 x 512` in -1..1 to the `N x 512 x 512` class of each pixel), the
     /// replaced classes set to 1 and the others to 0, a 26-pixel border zeroed, blurred twice
     /// (101 taps, sigma 4), and resized back to `size`. `N x 1 x size x size`, 0..1.
     pub fn parse_masks(&self, restored: &Tensor, parse: impl Fn(&Tensor) -> Result<Tensor, Error>) -> Result<Tensor, Error> {
@@ -76,8 +76,7 @@ impl Paster {
         // GPEN scales the 8-bit face in float64 (numpy) and then casts: the same here, so that
         // nearly tied classes fall the same way.
         let unit = faces.f_to_kind(Kind::Double)?.f_div_scalar(255.0)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?.f_to_kind(Kind::Float)?;
-        let logits = parse(&unit)?;
-        let classes = logits.f_argmax(1, false)?; // N x 512 x 512
+        let classes = parse(&unit)?.f_to_kind(Kind::Int64)?; // N x 512 x 512
         let mask = self.replaced.f_index_select(0, &classes.f_reshape([-1])?)?.f_reshape([n, 1, PARSE_SIZE, PARSE_SIZE])?;
         let inner = PARSE_SIZE - 2 * PARSE_BORDER;
         let mask = mask.f_narrow(2, PARSE_BORDER, inner)?.f_narrow(3, PARSE_BORDER, inner)?.f_constant_pad_nd([

@@ -312,7 +312,8 @@ pub fn find_parser(mask: &MaskSettings, model: Option<&Path>) -> Result<Option<P
     let (place, named) = match (&mask.parse_model, model) {
         (Some(p), _) => (p.clone(), true),
         (None, Some(m)) if m.is_dir() => (m.to_path_buf(), false),
-        (None, Some(m)) => (m.parent().map(Path::to_path_buf).unwrap_or_default(), false),
+        // A bare file name lies in the working directory.
+        (None, Some(m)) => (m.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf(), false),
         (None, None) => (default_model_dir(), false),
     };
     let path = if place.is_dir() { place.join(PARSE_FILE) } else { place };

@@ -105,18 +105,22 @@ impl VideoFaces {
         let change = self.scenes.change(frame)?;
         let due = self.since_detection.is_none_or(|n| n + 1 >= interval);
         let cut = |v: f32| v as f64 > SCENE_CUT;
-        let (scene_cut, detected) = match (due, change) {
-            (true, Some(c)) => {
-                let (faces, extra) = detect(&[&c])?;
-                (cut(extra[0][0]), Some(faces))
-            }
-            (true, None) => (false, Some(detect(&[])?.0)),
+        let found = match (due, change) {
+            (true, Some(c)) => detect(&[&c]).map(|(faces, extra)| (cut(extra[0][0]), Some(faces))),
+            (true, None) => detect(&[]).map(|(faces, _)| (false, Some(faces))),
             (false, Some(c)) => {
                 let is_cut = cut(crate::transfer::download_f32(&[&c])?[0][0]);
-                (is_cut, if is_cut { Some(detect(&[])?.0) } else { None })
+                if is_cut {
+                    detect(&[]).map(|(faces, _)| (true, Some(faces)))
+                } else {
+                    Ok((false, None))
+                }
             }
-            (false, None) => (false, None),
+            (false, None) => Ok((false, None)),
         };
+        // A frame whose detection failed (out of memory) may begin a new scene whose cut will not
+        // be seen again: nothing carries over from it.
+        let (scene_cut, detected) = found.inspect_err(|_| self.reset())?;
         if scene_cut {
             self.tracker.reset();
             self.counters.scene_cuts += 1;

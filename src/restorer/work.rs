@@ -13,6 +13,13 @@ use crate::detect::Face;
 use crate::memory;
 use crate::{transfer, Error};
 
+/// What a written frame changes in its tracks' masks.
+#[derive(Default)]
+pub(super) struct MaskUpdate {
+    masks: Vec<(u64, Tensor)>,
+    change: Option<(Tensor, Tensor, u64)>,
+}
+
 /// How much the parsing masks of tracked faces change from frame to frame (mean absolute change
 /// in aligned space, 0..1), as the parser gives them and as pasted.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -37,19 +44,21 @@ impl Restorer {
     pub(super) fn forward_batches(&self, x: &Tensor) -> Result<Tensor, Error> {
         self.in_batches(x, |b| {
             self.before_forward()?;
-            self.model.forward_with(b, self.banding)
+            // A non-finite value (float16 overflow) would spoil the whole pasted rectangle, the
+            // background included: it becomes 0 (then black, not garbage).
+            Ok(self.model.forward_with(b, self.banding)?.f_nan_to_num(0.0, None, None)?)
         })
     }
 
     /// Parsing masks follow their track: each is blended in aligned space with the track's
     /// previous mask by `temporal-smoothing` (the parser's argmax flips classes from frame to
-    /// frame where they are nearly tied; a still face keeps its mask exactly). Tracks that are
-    /// gone are forgotten.
-    pub(super) fn smooth_masks(&self, stage: &FaceStage, masks: Tensor, tracks: &[Option<u64>]) -> Result<Tensor, Error> {
+    /// frame where they are nearly tied; a still face keeps its mask exactly). Returns the masks
+    /// to paste and the update of the tracks' state, applied by [`keep_masks`](Self::keep_masks)
+    /// once the frame is written (a retry must not blend a frame with itself).
+    pub(super) fn smooth_masks(&self, stage: &FaceStage, masks: Tensor, tracks: &[Option<u64>]) -> Result<(Tensor, MaskUpdate), Error> {
         let strength = stage.settings.live.smoothing;
-        let mut kept = stage.track_masks.borrow_mut();
-        kept.retain(|id, _| tracks.contains(&Some(*id)));
-        let mut change = stage.mask_change.borrow_mut();
+        let kept = stage.track_masks.borrow();
+        let mut update = MaskUpdate::default();
         let mut out = Vec::with_capacity(tracks.len());
         for (i, track) in tracks.iter().enumerate() {
             let raw = masks.f_narrow(0, i as i64, 1)?;
@@ -62,7 +71,7 @@ impl Restorer {
                     let pasted = raw.f_sub(prev)?.f_mul_scalar(1.0 - strength)?.f_add(prev)?;
                     // Summed on the device: nothing is read back per frame.
                     let (r, p) = (raw.f_sub(prev)?.f_abs()?.f_mean(Kind::Float)?, pasted.f_sub(prev)?.f_abs()?.f_mean(Kind::Float)?);
-                    *change = Some(match change.take() {
+                    update.change = Some(match update.change.take() {
                         Some((rs, ps, n)) => (rs.f_add(&r)?, ps.f_add(&p)?, n + 1),
                         None => (r, p, 1),
                     });
@@ -70,10 +79,26 @@ impl Restorer {
                 }
                 None => raw,
             };
-            kept.insert(*id, pasted.shallow_clone());
+            update.masks.push((*id, pasted.shallow_clone()));
             out.push(pasted);
         }
-        Ok(Tensor::f_cat(&out, 0)?)
+        Ok((Tensor::f_cat(&out, 0)?, update))
+    }
+
+    /// Keeps the masks of a written frame as its tracks' last ones; tracks that are gone are
+    /// forgotten.
+    pub(super) fn keep_masks(&self, stage: &FaceStage, update: MaskUpdate) -> Result<(), Error> {
+        let mut kept = stage.track_masks.borrow_mut();
+        kept.retain(|id, _| update.masks.iter().any(|(i, _)| i == id));
+        kept.extend(update.masks);
+        if let Some((r, p, n)) = update.change {
+            let mut change = stage.mask_change.borrow_mut();
+            *change = Some(match change.take() {
+                Some((rs, ps, m)) => (rs.f_add(&r)?, ps.f_add(&p)?, m + n),
+                None => (r, p, n),
+            });
+        }
+        Ok(())
     }
 
     /// How much parsing masks changed between consecutive frames of a track so far (one read
@@ -152,12 +177,14 @@ impl Restorer {
         let _pause = (self.ladder.plan().parse && self.device == Device::Cpu).then(crate::sys::TrimPause::new);
         let restored = from_unit(&self.forward_batches(&to_unit(&crops)?)?)?;
         // GPEN parses the restored faces before smoothing and blending them.
-        let masks = match (&stage.parser, self.ladder.plan().parse) {
+        let (masks, update) = match (&stage.parser, self.ladder.plan().parse) {
             (Some(net), true) => {
-                let masks = stage.paster.parse_masks(&restored, |x| self.in_batches(x, |b| net.forward(b)))?;
-                Some(self.smooth_masks(stage, masks, &tracks)?)
+                // The classes per face batch: the 19-class logits of every face never exist at once.
+                let classes = |x: &Tensor| self.in_batches(x, |b| Ok(net.forward(b)?.f_argmax(1, false)?));
+                let (masks, update) = self.smooth_masks(stage, stage.paster.parse_masks(&restored, classes)?, &tracks)?;
+                (Some(masks), Some(update))
             }
-            _ => None,
+            _ => (None, None),
         };
         drop(_pause);
         report.timings.generator = t1.elapsed();
@@ -171,6 +198,9 @@ impl Restorer {
         match out {
             Some((data, layout)) => frame::write_rgb(&frame::to_bytes(&pasted.image)?, (x0, y0), data, layout, false)?,
             None => background.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?.f_copy_(&pasted.image)?,
+        }
+        if let Some(update) = update {
+            self.keep_masks(stage, update)?;
         }
         report.timings.paste = t2.elapsed();
         Ok(PasteReport { restored: pasted.faces, region: Some((x0, y0, rw, rh)), mask: Some(pasted.mask), timings: report.timings })
