@@ -53,6 +53,18 @@ impl Ladder {
         if !p.half {
             return Some(Plan { half: true, ..p });
         }
+        self.lighter(p).or_else(|| self.smaller_sizes.iter().find(|&&s| s < p.size).map(|&size| Plan { size, ..p }))
+    }
+
+    /// The next rung that keeps the current model (size and precision): for when loading the
+    /// next rung's model itself runs out of memory.
+    pub fn next_rung_keeping_model(&self) -> Option<Plan> {
+        self.lighter(self.plan)
+    }
+
+    /// The rungs that need no other model: halved face batches, smaller upscaler tiles, the
+    /// rectangle mask.
+    fn lighter(&self, p: Plan) -> Option<Plan> {
         if p.face_batch > 1 {
             return Some(Plan { face_batch: p.face_batch / 2, ..p });
         }
@@ -65,7 +77,7 @@ impl Ladder {
         if p.parse {
             return Some(Plan { parse: false, ..p });
         }
-        self.smaller_sizes.iter().find(|&&s| s < p.size).map(|&size| Plan { size, ..p })
+        None
     }
 
     /// The plan is now `to`, one rung below.
@@ -138,6 +150,16 @@ mod tests {
             plan(256, true, 1, Some(64)),
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn rungs_that_keep_the_model_skip_precision_and_size() {
+        let start = Plan { parse: true, ..plan(512, false, 4, Some(0)) };
+        let l = Ladder::new(start, MemoryPolicy::Degrade, 32, vec![256]);
+        assert_eq!(l.next_rung(), Some(Plan { half: true, ..start }));
+        assert_eq!(l.next_rung_keeping_model(), Some(Plan { face_batch: 2, ..start }));
+        let last = Ladder::new(plan(512, false, 1, None), MemoryPolicy::Degrade, 32, vec![256]);
+        assert_eq!(last.next_rung_keeping_model(), None);
     }
 
     #[test]

@@ -499,7 +499,16 @@ impl Restorer {
             }
             Err(e) if e.is_out_of_memory() => {
                 memory::release_cached();
-                Ok(false)
+                // No room for the rung's model: a lighter plan on the model in hand, if any.
+                let Some(alt) = self.ladder.next_rung_keeping_model() else { return Ok(false) };
+                match self.switch_to(alt) {
+                    Ok(()) => {
+                        self.ladder.stepped_down(alt);
+                        Ok(true)
+                    }
+                    Err(e) if e.is_out_of_memory() => Ok(false),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         }
