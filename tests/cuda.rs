@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use gst::prelude::*;
 use gstgpen::gpen::{random_state_dict, Banding, FullGenerator, GpenConfig};
 use gstgpen::memory;
 use gstgpen::registry;
@@ -130,61 +129,6 @@ fn real_size_fp16_is_finite_and_banding_costs_are_measured() {
     }
 }
 
-/// Runs `frames` through `appsrc ! gpenfilter ! appsink` (built by type, so no installed
-/// plugins are needed); returns the frames out, the element's statistics and the seconds taken.
-fn run_element(props: &[(&str, &str)], frames: &[Vec<u8>], w: usize, h: usize) -> (Vec<Vec<u8>>, gst::Structure, f64) {
-    common::init();
-    let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w as u32, h as u32)
-        .fps(gst::Fraction::new(30, 1))
-        .build()
-        .unwrap()
-        .to_caps()
-        .unwrap();
-    let src = gst_app::AppSrc::builder().caps(&caps).format(gst::Format::Time).build();
-    let sink = gst_app::AppSink::builder().build();
-    sink.set_property("sync", false);
-    let filter = gst::ElementFactory::make("gpenfilter").build().unwrap();
-    for (k, v) in props {
-        filter.set_property_from_str(k, v);
-    }
-    let pipeline = gst::Pipeline::new();
-    pipeline.add_many([src.upcast_ref(), &filter, sink.upcast_ref()]).unwrap();
-    gst::Element::link_many([src.upcast_ref(), &filter, sink.upcast_ref()]).unwrap();
-    let t = Instant::now();
-    pipeline.set_state(gst::State::Playing).expect("the pipeline starts");
-    let out = std::thread::scope(|s| {
-        let pull = s.spawn(|| {
-            let mut out = Vec::new();
-            while let Ok(sample) = sink.pull_sample() {
-                out.push(sample.buffer().unwrap().map_readable().unwrap().as_slice().to_vec());
-            }
-            out
-        });
-        for (i, f) in frames.iter().enumerate() {
-            let mut b = gst::Buffer::from_slice(f.clone());
-            b.get_mut().unwrap().set_pts(gst::ClockTime::from_nseconds(i as u64 * 1_000_000_000 / 30));
-            if src.push_buffer(b).is_err() {
-                break;
-            }
-        }
-        let _ = src.end_of_stream();
-        pull.join().unwrap()
-    });
-    let secs = t.elapsed().as_secs_f64();
-    if let Some(msg) = pipeline.bus().unwrap().pop_filtered(&[gst::MessageType::Error]) {
-        if let gst::MessageView::Error(e) = msg.view() {
-            panic!("{} ({:?})", e.error(), e.debug());
-        }
-    }
-    let stats = filter.property::<gst::Structure>("stats");
-    pipeline.set_state(gst::State::Null).unwrap();
-    (out, stats, secs)
-}
-
-fn count(s: &gst::Structure, f: &str) -> u64 {
-    s.get::<u64>(f).unwrap_or_else(|_| panic!("no {f} in {s}"))
-}
-
 /// `gpenfilter device=auto fp16=true` with the default budget (vram-budget=0) on 1080p frames
 /// with 8 faces: what a user types on an NVIDIA card.
 #[test]
@@ -194,11 +138,11 @@ fn element_restores_1080p_in_fp16_on_auto_with_the_default_budget() {
     let frames = vec![frame_1080p(); 30];
     let (model_s, det_s) = (model.display().to_string(), detector().display().to_string());
     let props = [("model", model_s.as_str()), ("detector-model", det_s.as_str()), ("device", "auto"), ("fp16", "true")];
-    let (out, stats, secs) = run_element(&props, &frames, 1920, 1080);
+    let (out, stats, secs) = common::run_element(&props, &frames, 1920, 1080);
     println!("gpenfilter device=auto fp16=true, 1080p x {}: {:.2} fps; {stats}", frames.len(), frames.len() as f64 / secs);
     assert_eq!(out.len(), frames.len(), "{stats}");
-    assert_eq!(count(&stats, "frames-out"), frames.len() as u64, "{stats}");
-    assert!(count(&stats, "faces-restored") >= 8 * frames.len() as u64 / 2, "{stats}");
+    assert_eq!(common::count(&stats, "frames-out"), frames.len() as u64, "{stats}");
+    assert!(common::count(&stats, "faces-restored") >= 8 * frames.len() as u64 / 2, "{stats}");
     assert!(out.iter().all(|f| f != &frames[0]), "a frame came out unchanged");
     assert!(stats.get::<String>("plan").unwrap().contains("fp16=true"), "{stats}");
 }
@@ -211,11 +155,11 @@ fn two_elements_share_one_model() {
     let frames = vec![frame_1080p(); 6];
     let (model_s, det_s) = (model.display().to_string(), detector().display().to_string());
     let props = [("model", model_s.as_str()), ("detector-model", det_s.as_str()), ("device", "cuda"), ("fp16", "true")];
-    let (alone, _, _) = run_element(&props, &frames, 1920, 1080);
+    let (alone, _, _) = common::run_element(&props, &frames, 1920, 1080);
     let before = registry::loads_of(&model);
     let t = Instant::now();
     let both: Vec<_> = std::thread::scope(|s| {
-        let h: Vec<_> = (0..2).map(|_| s.spawn(|| run_element(&props, &frames, 1920, 1080))).collect();
+        let h: Vec<_> = (0..2).map(|_| s.spawn(|| common::run_element(&props, &frames, 1920, 1080))).collect();
         h.into_iter().map(|h| h.join().expect("a stream panicked")).collect()
     });
     let loads = registry::loads_of(&model) - before;
@@ -329,18 +273,6 @@ fn budgets_from_default_to_8_gib_start_and_restore() {
     }
 }
 
-/// Per channel of packed RGB: mean absolute difference and 99.9th percentile, in levels.
-fn channel_differences(got: &[u8], want: &[u8]) -> Vec<(f64, u8)> {
-    (0..3)
-        .map(|c| {
-            let mut d: Vec<u8> = got.iter().zip(want).skip(c).step_by(3).map(|(a, b)| a.abs_diff(*b)).collect();
-            let mean = d.iter().map(|&v| v as f64).sum::<f64>() / d.len() as f64;
-            d.sort_unstable();
-            (mean, d[(d.len() as f64 * 0.999) as usize])
-        })
-        .collect()
-}
-
 #[test]
 fn face_parsing_on_cuda_matches_gpen() {
     let dev = cuda();
@@ -383,7 +315,7 @@ fn face_parsing_on_cuda_matches_gpen() {
     let mut out = photo.clone();
     assert_eq!(r.restore_faces(&d, &mut out, &layout).unwrap().restored, 1);
     let (want, _, _) = common::decode_image(&common::shared().join("fixtures/whole-frame/astronaut.parse-replicate.png"));
-    let diff = channel_differences(&out, &want);
+    let diff = common::channel_differences(&out, &want);
     println!("astronaut through the parsing mask on CUDA: mean / p99.9 per channel {diff:.3?}");
     assert!(diff.iter().all(|&(mean, p)| mean <= 0.3 && p <= 3), "{diff:?}");
 }

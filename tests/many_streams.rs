@@ -5,7 +5,6 @@
 mod common;
 
 use common::init;
-use gst::prelude::*;
 
 const FRAMES: usize = 6;
 
@@ -18,37 +17,16 @@ fn clip() -> (Vec<Vec<u8>>, usize, usize) {
 
 /// Runs the clip through a gpenfilter named `name`; returns the output frames and statistics.
 fn stream(name: &str, frames: &[Vec<u8>], w: usize, h: usize) -> (Vec<Vec<u8>>, gst::Structure) {
-    let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src format=time caps=video/x-raw,format=RGB,width={w},height={h},framerate=30/1 \
-         ! gpenfilter name={name} size=256 model={} detector-model={} device=cpu memory-policy=degrade \
-         ! appsink name=sink sync=false",
-        common::gpen_fixture("gpen-256-tiny.pth").display(),
-        common::detector().display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    for (i, f) in frames.iter().enumerate() {
-        let mut b = gst::Buffer::from_slice(f.clone());
-        b.get_mut().unwrap().set_pts(gst::ClockTime::from_nseconds(i as u64 * 1_000_000_000 / 30));
-        src.push_buffer(b).unwrap();
-    }
-    src.end_of_stream().unwrap();
-    let mut out = Vec::new();
-    while let Ok(sample) = sink.pull_sample() {
-        out.push(sample.buffer().unwrap().map_readable().unwrap().as_slice().to_vec());
-    }
-    let bus = pipeline.bus().unwrap();
-    if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
-        if let gst::MessageView::Error(e) = msg.view() {
-            panic!("{name}: {} ({:?})", e.error(), e.debug());
-        }
-    }
-    let stats = pipeline.by_name(name).unwrap().property::<gst::Structure>("stats");
-    pipeline.set_state(gst::State::Null).unwrap();
+    let (model, detector) = (common::gpen_fixture("gpen-256-tiny.pth"), common::detector());
+    let props = [
+        ("name", name),
+        ("size", "256"),
+        ("model", model.to_str().unwrap()),
+        ("detector-model", detector.to_str().unwrap()),
+        ("device", "cpu"),
+        ("memory-policy", "degrade"),
+    ];
+    let (out, stats, _) = common::run_element(&props, frames, w, h);
     (out, stats)
 }
 

@@ -137,26 +137,20 @@ fn regions_choose_what_the_restored_face_replaces_and_memory_drops_parsing_first
 fn the_element_pastes_through_the_parsing_mask() {
     common::init();
     let (input, w, h) = common::decode_image(&common::shared().join("media/images/astronaut.png"));
+    let (model, detector) = (common::gpen_fixture("gpen-512-tiny.pth"), common::detector());
     let run = |mask: &str| {
-        let pipeline = gst::parse::launch(&format!(
-            "appsrc name=src caps=video/x-raw,format=RGB,width={w},height={h},framerate=25/1 format=time ! gpenfilter device=cpu \
-             size=512 model={} detector-model={} parse-model={} mask={mask} ! appsink name=sink sync=false",
-            common::gpen_fixture("gpen-512-tiny.pth").display(),
-            common::detector().display(),
-            parsenet().display()
-        ))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-        let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-        let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
-        pipeline.set_state(gst::State::Playing).unwrap();
-        src.push_buffer(gst::Buffer::from_slice(input.clone())).unwrap();
-        src.end_of_stream().unwrap();
-        let sample = sink.pull_sample().unwrap();
-        let out = sample.buffer().unwrap().map_readable().unwrap().to_vec();
-        pipeline.set_state(gst::State::Null).unwrap();
-        out
+        let parse_model = parsenet();
+        let props = [
+            ("device", "cpu"),
+            ("size", "512"),
+            ("model", model.to_str().unwrap()),
+            ("detector-model", detector.to_str().unwrap()),
+            ("parse-model", parse_model.to_str().unwrap()),
+            ("mask", mask),
+        ];
+        let (mut out, _, _) = common::run_element(&props, std::slice::from_ref(&input), w, h);
+        assert_eq!(out.len(), 1);
+        out.remove(0)
     };
     let (auto, parse, rect) = (run("auto"), run("parse"), run("rectangle"));
     assert_eq!(auto, parse, "auto uses the named parse-model");

@@ -21,12 +21,7 @@ fn manifest() -> Vec<serde_json::Value> {
 /// An image as `1 x 3 x H x W` float 0..255. JPEG through libjpeg-turbo, as the fixtures were
 /// made (OpenCV): the tiny random networks turn a level of decoder difference into many.
 fn image(path: &std::path::Path) -> Tensor {
-    if path.extension().is_some_and(|e| e == "jpg") {
-        let img = turbojpeg::decompress(&std::fs::read(path).unwrap(), turbojpeg::PixelFormat::RGB).unwrap();
-        let rgb: Vec<u8> = img.pixels.chunks(img.pitch).flat_map(|row| row[..img.width * 3].to_vec()).collect();
-        return common::rgb_tensor(&rgb, img.width, img.height);
-    }
-    let (rgb, w, h) = common::decode_image(path);
+    let (rgb, w, h) = common::decode_like_opencv(path);
     common::rgb_tensor(&rgb, w, h)
 }
 

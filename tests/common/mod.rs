@@ -95,3 +95,80 @@ pub fn rgb_bytes(t: &tch::Tensor) -> Vec<u8> {
     let t = t.round().clamp(0.0, 255.0).to_kind(tch::Kind::Uint8).squeeze_dim(0).permute([1, 2, 0]).contiguous();
     Vec::try_from(t.flatten(0, -1)).unwrap()
 }
+
+/// Packed RGB as OpenCV reads the file (the fixtures were made with `cv2.imread`): JPEG through
+/// libjpeg-turbo, whose chroma upsampling differs from `jpegdec ! videoconvert`; other formats
+/// decode the same either way.
+pub fn decode_like_opencv(path: &std::path::Path) -> (Vec<u8>, usize, usize) {
+    if path.extension().is_some_and(|e| e == "jpg") {
+        let img = turbojpeg::decompress(&std::fs::read(path).unwrap(), turbojpeg::PixelFormat::RGB).unwrap();
+        let rgb = img.pixels.chunks(img.pitch).flat_map(|row| row[..img.width * 3].to_vec()).collect();
+        return (rgb, img.width, img.height);
+    }
+    decode_image(path)
+}
+
+/// Per channel of packed RGB: mean absolute difference and 99.9th percentile, in levels.
+pub fn channel_differences(got: &[u8], want: &[u8]) -> Vec<(f64, u8)> {
+    (0..3)
+        .map(|c| {
+            let mut d: Vec<u8> = got.iter().zip(want).skip(c).step_by(3).map(|(a, b)| a.abs_diff(*b)).collect();
+            let mean = d.iter().map(|&v| v as f64).sum::<f64>() / d.len() as f64;
+            d.sort_unstable();
+            (mean, d[(d.len() as f64 * 0.999) as usize])
+        })
+        .collect()
+}
+
+/// Runs packed RGB `frames` (30 fps timestamps) through `appsrc ! gpenfilter ! appsink`, built
+/// by type so that no installed plugins are needed, with the element's `props`; returns the
+/// frames out, the element's statistics and the seconds taken. An error on the bus panics.
+pub fn run_element(props: &[(&str, &str)], frames: &[Vec<u8>], w: usize, h: usize) -> (Vec<Vec<u8>>, gst::Structure, f64) {
+    use gst::prelude::*;
+    init();
+    let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w as u32, h as u32)
+        .fps(gst::Fraction::new(30, 1))
+        .build()
+        .unwrap()
+        .to_caps()
+        .unwrap();
+    let src = gst_app::AppSrc::builder().caps(&caps).format(gst::Format::Time).build();
+    let sink = gst_app::AppSink::builder().build();
+    sink.set_property("sync", false);
+    let filter = gst::ElementFactory::make("gpenfilter").build().unwrap();
+    for (k, v) in props {
+        filter.set_property_from_str(k, v);
+    }
+    let pipeline = gst::Pipeline::new();
+    pipeline.add_many([src.upcast_ref(), &filter, sink.upcast_ref()]).unwrap();
+    gst::Element::link_many([src.upcast_ref(), &filter, sink.upcast_ref()]).unwrap();
+    let t = std::time::Instant::now();
+    pipeline.set_state(gst::State::Playing).expect("the pipeline starts");
+    let out = std::thread::scope(|s| {
+        let pull = s.spawn(|| {
+            let mut out = Vec::new();
+            while let Ok(sample) = sink.pull_sample() {
+                out.push(sample.buffer().unwrap().map_readable().unwrap().as_slice().to_vec());
+            }
+            out
+        });
+        for (i, f) in frames.iter().enumerate() {
+            let mut b = gst::Buffer::from_slice(f.clone());
+            b.get_mut().unwrap().set_pts(gst::ClockTime::from_nseconds(i as u64 * 1_000_000_000 / 30));
+            if src.push_buffer(b).is_err() {
+                break;
+            }
+        }
+        let _ = src.end_of_stream();
+        pull.join().unwrap()
+    });
+    let secs = t.elapsed().as_secs_f64();
+    if let Some(msg) = pipeline.bus().unwrap().pop_filtered(&[gst::MessageType::Error]) {
+        if let gst::MessageView::Error(e) = msg.view() {
+            panic!("{} ({:?})", e.error(), e.debug());
+        }
+    }
+    let stats = filter.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    (out, stats, secs)
+}
