@@ -136,7 +136,8 @@ struct FaceStage {
     /// Loaded while the plan pastes through parsing masks.
     parser: Option<Arc<ParseNet>>,
     /// The last parsing mask of each live track, in aligned space (`1 x 1 x size x size`).
-    track_masks: RefCell<HashMap<u64, Tensor>>,
+    /// Per live track: its last parsing mask as parsed, and as pasted (aligned space).
+    track_masks: RefCell<HashMap<u64, (Tensor, Tensor)>>,
     /// Summed change of parsing masks between consecutive frames of a track, before and after
     /// smoothing, kept on the device until asked for ([`Restorer::mask_change`]).
     mask_change: RefCell<Option<(Tensor, Tensor, u64)>>,

@@ -16,7 +16,7 @@ use crate::{transfer, Error};
 /// What a written frame changes in its tracks' masks.
 #[derive(Default)]
 pub(super) struct MaskUpdate {
-    masks: Vec<(u64, Tensor)>,
+    masks: Vec<(u64, (Tensor, Tensor))>,
     change: Option<(Tensor, Tensor, u64)>,
 }
 
@@ -67,19 +67,21 @@ impl Restorer {
                 continue;
             };
             let pasted = match kept.get(id) {
-                Some(prev) => {
-                    let pasted = raw.f_sub(prev)?.f_mul_scalar(1.0 - strength)?.f_add(prev)?;
-                    // Summed on the device: nothing is read back per frame.
-                    let (r, p) = (raw.f_sub(prev)?.f_abs()?.f_mean(Kind::Float)?, pasted.f_sub(prev)?.f_abs()?.f_mean(Kind::Float)?);
+                Some((last_raw, last_pasted)) => {
+                    let pasted = raw.f_sub(last_pasted)?.f_mul_scalar(1.0 - strength)?.f_add(last_pasted)?;
+                    // Frame-to-frame change as parsed and as pasted, summed on the device: nothing
+                    // is read back per frame.
+                    let change = |a: &Tensor, b: &Tensor| a.f_sub(b)?.f_abs()?.f_mean(Kind::Float);
+                    let (r, p) = (change(&raw, last_raw)?, change(&pasted, last_pasted)?);
                     update.change = Some(match update.change.take() {
                         Some((rs, ps, n)) => (rs.f_add(&r)?, ps.f_add(&p)?, n + 1),
                         None => (r, p, 1),
                     });
                     pasted
                 }
-                None => raw,
+                None => raw.shallow_clone(),
             };
-            update.masks.push((*id, pasted.shallow_clone()));
+            update.masks.push((*id, (raw, pasted.shallow_clone())));
             out.push(pasted);
         }
         Ok((Tensor::f_cat(&out, 0)?, update))
