@@ -122,6 +122,9 @@ fn restores_every_frame_and_keeps_the_sound() {
     for ext in ["mp4", "mkv"] {
         let log = restore_and_compare(&hamilton(), &dir.join(format!("restored.{ext}")));
         assert!(log.contains("copied as it is"), "{log}");
+        // The clip's shots have faces in consecutive frames: the flicker figure is measured.
+        let figure = log.split("flicker amplification ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("");
+        assert!(figure.parse::<f64>().is_ok_and(|a| a.is_finite() && a > 0.0), "summary gives the flicker amplification: {log}");
     }
     // Vorbis cannot go into MP4: it is re-encoded.
     let vorbis = remuxed(&dir, true);

@@ -3,7 +3,7 @@
 //! ```text
 //! gst-gpen-restore INPUT OUTPUT.{mp4,mkv} [--size 512] [--fp16] [--model PATH] [--detector-model PATH]
 //!                  [--upscale 1|2|4] [--upscaler-model PATH] [--tile-size PX]
-//!                  [--temporal-smoothing 0..1] [--detection-interval N]
+//!                  [--temporal-smoothing 0..1] [--temporal-consistency 0..1] [--detection-interval N]
 //!                  [--memory-policy degrade|drop|passthrough|error] [--vram-budget MIB] [--device auto|cpu|cuda:N]
 //! ```
 //!
@@ -24,7 +24,7 @@ use gst::prelude::*;
 
 const USAGE: &str = "usage: gst-gpen-restore INPUT OUTPUT.{mp4,mkv} [--size 256|512|1024|2048] [--fp16] \
 [--model PATH] [--detector-model PATH] [--upscale 1|2|4] [--upscaler-model PATH] [--tile-size PX] \
-[--temporal-smoothing 0..1] [--detection-interval N] [--mask auto|parse|rectangle] [--parse-model PATH] \
+[--temporal-smoothing 0..1] [--temporal-consistency 0..1] [--detection-interval N] [--mask auto|parse|rectangle] [--parse-model PATH] \
 [--mask-regions skin+nose+eyes+...] \
 [--memory-policy degrade|drop|passthrough|error] [--vram-budget MIB] [--device auto|cpu|cuda:N]";
 
@@ -51,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
             "--upscaler-model" => properties.push(value("upscaler-model")?),
             "--tile-size" => properties.push(value("tile-size")?),
             "--temporal-smoothing" => properties.push(value("temporal-smoothing")?),
+            "--temporal-consistency" => properties.push(value("temporal-consistency")?),
             "--detection-interval" => properties.push(value("detection-interval")?),
             "--memory-policy" => properties.push(value("memory-policy")?),
             "--vram-budget" => properties.push(value("vram-budget")?),
@@ -359,6 +360,15 @@ fn run(args: Args) -> Result<i32, (i32, String)> {
             s.get::<String>("plan").unwrap_or_default(),
             args.output.display()
         );
+        // Frame-to-frame change of the pasted faces against the input's there (above 1: flicker
+        // added by the restorer).
+        match s.get::<f64>("flicker-amplification").ok().filter(|a| a.is_finite()) {
+            Some(a) => eprintln!(
+                "gst-gpen-restore: flicker amplification {a:.2} ({} pairs of frames with pasted faces; 1 = no flicker added)",
+                stat(&s, "flicker-pairs")
+            ),
+            None => eprintln!("gst-gpen-restore: flicker amplification not measured (no two consecutive frames with pasted faces)"),
+        }
     } else {
         return Err((1, format!("{}: no video stream was found", args.input.display())));
     }

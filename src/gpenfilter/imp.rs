@@ -406,6 +406,14 @@ impl GpenFilter {
             }
         };
         let plan = state.restorer.plan();
+        // A pasted frame may add a pair to the flicker figure (a read of three sums: the frame
+        // was just read back anyway).
+        if matches!(outcome, Ok(Outcome::Restored { .. })) {
+            match state.restorer.flicker() {
+                Ok(f) => self.stats.lock().unwrap().flicker = f,
+                Err(e) => gst::warning!(CAT, imp = self, "flicker figure not read: {e}"),
+            }
+        }
         drop(guard);
         self.conclude(outcome, plan, times, started)
     }

@@ -97,6 +97,7 @@ pub fn property_of(setting: Setting) -> &'static str {
         Setting::Alpha => "alpha",
         Setting::FaceBatch => "face-batch",
         Setting::Smoothing => "temporal-smoothing",
+        Setting::Consistency => "temporal-consistency",
         Setting::DetectionInterval => "detection-interval",
         Setting::Upscale => "upscale",
         Setting::UpscalerModel => "upscaler-model",
@@ -112,7 +113,16 @@ pub fn property_of(setting: Setting) -> &'static str {
 
 /// The properties that take effect on the next frame while playing.
 pub fn is_live(name: &str) -> bool {
-    matches!(name, "detection-threshold" | "max-faces" | "min-face-size" | "alpha" | "temporal-smoothing" | "detection-interval")
+    matches!(
+        name,
+        "detection-threshold"
+            | "max-faces"
+            | "min-face-size"
+            | "alpha"
+            | "temporal-smoothing"
+            | "temporal-consistency"
+            | "detection-interval"
+    )
 }
 
 impl Settings {
@@ -188,6 +198,7 @@ impl Settings {
             "parse-model" => self.parse_model = non_empty(value.get().expect(CHECKED)),
             "mask-regions" => self.mask_regions = value.get().expect(CHECKED),
             "temporal-smoothing" => self.live.smoothing = value.get().expect(CHECKED),
+            "temporal-consistency" => self.live.consistency = value.get().expect(CHECKED),
             "detection-interval" => self.live.detection_interval = value.get().expect(CHECKED),
             "post-faces" => self.post_faces = value.get().expect(CHECKED),
             "vram-budget" => self.vram_budget = value.get().expect(CHECKED),
@@ -226,6 +237,7 @@ impl Settings {
             "post-messages" => self.post_messages.to_value(),
             "post-faces" => self.post_faces.to_value(),
             "temporal-smoothing" => self.live.smoothing.to_value(),
+            "temporal-consistency" => self.live.consistency.to_value(),
             "detection-interval" => self.live.detection_interval.to_value(),
             "upscale" => self.upscale.to_value(),
             "upscaler-model" => self.upscaler_model.to_value(),
@@ -356,6 +368,19 @@ pub fn specs() -> Vec<glib::ParamSpec> {
             .minimum(0.0)
             .maximum(1.0)
             .default_value(live.smoothing)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecDouble::builder("temporal-consistency")
+            .nick("Temporal consistency")
+            .blurb(
+                "Strength (0 = off, 1 = strongest) of the blending of each tracked face's restoration \
+                 with its previous one in aligned space, weighted by how still the face is (moving \
+                 parts, such as a mouth opening, are not blended); it keeps the restorer from adding \
+                 flicker. Lower it for fast action or heavy occlusion",
+            )
+            .minimum(0.0)
+            .maximum(1.0)
+            .default_value(live.consistency)
             .mutable_playing()
             .build(),
         glib::ParamSpecUInt::builder("detection-interval")
@@ -511,6 +536,7 @@ mod tests {
             Setting::Alpha,
             Setting::FaceBatch,
             Setting::Smoothing,
+            Setting::Consistency,
             Setting::DetectionInterval,
             Setting::Upscale,
             Setting::UpscalerModel,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::memory::{self, Plan};
-use crate::restorer::{Outcome, VideoCounters};
+use crate::restorer::{Flicker, Outcome, VideoCounters};
 
 /// Counters behind the `stats` property (and the `post-messages` element messages).
 #[derive(Debug, Default, Clone)]
@@ -28,6 +28,8 @@ pub struct Stats {
     pub tracks_started: u64,
     /// Frames redone on the next plan after an out-of-memory error.
     pub retries: u64,
+    /// How much pasted faces changed from frame to frame against the input.
+    pub flicker: Flicker,
     pub plan: Option<Plan>,
     pub device: Option<tch::Device>,
     pub timed_frames: u64,
@@ -93,6 +95,9 @@ impl Stats {
             .field("scene-cuts", self.scene_cuts)
             .field("tracks-started", self.tracks_started)
             .field("retries", self.retries)
+            // NaN until a pair of consecutive frames with pasted faces was measured.
+            .field("flicker-amplification", self.flicker.amplification().unwrap_or(f64::NAN))
+            .field("flicker-pairs", self.flicker.pairs)
             .field("plan", self.plan.map(|p| p.to_string()).unwrap_or_default())
             .field("peak-memory-mib", peak)
             .field("mean-ms", self.mean_time().as_secs_f64() * 1e3)
@@ -156,6 +161,10 @@ mod tests {
         };
         let st = s.structure();
         assert_eq!(st.get::<u64>("frames-in").unwrap(), 3);
+        assert!(st.get::<f64>("flicker-amplification").unwrap().is_nan(), "not measured yet");
+        let s = Stats { flicker: Flicker { output_change: 3.0, input_change: 2.0, weight: 9.0, pairs: 4 }, ..s };
+        let st = s.structure();
+        assert_eq!((st.get::<f64>("flicker-amplification").unwrap(), st.get::<u64>("flicker-pairs").unwrap()), (1.5, 4));
         assert_eq!(st.get::<String>("plan").unwrap(), "size=256 fp16=true face-batch=2");
         assert!(st.get::<u64>("peak-memory-mib").unwrap() > 0, "the CPU's peak resident size");
         let m = s.message_structure(true);

@@ -97,8 +97,11 @@ impl Estimator {
         let s = (plan.size * plan.size) as f64;
         let frame = (width * height) as f64 * 4.0 * (3.0 + 4.0);
         let faces_bytes = faces as f64 * s * 4.0 * 3.0 * 2.0;
+        // Kept by each face's track for the next frame: its restored face (temporal
+        // consistency) and its parsing mask as parsed and as pasted.
+        let kept = faces as f64 * s * 4.0 * (3.0 + 2.0);
         let parse = if plan.parse { Self::parse_bytes(batch, elem as i64) as f64 } else { 0.0 };
-        Self::weight_bytes(cfg, plan.half) as f64 as u64 + (activations + frame + faces_bytes + parse) as u64
+        Self::weight_bytes(cfg, plan.half) as f64 as u64 + (activations + frame + faces_bytes + kept + parse) as u64
     }
 }
 

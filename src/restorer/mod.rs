@@ -10,11 +10,11 @@ pub mod frame;
 pub mod ladder;
 pub mod paste;
 pub mod settings;
+pub mod temporal;
 pub mod video;
 mod work;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -34,6 +34,8 @@ use ladder::Ladder;
 pub use ladder::RECOVER_AFTER;
 use paste::Paster;
 pub use settings::*;
+pub use temporal::Flicker;
+use temporal::{FlickerMeter, TrackMemory};
 use video::VideoFaces;
 pub use video::{SceneChange, TrackedFaces, VideoCounters, SCENE_CUT};
 pub use work::MaskChange;
@@ -119,8 +121,10 @@ pub struct PasteReport {
 pub struct PasteTimings {
     /// Alignment and cropping of all faces.
     pub crop: Duration,
-    /// The generator forwards.
+    /// The generator forwards (and face parsing).
     pub generator: Duration,
+    /// Blending each tracked face with its previous restoration.
+    pub temporal: Duration,
     /// Smoothing, blending, warping back and writing the frame.
     pub paste: Duration,
 }
@@ -135,9 +139,10 @@ struct FaceStage {
     parse_path: Option<PathBuf>,
     /// Loaded while the plan pastes through parsing masks.
     parser: Option<Arc<ParseNet>>,
-    /// The last parsing mask of each live track, in aligned space (`1 x 1 x size x size`).
-    /// Per live track: its last parsing mask as parsed, and as pasted (aligned space).
-    track_masks: RefCell<HashMap<u64, (Tensor, Tensor)>>,
+    /// What each live track kept of the last written frame, in aligned space.
+    tracks: RefCell<TrackMemory>,
+    /// The flicker of the stream's pasted regions.
+    flicker: RefCell<FlickerMeter>,
     /// Summed change of parsing masks between consecutive frames of a track, before and after
     /// smoothing, kept on the device until asked for ([`Restorer::mask_change`]).
     mask_change: RefCell<Option<(Tensor, Tensor, u64)>>,
@@ -214,7 +219,8 @@ impl Restorer {
                 paster: Paster::new(size, device, f.mask.regions)?,
                 parse_path,
                 parser,
-                track_masks: RefCell::default(),
+                tracks: RefCell::default(),
+                flicker: RefCell::default(),
                 mask_change: RefCell::default(),
                 settings: f.clone(),
                 video: VideoFaces::new(f.live.smoothing),
@@ -317,12 +323,18 @@ impl Restorer {
             Mode::Faces(stage) | Mode::Upscaled(stage, _) => stage,
         };
         let interval = stage.settings.live.detection_interval;
+        stage.tracks.get_mut().serial += 1;
         let found = stage.video.next(&frame, dt, interval, |extra| find_faces(&stage.detector, &stage.settings, &frame, extra));
         match found {
-            Ok(t) => Ok(Detections { faces: t.faces, ids: t.ids, detected: t.detected, scene_cut: t.scene_cut, frame, decided: None }),
+            Ok(t) => {
+                if t.scene_cut {
+                    stage.flicker.get_mut().forget();
+                }
+                Ok(Detections { faces: t.faces, ids: t.ids, detected: t.detected, scene_cut: t.scene_cut, frame, decided: None })
+            }
             Err(e) if e.is_out_of_memory() => {
                 memory::release_cached();
-                stage.track_masks.get_mut().clear();
+                stage.tracks.get_mut().clear();
                 // No smaller plan helps the detector: the policy decides at once.
                 let reason = format!("face detection: {e}");
                 let decided = Some(self.ladder.give_up(reason)?);
@@ -547,9 +559,8 @@ impl Restorer {
             if plan.size != current.size {
                 stage.paster = Paster::new(model.config().size, self.device, stage.settings.mask.regions)?;
             }
-            if plan.parse != current.parse {
-                stage.track_masks.get_mut().clear();
-            }
+            // Kept faces and masks are of the old plan's size and precision.
+            stage.tracks.get_mut().clear();
             stage.parser = parser;
         }
         self.model = model;
@@ -605,13 +616,28 @@ impl Restorer {
     pub fn reset_tracks(&mut self) {
         if let Mode::Faces(stage) | Mode::Upscaled(stage, _) = &mut self.mode {
             stage.video.reset();
-            stage.track_masks.get_mut().clear();
+            stage.tracks.get_mut().clear();
+            stage.flicker.get_mut().forget();
         }
     }
 
     /// What tracking did so far (zeros for aligned faces).
     pub fn video_counters(&self) -> VideoCounters {
         self.face_stage().map(|s| s.video.counters()).unwrap_or_default()
+    }
+
+    /// How much restored faces changed from frame to frame against the input so far (one read
+    /// from the device; zeros for aligned faces).
+    pub fn flicker(&self) -> Result<Flicker, Error> {
+        match self.face_stage() {
+            Ok(stage) => stage.flicker.borrow().read(),
+            Err(_) => Ok(Flicker::default()),
+        }
+    }
+
+    /// Restored faces kept by live tracks for blending (at most one per track).
+    pub fn faces_kept(&self) -> usize {
+        self.face_stage().map(|s| s.tracks.borrow().faces_kept()).unwrap_or(0)
     }
 
     /// The face-parsing checkpoint faces are pasted through now (`None`: the rectangle).

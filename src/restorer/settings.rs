@@ -348,6 +348,9 @@ pub struct LiveSettings {
     pub alpha: f64,
     /// Video: strength, 0 (off) to 1, of the smoothing of each tracked face's landmarks.
     pub smoothing: f64,
+    /// Video: strength, 0 (off) to 1, of the blending of each tracked face's restoration with
+    /// its previous one in aligned space, where the face is still (see `restorer::temporal`).
+    pub consistency: f64,
     /// Video: the detector runs on every Nth frame (and after a scene cut); tracks carry the
     /// faces in between.
     pub detection_interval: u32,
@@ -355,7 +358,15 @@ pub struct LiveSettings {
 
 impl Default for LiveSettings {
     fn default() -> Self {
-        LiveSettings { threshold: 0.9, max_faces: 32, min_face_size: 16.0, alpha: 1.0, smoothing: 0.5, detection_interval: 1 }
+        LiveSettings {
+            threshold: 0.9,
+            max_faces: 32,
+            min_face_size: 16.0,
+            alpha: 1.0,
+            smoothing: 0.5,
+            consistency: 0.8,
+            detection_interval: 1,
+        }
     }
 }
 
@@ -371,6 +382,7 @@ impl LiveSettings {
         unit(Setting::Threshold, self.threshold)?;
         unit(Setting::Alpha, self.alpha)?;
         unit(Setting::Smoothing, self.smoothing)?;
+        unit(Setting::Consistency, self.consistency)?;
         if self.detection_interval == 0 {
             return Err(Error::invalid(Setting::DetectionInterval, "0 frames", "run the detector every 1 or more frames"));
         }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use super::paste;
+use super::temporal::{self, TrackState};
 use super::{frame, FaceStage, PackedLayout, PasteReport, PasteTimings, Restorer};
 use crate::align::{self, Alignment, Border};
 use crate::detect::Face;
@@ -13,11 +14,20 @@ use crate::detect::Face;
 use crate::memory;
 use crate::{transfer, Error};
 
-/// What a written frame changes in its tracks' masks.
+/// What a written frame changes in its tracks' state.
 #[derive(Default)]
-pub(super) struct MaskUpdate {
-    masks: Vec<(u64, (Tensor, Tensor))>,
-    change: Option<(Tensor, Tensor, u64)>,
+pub(super) struct TrackUpdate {
+    /// Per face: its track and what the track keeps (untracked faces keep nothing).
+    states: Vec<Option<(u64, TrackState)>>,
+    mask_change: Option<(Tensor, Tensor, u64)>,
+}
+
+/// What a tracked face carries over from the previous frame: its restored face and masks, and
+/// how still each part of it is (`1 x 1 x S x S`, 1 = still).
+struct Prior {
+    face: Option<Tensor>,
+    mask: Option<(Tensor, Tensor)>,
+    stillness: Tensor,
 }
 
 /// How much the parsing masks of tracked faces change from frame to frame (mean absolute change
@@ -51,29 +61,23 @@ impl Restorer {
     }
 
     /// Parsing masks follow their track: each is blended in aligned space with the track's
-    /// previous mask by `temporal-smoothing` (the parser's argmax flips classes from frame to
-    /// frame where they are nearly tied; a still face keeps its mask exactly). Returns the masks
-    /// to paste and the update of the tracks' state, applied by [`keep_masks`](Self::keep_masks)
-    /// once the frame is written (a retry must not blend a frame with itself).
-    pub(super) fn smooth_masks(&self, stage: &FaceStage, masks: Tensor, tracks: &[Option<u64>]) -> Result<(Tensor, MaskUpdate), Error> {
-        let strength = stage.settings.live.smoothing;
-        let kept = stage.track_masks.borrow();
-        let mut update = MaskUpdate::default();
-        let mut out = Vec::with_capacity(tracks.len());
-        for (i, track) in tracks.iter().enumerate() {
+    /// previous mask by `temporal-smoothing`, where the face is still (the parser's argmax flips
+    /// classes from frame to frame where they are nearly tied; a still face keeps its mask
+    /// exactly). Returns the masks to paste; the masks and their change go into `update`, applied
+    /// by [`keep_tracks`](Self::keep_tracks) once the frame is written (a retry must not blend a
+    /// frame with itself).
+    fn smooth_masks(&self, strength: f64, masks: Tensor, priors: &[Option<Prior>], update: &mut TrackUpdate) -> Result<Tensor, Error> {
+        let mut out = Vec::with_capacity(priors.len());
+        for (i, prior) in priors.iter().enumerate() {
             let raw = masks.f_narrow(0, i as i64, 1)?;
-            let Some(id) = track else {
-                out.push(raw);
-                continue;
-            };
-            let pasted = match kept.get(id) {
-                Some((last_raw, last_pasted)) => {
-                    let pasted = raw.f_sub(last_pasted)?.f_mul_scalar(1.0 - strength)?.f_add(last_pasted)?;
+            let pasted = match prior.as_ref().and_then(|p| p.mask.as_ref().map(|m| (m, &p.stillness))) {
+                Some(((last_raw, last_pasted), still)) => {
+                    let pasted = raw.f_lerp_tensor(last_pasted, &still.f_mul_scalar(strength)?)?;
                     // Frame-to-frame change as parsed and as pasted, summed on the device: nothing
                     // is read back per frame.
                     let change = |a: &Tensor, b: &Tensor| a.f_sub(b)?.f_abs()?.f_mean(Kind::Float);
                     let (r, p) = (change(&raw, last_raw)?, change(&pasted, last_pasted)?);
-                    update.change = Some(match update.change.take() {
+                    update.mask_change = Some(match update.mask_change.take() {
                         Some((rs, ps, n)) => (rs.f_add(&r)?, ps.f_add(&p)?, n + 1),
                         None => (r, p, 1),
                     });
@@ -81,19 +85,60 @@ impl Restorer {
                 }
                 None => raw.shallow_clone(),
             };
-            update.masks.push((*id, (raw, pasted.shallow_clone())));
+            if let Some(Some((_, state))) = update.states.get_mut(i) {
+                state.mask = Some((raw, pasted.shallow_clone()));
+            }
             out.push(pasted);
         }
-        Ok((Tensor::f_cat(&out, 0)?, update))
+        Ok(Tensor::f_cat(&out, 0)?)
     }
 
-    /// Keeps the masks of a written frame as its tracks' last ones; tracks that are gone are
-    /// forgotten.
-    pub(super) fn keep_masks(&self, stage: &FaceStage, update: MaskUpdate) -> Result<(), Error> {
-        let mut kept = stage.track_masks.borrow_mut();
-        kept.retain(|id, _| update.masks.iter().any(|(i, _)| i == id));
-        kept.extend(update.masks);
-        if let Some((r, p, n)) = update.change {
+    /// What each face's track carries over from the previous frame, and the update of the
+    /// tracks' state with this frame's thumbnails (the faces and masks are added as they are
+    /// made). `faces`: whether restored faces are blended (and so kept).
+    fn priors(
+        &self,
+        stage: &FaceStage,
+        crops: &Tensor,
+        tracks: &[Option<u64>],
+        faces: bool,
+    ) -> Result<(Vec<Option<Prior>>, TrackUpdate), Error> {
+        let mut memory = stage.tracks.borrow_mut();
+        let thumbs = temporal::thumbnails(crops)?;
+        let size = crops.size()[2];
+        let (small, large) = (memory.grid(temporal::GRID, self.device)?, memory.grid(size, self.device)?);
+        let mut priors = Vec::with_capacity(tracks.len());
+        let mut update = TrackUpdate { states: Vec::with_capacity(tracks.len()), mask_change: None };
+        for (i, track) in tracks.iter().enumerate() {
+            let Some(id) = *track else {
+                priors.push(None);
+                update.states.push(None);
+                continue;
+            };
+            let thumb = thumbs.f_narrow(0, i as i64, 1)?;
+            priors.push(match memory.previous(id) {
+                Some(last) => {
+                    // The previous face, moved to where the face's content is in this frame's
+                    // aligned crop; what still differs after that is change, not jitter.
+                    let offset = temporal::registration(&thumb, &last.thumb)?;
+                    let moved = |t: &Tensor| temporal::moved(t, &large, &offset);
+                    Some(Prior {
+                        face: last.face.as_ref().filter(|_| faces).map(moved).transpose()?,
+                        mask: last.mask.as_ref().map(|(a, b)| Ok::<_, Error>((moved(a)?, moved(b)?))).transpose()?,
+                        stillness: temporal::stillness(&thumb, &temporal::moved(&last.thumb, &small, &offset)?, size)?,
+                    })
+                }
+                None => None,
+            });
+            update.states.push(Some((id, TrackState { serial: memory.serial, thumb, face: None, mask: None })));
+        }
+        Ok((priors, update))
+    }
+
+    /// Keeps the state of a written frame's tracks; tracks that are gone are forgotten.
+    fn keep_tracks(&self, stage: &FaceStage, update: TrackUpdate) -> Result<(), Error> {
+        stage.tracks.borrow_mut().keep(update.states.into_iter().flatten().collect());
+        if let Some((r, p, n)) = update.mask_change {
             let mut change = stage.mask_change.borrow_mut();
             *change = Some(match change.take() {
                 Some((rs, ps, m)) => (rs.f_add(&r)?, ps.f_add(&p)?, m + n),
@@ -178,33 +223,55 @@ impl Restorer {
         // With face parsing the heap is given back after both networks, not between them.
         let _pause = (self.ladder.plan().parse && self.device == Device::Cpu).then(crate::sys::TrimPause::new);
         let restored = from_unit(&self.forward_batches(&to_unit(&crops)?)?)?;
+        report.timings.generator = t1.elapsed();
+        let t2 = Instant::now();
+        let live = stage.settings.live;
+        let (priors, mut update) = self.priors(stage, &crops, &tracks, live.consistency > 0.0)?;
+        // Each tracked face takes its previous restoration where the face is still.
+        for (i, prior) in priors.iter().enumerate() {
+            if let Some(Prior { face: Some(face), stillness, .. }) = prior {
+                // In place on the face's part of the batch.
+                let _ = restored.f_narrow(0, i as i64, 1)?.f_lerp_tensor_(face, &stillness.f_mul_scalar(live.consistency)?)?;
+            }
+        }
+        if live.consistency > 0.0 {
+            for (i, state) in update.states.iter_mut().enumerate() {
+                if let Some((_, s)) = state {
+                    s.face = Some(restored.f_narrow(0, i as i64, 1)?);
+                }
+            }
+        }
+        report.timings.temporal = t2.elapsed();
         // GPEN parses the restored faces before smoothing and blending them.
-        let (masks, update) = match (&stage.parser, self.ladder.plan().parse) {
+        let t3 = Instant::now();
+        let masks = match (&stage.parser, self.ladder.plan().parse) {
             (Some(net), true) => {
                 // The classes per face batch: the 19-class logits of every face never exist at once.
                 let classes = |x: &Tensor| self.in_batches(x, |b| Ok(net.forward(b)?.f_argmax(1, false)?));
-                let (masks, update) = self.smooth_masks(stage, stage.paster.parse_masks(&restored, classes)?, &tracks)?;
-                (Some(masks), Some(update))
+                Some(self.smooth_masks(live.smoothing, stage.paster.parse_masks(&restored, classes)?, &priors, &mut update)?)
             }
-            _ => (None, None),
+            _ => None,
         };
         drop(_pause);
-        report.timings.generator = t1.elapsed();
-        let t2 = Instant::now();
+        report.timings.generator += t3.elapsed();
+        let t4 = Instant::now();
         let small: Vec<bool> = faces.iter().map(|f| f.width().min(f.height()) < paste::SMALL_FACE).collect();
-        let restored = stage.paster.finish(restored, &crops, &small, stage.settings.live.alpha)?;
+        let restored = stage.paster.finish(restored, &crops, &small, live.alpha)?;
         let Some(pasted) = stage.paster.paste(background, &restored, &regions, &paste_maps, masks.as_ref())? else {
             return Ok(report);
         };
         let (x0, y0, rw, rh) = pasted.region;
+        // The input under the pasted region, for the flicker figure (before `background`, which
+        // may be `crops_from`, is written).
+        let input = crops_from.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?;
+        let serial = stage.tracks.borrow().serial;
+        stage.flicker.borrow_mut().observe(serial, pasted.region, &input, &pasted.image, &pasted.mask)?;
         match out {
             Some((data, layout)) => frame::write_rgb(&frame::to_bytes(&pasted.image)?, (x0, y0), data, layout, false)?,
             None => background.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?.f_copy_(&pasted.image)?,
         }
-        if let Some(update) = update {
-            self.keep_masks(stage, update)?;
-        }
-        report.timings.paste = t2.elapsed();
+        self.keep_tracks(stage, update)?;
+        report.timings.paste = t4.elapsed();
         Ok(PasteReport { restored: pasted.faces, region: Some((x0, y0, rw, rh)), mask: Some(pasted.mask), timings: report.timings })
     }
 
