@@ -36,8 +36,9 @@ pub enum FaceSource {
 /// from another detector may cut off the brows or chin that the alignment needs.
 const GROW: f32 = 0.5;
 
-/// Long side, in pixels, the grown box is resized to for the detector: a face of about half
-/// that, well inside the anchors of every variant, however large or small it was.
+/// Long side, in pixels, a larger grown box is scaled down to for the detector: a face of about
+/// half that, well inside the anchors of every variant. Smaller boxes are detected at their
+/// native size, as whole frames are (enlarged, the landmarks move by several pixels).
 const REFINE_SIZE: f64 = 320.0;
 
 /// The faces of a frame for [`VideoFaces::next_supplied`](super::video::VideoFaces::next_supplied):
@@ -94,7 +95,7 @@ fn refine(detector: &RetinaFace, threshold: f64, frame: &Tensor, bbox: &[f32; 4]
         return Ok(None);
     }
     let crop = frame.f_narrow(3, x0, x1 - x0)?.f_narrow(2, y0, y1 - y0)?;
-    let scale = REFINE_SIZE / (x1 - x0).max(y1 - y0) as f64;
+    let scale = (REFINE_SIZE / (x1 - x0).max(y1 - y0) as f64).min(1.0);
     let found = detect_at_scales(detector, &crop, &[scale], threshold)?;
     let (dx, dy) = (x0 as f32, y0 as f32);
     let inside = |f: &Face| {
