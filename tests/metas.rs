@@ -221,9 +221,9 @@ fn boxes_without_landmarks_get_them_from_the_detector_inside() {
     for (frame, out) in r.faces["g"].iter().zip(&r.out) {
         assert_eq!(frame.len(), 2);
         for (got, want) in frame.iter().zip(&want) {
-            // Found in a crop at another scale: within 2 % of the face's width of the whole-frame
+            // Found in a crop at another scale: within 4 % of the face's width of the whole-frame
             // detection.
-            let tolerance = 0.02 * (want.bbox[2] - want.bbox[0]);
+            let tolerance = 0.04 * (want.bbox[2] - want.bbox[0]);
             let worst = got.landmarks.iter().zip(&want.landmarks).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
             println!("face found in its box: landmarks within {worst:.2} px of the whole-frame detection (tolerance {tolerance:.2})");
             assert!(worst <= tolerance, "landmarks {:?} against {:?} ({worst:.2} px)", got.landmarks, want.landmarks);
