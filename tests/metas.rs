@@ -310,4 +310,9 @@ fn faces_found_on_a_small_frame_are_restored_on_a_larger_one() {
     assert_eq!(count(&r, "b", "detector-runs"), 0);
     assert_eq!((count(&r, "b", "faces-from-metas"), count(&r, "b", "metas-skipped"), count(&r, "b", "faces-restored")), (4, 0, 4));
     assert_eq!(ours(&r.out[1]).len(), 2);
+    // The landmarks found in each box lie in its face.
+    for f in r.faces["b"].iter().flatten() {
+        let inside = f.landmarks.chunks(2).all(|p| p[0] > f.bbox[0] && p[0] < f.bbox[2] && p[1] > f.bbox[1] && p[1] < f.bbox[3]);
+        assert!(inside, "{f:?}");
+    }
 }
