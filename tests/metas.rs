@@ -37,9 +37,12 @@ fn from_message(s: &gst::StructureRef) -> Vec<Described> {
         .collect()
 }
 
+/// A meta's rectangle: x, y, width, height.
+type Rect = (u32, u32, u32, u32);
+
 /// A buffer's `face` metas written by a gpenfilter: what they describe, their rectangles and
 /// `restored` flags.
-fn ours(b: &gst::BufferRef) -> Vec<(Described, (u32, u32, u32, u32), bool)> {
+fn ours(b: &gst::BufferRef) -> Vec<(Described, Rect, bool)> {
     b.iter_meta::<VideoRegionOfInterestMeta>()
         .filter_map(|m| {
             let p = m.param("gpenfilter")?;
@@ -53,7 +56,7 @@ fn ours(b: &gst::BufferRef) -> Vec<(Described, (u32, u32, u32, u32), bool)> {
 }
 
 /// Region metas that no gpenfilter wrote: type and rectangle.
-fn theirs(b: &gst::BufferRef) -> Vec<(String, (u32, u32, u32, u32))> {
+fn theirs(b: &gst::BufferRef) -> Vec<(String, Rect)> {
     b.iter_meta::<VideoRegionOfInterestMeta>()
         .filter(|m| m.param("gpenfilter").is_none())
         .map(|m| (m.roi_type().to_string(), m.rect()))
