@@ -368,6 +368,9 @@ fn gst_inspect_shows_metadata_and_every_property() {
         ("mask ", "Default: 0, \"auto\""),
         ("parse-model", "Default: null"),
         ("mask-regions", "Default: 0x00001dfe"),
+        ("face-metas", "Default: true"),
+        ("faces-from", "Default: 0, \"detector\""),
+        ("restore ", "Default: true"),
     ] {
         let at = text.find(&format!("  {property}")).unwrap_or_else(|| panic!("no property {property}"));
         let block: String = text[at..].lines().take(3).collect::<Vec<_>>().join(" ");

@@ -104,3 +104,30 @@ fn python_example_reads_statistics_from_the_bus() {
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn python_example_reads_face_metas_from_an_appsink() {
+    let python = "/usr/bin/python3";
+    let dir = common::scratch("example-metas");
+    let clip = short_clip(&dir);
+    let o = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/face_metas.py"))
+        .arg(&clip)
+        .args(properties())
+        .env("GST_PLUGIN_PATH", profile_dir())
+        .env("GST_REGISTRY", dir.join("registry.bin"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    // Two people in each of the ten frames, restored, each with its ten landmark values.
+    assert!(stdout.lines().any(|l| l == "faces (final): 20 in 10 frames"), "{stdout}");
+    let faces: Vec<&str> = stdout.lines().filter(|l| l.starts_with("frame ")).collect();
+    assert_eq!(faces.len(), 20, "{stdout}");
+    for l in faces {
+        let landmarks = l.split("landmarks [").nth(1).unwrap().trim_end_matches(']');
+        assert_eq!(landmarks.split(", ").count(), 10, "{l}");
+        assert!(l.contains("restored True"), "{l}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -23,8 +23,10 @@ use once_cell::sync::Lazy;
 use super::caps::{frame_interval, packed_layout, scale_caps};
 use super::properties::{self, property_of, Settings};
 use super::stats::Stats;
+use super::{meta, FacesFrom, Upscale};
+use crate::detect::Face;
 use crate::memory;
-use crate::restorer::{Detections, DeviceSpec, FrameOutput, Outcome, Restorer};
+use crate::restorer::{Detections, DeviceSpec, FaceSource, FrameOutput, Outcome, Restorer};
 use crate::{Error, Setting};
 
 static CAT: Lazy<gst::DebugCategory> =
@@ -43,6 +45,18 @@ struct State {
     last_post: Option<Instant>,
     /// Timestamp of the previous frame, for the time between frames that tracking needs.
     last_pts: Option<gst::ClockTime>,
+    /// The faces of the frame in flight, for the metas of its output.
+    described: Option<Described>,
+}
+
+/// A frame's faces as its output metas describe them.
+struct Described {
+    /// In input pixels.
+    faces: Vec<Face>,
+    ids: Vec<u64>,
+    restored: bool,
+    /// The output frame's size.
+    size: (u32, u32),
 }
 
 #[derive(Default)]
@@ -179,6 +193,13 @@ impl BaseTransformImpl for GpenFilter {
         // Live changes from here on are pushed with the first frame (the load takes seconds).
         self.live_changed.store(false, Ordering::Release);
         let settings = self.settings.lock().unwrap().clone();
+        if !settings.restore && settings.upscale != Upscale::X1 {
+            return Err(gst::error_msg!(
+                gst::LibraryError::Settings,
+                ("restore=false passes frames through untouched, so they cannot be upscaled"),
+                ["set upscale=1, or restore=true"]
+            ));
+        }
         let fail_every = fail_every(&self.obj().name());
         let core = settings.to_restorer(fail_every).map_err(|e| start_error(&e))?;
         let started = Instant::now();
@@ -226,6 +247,7 @@ impl BaseTransformImpl for GpenFilter {
             reported_latency: Duration::ZERO,
             last_post: None,
             last_pts: None,
+            described: None,
         });
         Ok(())
     }
@@ -268,13 +290,14 @@ impl BaseTransformImpl for GpenFilter {
     }
 
     fn before_transform(&self, inbuf: &gst::BufferRef) {
-        let (post_faces, live) = {
+        let (post_faces, live, faces_from, restore, factor) = {
             let s = self.settings.lock().unwrap();
-            (s.post_faces, self.live_changed.swap(false, Ordering::AcqRel).then_some(s.live))
+            (s.post_faces, self.live_changed.swap(false, Ordering::AcqRel).then_some(s.live), s.faces_from, s.restore, s.upscale as u32)
         };
         let mut guard = self.state.lock().unwrap();
         let Some(state) = guard.as_mut() else { return };
         state.started = Some(Instant::now());
+        state.described = None;
         if let Some(live) = live {
             // The ranges of the properties keep these valid; a failure would leave the old ones.
             if let Err(e) = state.restorer.set_live(live) {
@@ -288,7 +311,10 @@ impl BaseTransformImpl for GpenFilter {
             Some(info) => match gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, info) {
                 Err(e) => Err(Error::Frame(format!("cannot map the frame: {e}"))),
                 Ok(frame) => match frame.plane_data(0) {
-                    Ok(data) => state.restorer.begin(data, &packed_layout(&frame), dt),
+                    Ok(data) => {
+                        let source = self.face_source(faces_from, inbuf, (info.width(), info.height()));
+                        state.restorer.begin_from(data, &packed_layout(&frame), dt, source)
+                    }
                     Err(e) => Err(Error::Frame(e.to_string())),
                 },
             },
@@ -302,15 +328,24 @@ impl BaseTransformImpl for GpenFilter {
             if post_faces {
                 self.post_faces(inbuf, d);
             }
+            let size = state.info.as_ref().map_or((0, 0), |i| (i.width() * factor, i.height() * factor));
+            state.described = Some(Described { faces: d.faces.clone(), ids: d.ids.clone(), restored: false, size });
         }
         // A frame left unchanged is finished here and passed through, neither copied nor
-        // written; the others (and errors, to be reported) go to the transform.
-        let unchanged = matches!(&analysed, Ok(d) if state.restorer.output_of(d) == FrameOutput::Unchanged);
+        // written; the others (and errors, to be reported) go to the transform. With
+        // restore=false every frame the policy does not drop is left unchanged.
+        let output = analysed.as_ref().ok().map(|d| state.restorer.output_of(d));
+        let unchanged = output == Some(FrameOutput::Unchanged) || (!restore && output == Some(FrameOutput::Written));
         self.obj().set_passthrough(unchanged);
         if unchanged {
             let Ok(d) = analysed else { unreachable!("checked above") };
             let started = state.started.take().unwrap_or_else(Instant::now);
-            let outcome = state.restorer.finish(d, None);
+            let outcome = match output {
+                // restore=false: faces found and described, none restored.
+                Some(FrameOutput::Written) if d.faces.is_empty() => Ok(Outcome::NoFaces),
+                Some(FrameOutput::Written) => Ok(Outcome::Restored { faces: 0, plan: state.restorer.plan(), retried: false }),
+                _ => state.restorer.finish(d, None),
+            };
             let plan = state.restorer.plan();
             drop(guard);
             // Nothing is written, so nothing can fail; an error is still reported if it does.
@@ -318,6 +353,26 @@ impl BaseTransformImpl for GpenFilter {
         } else {
             state.pending = Some(analysed);
         }
+    }
+
+    fn generate_output(&self) -> Result<gst_base::subclass::base_transform::GenerateOutputSuccess, gst::FlowError> {
+        use gst_base::subclass::base_transform::GenerateOutputSuccess as G;
+        // before_transform and the transform run in here; the frame's faces are known after.
+        let out = self.parent_generate_output()?;
+        let described = self.state.lock().unwrap().as_mut().and_then(|s| s.described.take());
+        match out {
+            G::Buffer(mut buffer) => {
+                self.describe(&mut buffer, described);
+                Ok(G::Buffer(buffer))
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn transform_meta<'a>(&self, outbuf: &mut gst::BufferRef, meta: gst::MetaRef<'a, gst::Meta>, inbuf: &'a gst::BufferRef) -> bool {
+        // Region metas go to an upscaled output too (BaseTransform leaves out metas tagged with
+        // the frame's size); `describe` then scales them.
+        meta.downcast_ref::<gst_video::VideoRegionOfInterestMeta>().is_some() || self.parent_transform_meta(outbuf, meta, inbuf)
     }
 
     fn transform_caps(&self, direction: gst::PadDirection, caps: &gst::Caps, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
@@ -405,6 +460,9 @@ impl GpenFilter {
                 }
             }
         };
+        if let (Ok(Outcome::Restored { .. }), Some(d)) = (&outcome, state.described.as_mut()) {
+            d.restored = true;
+        }
         let plan = state.restorer.plan();
         // A pasted frame may add a pair to the flicker figure (a read of three sums: the frame
         // was just read back anyway).
@@ -416,6 +474,49 @@ impl GpenFilter {
         }
         drop(guard);
         self.conclude(outcome, plan, times, started)
+    }
+
+    /// Where the faces of `buffer` (a `size` frame) come from, by `faces-from`.
+    fn face_source(&self, faces_from: FacesFrom, buffer: &gst::BufferRef, size: (u32, u32)) -> FaceSource {
+        let given = || {
+            let given = meta::given_faces(buffer, size);
+            self.stats.lock().unwrap().faces_from_metas += given.len() as u64;
+            given
+        };
+        match faces_from {
+            FacesFrom::Detector => FaceSource::Detector,
+            FacesFrom::Upstream => FaceSource::Given(given()),
+            FacesFrom::Both => FaceSource::Both(given()),
+        }
+    }
+
+    /// The output's region metas: those copied from a smaller input scaled, an earlier
+    /// gpenfilter's replaced by one per face of this frame (`face-metas`).
+    fn describe(&self, buffer: &mut gst::Buffer, described: Option<Described>) {
+        let (on, factor) = {
+            let s = self.settings.lock().unwrap();
+            (s.face_metas, s.upscale as u32)
+        };
+        let scale_theirs = factor > 1 && buffer.iter_meta::<gst_video::VideoRegionOfInterestMeta>().next().is_some();
+        let ours = described.filter(|d| on && !d.faces.is_empty());
+        let replace = ours.is_some() || (on && meta::has_ours(buffer));
+        if !scale_theirs && !replace {
+            return;
+        }
+        // Metas need a writable buffer, which costs no pixel copy: a buffer held only here (in
+        // place, upscaled, or passed through) is not copied at all, and one still held elsewhere
+        // gets a new header that shares its memory.
+        let b = buffer.make_mut();
+        if scale_theirs {
+            meta::scale_all(b, factor);
+        }
+        if on {
+            meta::remove_ours(b);
+        }
+        if let Some(d) = ours {
+            let faces: Vec<Face> = d.faces.iter().map(|f| meta::upscaled(f, factor)).collect();
+            meta::attach(b, &faces, &d.ids, d.restored, d.size);
+        }
     }
 
     /// What became of a frame, told to the pipeline: statistics, messages and the flow return.

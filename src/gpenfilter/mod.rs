@@ -11,6 +11,7 @@ use gst::prelude::*;
 
 mod caps;
 mod imp;
+pub mod meta;
 mod properties;
 mod stats;
 
@@ -162,6 +163,26 @@ pub enum MemoryPolicy {
     Error = 3,
 }
 
+/// Where the faces restored come from (`faces-from`).
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstGpenFacesFrom")]
+pub enum FacesFrom {
+    #[default]
+    #[enum_value(name = "The face detector, on its schedule (detection-interval)", nick = "detector")]
+    Detector = 0,
+    #[enum_value(
+        name = "The face region metas of each frame (GstVideoRegionOfInterestMeta of type face); the detector only finds the landmarks of boxes without them",
+        nick = "upstream"
+    )]
+    Upstream = 1,
+    #[enum_value(
+        name = "The face metas of each frame and the detector's faces, run on every frame; overlapping faces merged",
+        nick = "both"
+    )]
+    Both = 2,
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     MemoryPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Size::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
@@ -169,5 +190,6 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     Upscale::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Mask::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     MaskRegions::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    FacesFrom::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(Some(plugin), "gpenfilter", gst::Rank::NONE, GpenFilter::static_type())
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use gst::glib;
 use gst::prelude::*;
 
-use super::{DetectorVariant, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
+use super::{DetectorVariant, FacesFrom, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
 use crate::memory::MemorySettings;
 use crate::restorer::{
     DeviceSpec, FaceSettings, LiveSettings, MaskMode, MaskSettings, RestorerSettings, UpscaleSettings, MODEL_DIR_ENV, PARSE_FILE,
@@ -42,6 +42,11 @@ pub struct Settings {
     pub memory_policy: MemoryPolicy,
     pub post_messages: bool,
     pub post_faces: bool,
+    /// Attach a region-of-interest meta per face to the output.
+    pub face_metas: bool,
+    pub faces_from: FacesFrom,
+    /// Restore the faces (false: detect, track and describe them only).
+    pub restore: bool,
     pub upscale: Upscale,
     pub upscaler_model: Option<String>,
     pub tile_size: u32,
@@ -71,6 +76,9 @@ impl Default for Settings {
             memory_policy: MemoryPolicy::Degrade,
             post_messages: false,
             post_faces: false,
+            face_metas: true,
+            faces_from: FacesFrom::Detector,
+            restore: true,
             upscale: Upscale::X1,
             upscaler_model: None,
             tile_size: upscale.tile as u32,
@@ -201,6 +209,9 @@ impl Settings {
             "temporal-consistency" => self.live.consistency = value.get().expect(CHECKED),
             "detection-interval" => self.live.detection_interval = value.get().expect(CHECKED),
             "post-faces" => self.post_faces = value.get().expect(CHECKED),
+            "face-metas" => self.face_metas = value.get().expect(CHECKED),
+            "faces-from" => self.faces_from = value.get().expect(CHECKED),
+            "restore" => self.restore = value.get().expect(CHECKED),
             "vram-budget" => self.vram_budget = value.get().expect(CHECKED),
             "memory-policy" => self.memory_policy = value.get().expect(CHECKED),
             "post-messages" => self.post_messages = value.get().expect(CHECKED),
@@ -236,6 +247,9 @@ impl Settings {
             "memory-policy" => self.memory_policy.to_value(),
             "post-messages" => self.post_messages.to_value(),
             "post-faces" => self.post_faces.to_value(),
+            "face-metas" => self.face_metas.to_value(),
+            "faces-from" => self.faces_from.to_value(),
+            "restore" => self.restore.to_value(),
             "temporal-smoothing" => self.live.smoothing.to_value(),
             "temporal-consistency" => self.live.consistency.to_value(),
             "detection-interval" => self.live.detection_interval.to_value(),
@@ -499,13 +513,43 @@ pub fn specs() -> Vec<glib::ParamSpec> {
             .default_value(false)
             .mutable_playing()
             .build(),
+        glib::ParamSpecBoolean::builder("face-metas")
+            .nick("Face metas")
+            .blurb(
+                "Attach a GstVideoRegionOfInterestMeta of type face to the output per face, id the track id, \
+                 in output pixels, with a gpenfilter parameter structure: score, box, landmarks (10 doubles), \
+                 restored, track-id; those an earlier gpenfilter attached are replaced, other region metas kept",
+            )
+            .default_value(true)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecEnum::builder_with_default("faces-from", FacesFrom::Detector)
+            .nick("Faces from")
+            .blurb(
+                "Where the faces come from: detector; upstream (the face region metas of each frame: those with \
+                 a gpenfilter's landmarks are aligned as they are, boxes without landmarks get them from the \
+                 detector run inside the box, or are skipped and counted); both (metas and detector, run on every \
+                 frame, overlapping faces merged). Tracking and smoothing apply to all",
+            )
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecBoolean::builder("restore")
+            .nick("Restore")
+            .blurb(
+                "Restore the faces; false: detect and track only, attach the metas and post the messages, and \
+                 pass every frame through untouched and uncopied (upscale must be 1)",
+            )
+            .default_value(true)
+            .mutable_ready()
+            .build(),
         glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
             .nick("Statistics")
             .blurb(
                 "Since start: frames-in, frames-out, frames-dropped (memory policy), frames-late-dropped \
                  (QoS), frames-passed-through (memory policy), frames-flushed (by a flushing seek), \
                  frames-without-faces, faces-detected, \
-                 faces-restored, detector-runs, scene-cuts, tracks-started, retries, plan, \
+                 faces-restored, faces-from-metas, metas-skipped (boxes in which no face was found), \
+                 detector-runs (whole frames), scene-cuts, tracks-started, retries, plan, \
                  peak-memory-mib, mean-ms, worst-ms",
             )
             .read_only()

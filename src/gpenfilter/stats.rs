@@ -22,6 +22,10 @@ pub struct Stats {
     pub frames_without_faces: u64,
     pub faces_detected: u64,
     pub faces_restored: u64,
+    /// Faces read from the input's region metas (`faces-from=upstream|both`).
+    pub faces_from_metas: u64,
+    /// Face metas without landmarks in whose box the detector found no face.
+    pub metas_skipped: u64,
     /// Frames the detector ran on (the others' faces were carried by their tracks).
     pub detector_runs: u64,
     pub scene_cuts: u64,
@@ -58,6 +62,7 @@ impl Stats {
         self.detector_runs = c.detector_runs;
         self.scene_cuts = c.scene_cuts;
         self.tracks_started = c.tracks_started;
+        self.metas_skipped = c.given_skipped;
     }
 
     /// Frames that came in and have not left, when a flush discards whatever is in the element:
@@ -91,6 +96,8 @@ impl Stats {
             .field("frames-without-faces", self.frames_without_faces)
             .field("faces-detected", self.faces_detected)
             .field("faces-restored", self.faces_restored)
+            .field("faces-from-metas", self.faces_from_metas)
+            .field("metas-skipped", self.metas_skipped)
             .field("detector-runs", self.detector_runs)
             .field("scene-cuts", self.scene_cuts)
             .field("tracks-started", self.tracks_started)

@@ -7,6 +7,7 @@
 //! ([`paste`], [`frame`]). [`Restorer::process`] does both in place.
 
 pub mod frame;
+mod given;
 pub mod ladder;
 pub mod paste;
 pub mod settings;
@@ -30,6 +31,7 @@ use crate::upscale::Upscaler;
 use crate::{registry, Error, Setting};
 
 pub use frame::PackedLayout;
+pub use given::{FaceSource, GivenFace};
 use ladder::Ladder;
 pub use ladder::RECOVER_AFTER;
 use paste::Paster;
@@ -37,7 +39,7 @@ pub use settings::*;
 pub use temporal::Flicker;
 use temporal::{FlickerMeter, TrackMemory};
 use video::VideoFaces;
-pub use video::{SceneChange, TrackedFaces, VideoCounters, SCENE_CUT};
+pub use video::{SceneChange, Supplied, TrackedFaces, VideoCounters, SCENE_CUT};
 pub use work::MaskChange;
 
 /// What became of a frame.
@@ -304,6 +306,12 @@ impl Restorer {
     /// tracks (`dt`: seconds since the previous frame). A detector that runs out of memory
     /// leaves the frame to the memory policy: the result then carries the frame's fate.
     pub fn begin(&mut self, data: &[u8], layout: &PackedLayout, dt: f64) -> Result<Detections, Error> {
+        self.begin_from(data, layout, dt, FaceSource::Detector)
+    }
+
+    /// As [`begin`](Self::begin), with the frame's faces from `source`: the detector, faces
+    /// found elsewhere, or both. Given faces are followed along tracks as detected ones are.
+    pub fn begin_from(&mut self, data: &[u8], layout: &PackedLayout, dt: f64, source: FaceSource) -> Result<Detections, Error> {
         let frame = match frame::to_tensor(data, layout, self.device) {
             Ok(f) => f,
             // No room for the frame itself: the policy decides; a pass-through is made on the CPU.
@@ -324,7 +332,17 @@ impl Restorer {
         };
         let interval = stage.settings.live.detection_interval;
         stage.tracks.get_mut().serial += 1;
-        let found = stage.video.next(&frame, dt, interval, |extra| find_faces(&stage.detector, &stage.settings, &frame, extra));
+        let found = match &source {
+            FaceSource::Detector => {
+                stage.video.next(&frame, dt, interval, |extra| find_faces(&stage.detector, &stage.settings, &frame, extra))
+            }
+            FaceSource::Given(g) => {
+                stage.video.next_supplied(&frame, dt, |extra| given::supply(&stage.detector, &stage.settings, &frame, g, false, extra))
+            }
+            FaceSource::Both(g) => {
+                stage.video.next_supplied(&frame, dt, |extra| given::supply(&stage.detector, &stage.settings, &frame, g, true, extra))
+            }
+        };
         match found {
             Ok(t) => {
                 if t.scene_cut {

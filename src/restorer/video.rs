@@ -57,6 +57,8 @@ pub struct VideoCounters {
     pub scene_cuts: u64,
     pub tracks_started: u64,
     pub live_tracks: u64,
+    /// Faces given without landmarks in whose box the detector found no face (not restored).
+    pub given_skipped: u64,
 }
 
 /// The faces of one frame of a video.
@@ -69,6 +71,18 @@ pub struct TrackedFaces {
     pub detected: bool,
     /// Whether this frame began a new scene (every track was ended before it).
     pub scene_cut: bool,
+}
+
+/// The faces of a frame found by the caller's means ([`VideoFaces::next_supplied`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Supplied {
+    pub faces: Vec<Face>,
+    /// The device values asked for, read on the host.
+    pub extra: Vec<Vec<f32>>,
+    /// Whether the detector ran on the whole frame.
+    pub detected: bool,
+    /// Given faces that were left out (no landmarks could be found for them).
+    pub skipped: u64,
 }
 
 /// A stream's tracks, scenes and detection schedule.
@@ -142,6 +156,34 @@ impl VideoFaces {
         Ok(TrackedFaces { faces, ids, detected: detected.is_some(), scene_cut })
     }
 
+    /// The faces of `frame` supplied by the caller (faces found elsewhere, perhaps with the
+    /// detector's), `dt` seconds after the previous one, followed along the tracks as detections
+    /// are. They come with every frame, so every frame updates the tracks and the detection
+    /// interval does not apply. `supply` reads the device values it is given in the same copy as
+    /// its own, as [`next`](Self::next)'s `detect` does.
+    pub fn next_supplied(
+        &mut self,
+        frame: &Tensor,
+        dt: f64,
+        supply: impl FnOnce(&[&Tensor]) -> Result<Supplied, Error>,
+    ) -> Result<TrackedFaces, Error> {
+        let change = self.scenes.change(frame)?;
+        let extra: Vec<&Tensor> = change.iter().collect();
+        let s = supply(&extra).inspect_err(|_| self.reset())?;
+        let scene_cut = s.extra.first().and_then(|v| v.first()).is_some_and(|&v| v as f64 > SCENE_CUT);
+        if scene_cut {
+            self.tracker.reset();
+            self.counters.scene_cuts += 1;
+        }
+        self.counters.detector_runs += s.detected as u64;
+        self.counters.given_skipped += s.skipped;
+        let tracked = self.tracker.update(&s.faces, dt);
+        self.counters.tracks_started = self.tracker.started();
+        self.counters.live_tracks = self.tracker.tracks().len() as u64;
+        let (ids, faces) = tracked.into_iter().unzip();
+        Ok(TrackedFaces { faces, ids, detected: s.detected, scene_cut })
+    }
+
     /// Ends every track and forgets the previous frame (a seek, a flush, new caps).
     pub fn reset(&mut self) {
         self.tracker.reset();
@@ -190,6 +232,24 @@ mod tests {
         assert_eq!(runs, [true, false, false, true, true, false, false]);
         let c = v.counters();
         assert_eq!((c.detector_runs, c.scene_cuts, c.tracks_started), (3, 1, 2), "the cut ends the first track");
+    }
+
+    #[test]
+    fn supplied_faces_are_tracked_every_frame_without_counting_detector_runs() {
+        let mut v = VideoFaces::new(0.0);
+        for i in 0..4 {
+            let frame = grey(if i == 3 { 200.0 } else { 50.0 });
+            let got = v
+                .next_supplied(&frame, 1.0 / 30.0, |extra| {
+                    let extra = crate::transfer::download_f32(extra)?;
+                    Ok(Supplied { faces: vec![face(10.0 + i as f32)], extra, detected: false, skipped: 1 })
+                })
+                .unwrap();
+            assert_eq!((got.ids.as_slice(), got.scene_cut), (if i == 3 { &[2][..] } else { &[1][..] }, i == 3), "frame {i}");
+            assert_eq!(got.faces[0].bbox[0], 10.0 + i as f32, "smoothing off: the face as given");
+        }
+        let c = v.counters();
+        assert_eq!((c.detector_runs, c.scene_cuts, c.tracks_started, c.given_skipped), (0, 1, 2, 4));
     }
 
     #[test]
