@@ -80,7 +80,7 @@ struct Run {
 }
 
 /// Restores `frames` as one stream (25 fps) with `live` settings.
-fn run(model: &PathBuf, size: i64, frames: &[Vec<u8>], w: usize, h: usize, live: LiveSettings) -> Run {
+fn run(model: &std::path::Path, size: i64, frames: &[Vec<u8>], w: usize, h: usize, live: LiveSettings) -> Run {
     let mut r = Restorer::new(&RestorerSettings {
         model: Some(model.clone()),
         size,
