@@ -82,7 +82,7 @@ struct Run {
 /// Restores `frames` as one stream (25 fps) with `live` settings.
 fn run(model: &std::path::Path, size: i64, frames: &[Vec<u8>], w: usize, h: usize, live: LiveSettings) -> Run {
     let mut r = Restorer::new(&RestorerSettings {
-        model: Some(model.clone()),
+        model: Some(model.to_path_buf()),
         size,
         device: DeviceSpec::Cpu,
         faces: FaceSettings { detector_model: Some(shared().join("weights/retinaface-mnet025-fd1mb.pth")), live, ..Default::default() },
