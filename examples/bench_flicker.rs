@@ -3,11 +3,12 @@
 //! `temporal-smoothing` and `temporal-consistency`, and what the blending costs per face.
 //!
 //! ```text
-//! cargo run --release --example bench_flicker -- [--frames N] [--threads 2] [--model tiny256|tiny512]
+//! cargo run --release --example bench_flicker -- [--frames N] [--threads 2] [--model tiny256|tiny512] [--sigma 0.3]
 //! ```
 //! Clips: the sample clip, shot by shot (its cuts at frames 20, 82 and 211), and a still photo
-//! (astronaut) with fresh sensor-like noise in every frame (sigma 2 levels), the nearly still
-//! face. Networks: the tiny GPEN fixtures (random weights in narrow official shapes) and the
+//! (astronaut) with fresh noise in every frame (`--sigma`, 0.3 levels by default: most pixels
+//! keep their level, as a codec's still background does), the nearly still face, and the same
+//! photo drifting by sub-pixel steps (the slow half of `tests/common/motion.rs`'s path). Networks: the tiny GPEN fixtures (random weights in narrow official shapes) and the
 //! RetinaFace-MobileNet detector.
 
 #[path = "../tests/common/motion.rs"]
@@ -102,7 +103,7 @@ fn run(model: &std::path::Path, size: i64, frames: &[Vec<u8>], w: usize, h: usiz
 }
 
 fn main() {
-    let (mut frames, mut threads, mut model) = (usize::MAX, 2, "tiny256".to_owned());
+    let (mut frames, mut threads, mut model, mut sigma) = (usize::MAX, 2, "tiny256".to_owned(), 0.3);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -110,7 +111,8 @@ fn main() {
             "--frames" => frames = value().parse().expect("--frames N"),
             "--threads" => threads = value().parse().expect("--threads N"),
             "--model" => model = value(),
-            other => panic!("unknown argument {other}; usage: [--frames N] [--threads N] [--model tiny256|tiny512]"),
+            "--sigma" => sigma = value().parse().expect("--sigma LEVELS"),
+            other => panic!("unknown argument {other}; usage: [--frames N] [--threads N] [--model tiny256|tiny512] [--sigma LEVELS]"),
         }
     }
     tch::set_num_threads(threads);
@@ -120,18 +122,17 @@ fn main() {
         other => panic!("unknown model {other}"),
     };
     let model = shared().join("fixtures/gpen").join(file);
-    let (mut clip, w, h) = if std::env::var_os("NOCLIP").is_some() { (Vec::new(), 1, 1) } else { clip_frames() };
+    let (mut clip, w, h) = clip_frames();
     clip.truncate(frames);
     let cuts = [0, 20, 82, 211, clip.len()];
     let shots: Vec<(usize, usize)> =
         cuts.windows(2).filter(|c| c[0] < c[1].min(clip.len())).map(|c| (c[0], c[1].min(clip.len()))).collect();
-    let sigma: f64 = std::env::var("SIGMA").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0);
     let (still, sw, sh) = noisy_still(30.min(frames), sigma);
     let (drift, _, _) = drifting_still(30.min(frames));
     println!("flicker amplification (output change / input change inside the pasted region; pairs in brackets)");
     println!("GPEN fixture {file}, RetinaFace-MobileNet, CPU, {threads} threads");
     println!(
-        "clips: short_hamilton_clip.mp4 ({} frames of {w}x{h}) shot by shot; astronaut {sw}x{sh} still + noise sigma 2, {} frames",
+        "clips: short_hamilton_clip.mp4 ({} frames of {w}x{h}) shot by shot; astronaut {sw}x{sh} still + noise sigma {sigma}, and drifting, {} frames each",
         clip.len(),
         still.len()
     );

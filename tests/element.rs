@@ -407,3 +407,47 @@ fn no_panic_when_a_frame_cannot_be_restored() {
     .unwrap();
     assert_eq!(std::fs::metadata(out).unwrap().len(), 2 * 4); // 1 pixel, rows padded to 4 bytes
 }
+
+#[test]
+fn a_buffer_smaller_than_its_caps_passes_through_counted_and_said() {
+    init();
+    // RGB rows are padded to 4 bytes: a 6x4 frame needs 4 rows of 20 bytes, not 72 bytes.
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time caps=video/x-raw,format=RGB,width=6,height=4,framerate=30/1 ! gpenfilter name=g size=256 \
+         model={} detector-model={} device=cpu ! appsink name=sink sync=false wait-on-eos=false",
+        fixture("gpen-256-tiny.pth").display(),
+        common::detector().display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let short: Vec<u8> = (0..72).map(|i| i as u8).collect();
+    for i in 0..3 {
+        let mut b = gst::Buffer::from_slice(short.clone());
+        b.get_mut().unwrap().set_pts(gst::ClockTime::from_mseconds(33 * i));
+        src.push_buffer(b).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    let mut warnings = Vec::new();
+    for msg in pipeline.bus().unwrap().iter_timed(gst::ClockTime::from_seconds(60)) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{} ({:?})", e.error(), e.debug()),
+            gst::MessageView::Warning(w) => warnings.push(format!("{} {:?}", w.error(), w.debug())),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    while let Some(s) = sink.try_pull_sample(gst::ClockTime::ZERO) {
+        out.push(s.buffer().unwrap().map_readable().unwrap().to_vec());
+    }
+    let stats = pipeline.by_name("g").unwrap().property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(out, vec![short; 3], "each frame goes out as it came");
+    assert_eq!(common::count(&stats, "frames-passed-through"), 3, "{stats}");
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings.iter().all(|w| w.contains("72 bytes") && w.contains("needs 80") && w.contains("videoconvert")), "{warnings:?}");
+}

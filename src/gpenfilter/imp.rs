@@ -309,7 +309,27 @@ impl BaseTransformImpl for GpenFilter {
         let analysed = match state.info.as_ref() {
             None => Err(Error::Frame("no caps were negotiated before the first frame".into())),
             Some(info) => match gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, info) {
-                Err(e) => Err(Error::Frame(format!("cannot map the frame: {e}"))),
+                Err(_) => {
+                    // A buffer that does not hold the frame its caps describe (too small: a
+                    // wrong size or stride upstream) goes out as it came, counted and said.
+                    let (width, height, need) = (info.width(), info.height(), info.size());
+                    drop(guard);
+                    self.stats.lock().unwrap().frames_passed_through += 1;
+                    self.obj().set_passthrough(true);
+                    gst::element_imp_warning!(
+                        self,
+                        gst::StreamError::Format,
+                        (
+                            "Frame {:?} passed through unrestored: its buffer has {} bytes, but a {width}x{height} frame \
+                             as the caps describe needs {need}",
+                            inbuf.pts(),
+                            inbuf.size()
+                        ),
+                        ["the element upstream must send buffers laid out as its caps say (rows padded to 4 bytes for RGB); \
+                          a videoconvert before gpenfilter repacks them"]
+                    );
+                    return;
+                }
                 Ok(frame) => match frame.plane_data(0) {
                     Ok(data) => {
                         let source = self.face_source(faces_from, inbuf, (info.width(), info.height()));
