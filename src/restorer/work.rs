@@ -95,13 +95,15 @@ impl Restorer {
 
     /// What each face's track carries over from the previous frame, and the update of the
     /// tracks' state with this frame's thumbnails (the faces and masks are added as they are
-    /// made). `faces`: whether restored faces are blended (and so kept).
+    /// made). `faces`: whether restored faces are blended (and so kept); `masks`: whether
+    /// parsing masks are. With neither, only the thumbnails are kept.
     fn priors(
         &self,
         stage: &FaceStage,
         crops: &Tensor,
         tracks: &[Option<u64>],
         faces: bool,
+        masks: bool,
     ) -> Result<(Vec<Option<Prior>>, TrackUpdate), Error> {
         let mut memory = stage.tracks.borrow_mut();
         let thumbs = temporal::thumbnails(crops)?;
@@ -116,7 +118,7 @@ impl Restorer {
                 continue;
             };
             let thumb = thumbs.f_narrow(0, i as i64, 1)?;
-            priors.push(match memory.previous(id) {
+            priors.push(match memory.previous(id).filter(|_| faces || masks) {
                 Some(last) => {
                     // The previous face, moved to where the face's content is in this frame's
                     // aligned crop; what still differs after that is change, not jitter.
@@ -226,7 +228,9 @@ impl Restorer {
         report.timings.generator = t1.elapsed();
         let t2 = Instant::now();
         let live = stage.settings.live;
-        let (priors, mut update) = self.priors(stage, &crops, &tracks, live.consistency > 0.0)?;
+        // The previous frame matters to blending and to parsing masks only.
+        let parse = stage.parser.is_some() && self.ladder.plan().parse;
+        let (priors, mut update) = self.priors(stage, &crops, &tracks, live.consistency > 0.0, parse)?;
         // Each tracked face takes its previous restoration where the face is still.
         for (i, prior) in priors.iter().enumerate() {
             if let Some(Prior { face: Some(face), stillness, .. }) = prior {
