@@ -3,7 +3,7 @@
 //! `temporal-smoothing` and `temporal-consistency`, and what the blending costs per face.
 //!
 //! ```text
-//! cargo run --release --example bench_flicker -- [--frames N] [--threads 2] [--model tiny256|tiny512] [--sigma 0.3]
+//! cargo run --release --example bench_flicker -- [--frames N] [--threads 2] [--model tiny256|tiny512] [--sigma 0.3] [--shot K]
 //! ```
 //! Clips: the sample clip, shot by shot (its cuts at frames 20, 82 and 211), and a still photo
 //! (astronaut) with fresh noise in every frame (`--sigma`, 0.3 levels by default: most pixels
@@ -103,7 +103,7 @@ fn run(model: &std::path::Path, size: i64, frames: &[Vec<u8>], w: usize, h: usiz
 }
 
 fn main() {
-    let (mut frames, mut threads, mut model, mut sigma) = (usize::MAX, 2, "tiny256".to_owned(), 0.3);
+    let (mut frames, mut threads, mut model, mut sigma, mut only) = (usize::MAX, 2, "tiny256".to_owned(), 0.3, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -112,7 +112,10 @@ fn main() {
             "--threads" => threads = value().parse().expect("--threads N"),
             "--model" => model = value(),
             "--sigma" => sigma = value().parse().expect("--sigma LEVELS"),
-            other => panic!("unknown argument {other}; usage: [--frames N] [--threads N] [--model tiny256|tiny512] [--sigma LEVELS]"),
+            "--shot" => only = Some(value().parse::<usize>().expect("--shot K")),
+            other => {
+                panic!("unknown argument {other}; usage: [--frames N] [--threads N] [--model tiny256|tiny512] [--sigma LEVELS] [--shot K]")
+            }
         }
     }
     tch::set_num_threads(threads);
@@ -125,8 +128,12 @@ fn main() {
     let (mut clip, w, h) = clip_frames();
     clip.truncate(frames);
     let cuts = [0, 20, 82, 211, clip.len()];
-    let shots: Vec<(usize, usize)> =
-        cuts.windows(2).filter(|c| c[0] < c[1].min(clip.len())).map(|c| (c[0], c[1].min(clip.len()))).collect();
+    let shots: Vec<(usize, usize)> = cuts
+        .windows(2)
+        .enumerate()
+        .filter(|(k, c)| c[0] < c[1].min(clip.len()) && only.is_none_or(|o| o == *k))
+        .map(|(_, c)| (c[0], c[1].min(clip.len())))
+        .collect();
     let (still, sw, sh) = noisy_still(30.min(frames), sigma);
     let (drift, _, _) = drifting_still(30.min(frames));
     println!("flicker amplification (output change / input change inside the pasted region; pairs in brackets)");

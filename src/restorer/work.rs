@@ -137,6 +137,24 @@ impl Restorer {
         Ok((priors, update))
     }
 
+    /// The soft rectangle of each face, blended for tracked faces with the track's last pasted
+    /// one by `strength` where the face is still, as faces are. The states in `update` keep them.
+    fn rectangles(&self, stage: &FaceStage, strength: f64, priors: &[Option<Prior>], update: &mut TrackUpdate) -> Result<Tensor, Error> {
+        let rect = stage.paster.rectangle();
+        let mut out = Vec::with_capacity(priors.len());
+        for (i, prior) in priors.iter().enumerate() {
+            let pasted = match prior.as_ref().and_then(|p| p.mask.as_ref().map(|m| (&m.1, &p.stillness))) {
+                Some((last, still)) => rect.f_lerp_tensor(last, &still.f_mul_scalar(strength)?)?,
+                None => rect.shallow_clone(),
+            };
+            if let Some(Some((_, state))) = update.states.get_mut(i) {
+                state.mask = Some((rect.shallow_clone(), pasted.shallow_clone()));
+            }
+            out.push(pasted);
+        }
+        Ok(Tensor::f_cat(&out, 0)?)
+    }
+
     /// Keeps the state of a written frame's tracks; tracks that are gone are forgotten.
     fn keep_tracks(&self, stage: &FaceStage, update: TrackUpdate) -> Result<(), Error> {
         stage.tracks.borrow_mut().keep(update.states.into_iter().flatten().collect());
@@ -254,6 +272,8 @@ impl Restorer {
                 let classes = |x: &Tensor| self.in_batches(x, |b| Ok(net.forward(b)?.f_argmax(1, false)?));
                 Some(self.smooth_masks(live.smoothing, stage.paster.parse_masks(&restored, classes)?, &priors, &mut update)?)
             }
+            // The rectangle follows its track too (it would breathe with the landmarks' jitter).
+            _ if live.consistency > 0.0 => Some(self.rectangles(stage, live.consistency, &priors, &mut update)?),
             _ => None,
         };
         drop(_pause);
