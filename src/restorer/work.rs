@@ -123,10 +123,21 @@ impl Restorer {
                     // The previous face, moved to where the face's content is in this frame's
                     // aligned crop; what still differs after that is change, not jitter.
                     let offset = temporal::registration(&thumb, &last.thumb)?;
-                    let moved = |t: &Tensor| temporal::moved(t, &large, &offset);
+                    // The face and its masks (as parsed and as pasted) move in one resampling.
+                    let face = last.face.as_ref().filter(|_| faces);
+                    let masks = last.mask.as_ref().map(|(raw, pasted)| [raw, pasted]);
+                    let parts: Vec<&Tensor> = face.into_iter().chain(masks.into_iter().flatten()).collect();
+                    let moved = match parts.len() {
+                        0 => None,
+                        _ => Some(temporal::moved(&Tensor::f_cat(&parts, 1)?, &large, &offset)?),
+                    };
+                    let channels = face.map_or(0, |_| 3);
                     Some(Prior {
-                        face: last.face.as_ref().filter(|_| faces).map(moved).transpose()?,
-                        mask: last.mask.as_ref().map(|(a, b)| Ok::<_, Error>((moved(a)?, moved(b)?))).transpose()?,
+                        face: face.and(moved.as_ref()).map(|m| m.f_narrow(1, 0, 3)).transpose()?,
+                        mask: match (masks, &moved) {
+                            (Some(_), Some(m)) => Some((m.f_narrow(1, channels, 1)?, m.f_narrow(1, channels + 1, 1)?)),
+                            _ => None,
+                        },
                         stillness: temporal::stillness(&thumb, &temporal::moved(&last.thumb, &small, &offset)?, size)?,
                     })
                 }
