@@ -36,7 +36,7 @@ pub struct Cli {
     pub preroll: f64,
 
     /// Join the segment files given (in order) into OUTPUT (.mp4 or .mkv) without re-encoding the
-    /// video; needs --audio-from
+    /// video; needs --audio-from [default: none, restore instead]
     #[arg(long, value_name = "OUTPUT", conflicts_with_all = ["segment", "plan"])]
     pub join: Option<PathBuf>,
 

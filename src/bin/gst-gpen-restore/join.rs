@@ -33,6 +33,17 @@ pub fn run(output: &Path, segments: &[PathBuf], input: &Path) -> Result<i32, (i3
     // unfinished, repeated or misplaced segment would leave frames out or twice.
     for (i, (path, seg)) in segments.iter().zip(&plan).enumerate() {
         let s = plan::scan(path)?;
+        let label = seg.label(i, segments.len(), scan.pts.len());
+        if s.comment.as_deref() != Some(&label) {
+            return Err(usage(format!(
+                "{}: not segment {i} of {} of {} (it says {:?}, the plan {label:?}): is it out of order, or from another \
+                 input or count? Give the segments in order, 0 first",
+                path.display(),
+                segments.len(),
+                input.display(),
+                s.comment.as_deref().unwrap_or("nothing")
+            )));
+        }
         if s.pts.len() != seg.frames {
             return Err(usage(format!(
                 "{}: {} frames, but segment {i} of {} of {} has {} (frames {}..{}): is it unfinished, or out of order? \

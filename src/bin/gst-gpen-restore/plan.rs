@@ -21,6 +21,8 @@ pub struct Scan {
     pub last_duration: u64,
     /// Audio streams in the file.
     pub audio_streams: usize,
+    /// The file's comment tag: a segment's says which it is ([`Segment::label`]).
+    pub comment: Option<String>,
 }
 
 /// One segment: the frames with presentation times in `[start, end)`.
@@ -32,6 +34,19 @@ pub struct Segment {
     /// Index of the segment's first frame among all of the input's frames.
     pub first_frame: usize,
     pub frames: usize,
+}
+
+impl Segment {
+    /// What a segment file says of itself (its comment tag): which segment of which count, and
+    /// its frames among the input's, so that the join and a resumed run recognise it.
+    pub fn label(&self, index: usize, count: usize, input_frames: usize) -> String {
+        format!(
+            "gst-gpen-restore segment {index}/{count}: frames {}..{} of {input_frames}, from {} ns",
+            self.first_frame,
+            self.first_frame + self.frames,
+            self.start
+        )
+    }
 }
 
 /// Reads the video packets of `path` (the first video stream); 2 and a message when there are none.
@@ -48,9 +63,10 @@ pub fn scan(path: &Path) -> Result<Scan, (i32, String)> {
     let packets: Arc<Mutex<Vec<(u64, bool, u64)>>> = Arc::default();
     let has_video = Arc::new(Mutex::new(false));
     let audio_streams = Arc::new(Mutex::new(0));
+    let comment: Arc<Mutex<Option<String>>> = Arc::default();
     {
-        let (pipeline, packets, has_video, audio_streams) =
-            (pipeline.downgrade(), packets.clone(), has_video.clone(), audio_streams.clone());
+        let (pipeline, packets, has_video, audio_streams, comment) =
+            (pipeline.downgrade(), packets.clone(), has_video.clone(), audio_streams.clone(), comment.clone());
         parse.connect_pad_added(move |_, pad| {
             let Some(pipeline) = pipeline.upgrade() else { return };
             let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
@@ -62,6 +78,15 @@ pub fn scan(path: &Path) -> Result<Scan, (i32, String)> {
             pipeline.add(&sink).unwrap();
             let first_video = is_video && !std::mem::replace(&mut *has_video.lock().unwrap(), true);
             if first_video {
+                let comment = comment.clone();
+                sink.static_pad("sink").unwrap().add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+                    if let Some(gst::EventView::Tag(t)) = info.event().map(|e| e.view()) {
+                        if let Some(c) = t.tag().get::<gst::tags::Comment>() {
+                            *comment.lock().unwrap() = Some(c.get().to_owned());
+                        }
+                    }
+                    gst::PadProbeReturn::Ok
+                });
                 let packets = packets.clone();
                 sink.static_pad("sink").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, info| {
                     if let Some(b) = info.buffer() {
@@ -91,7 +116,8 @@ pub fn scan(path: &Path) -> Result<Scan, (i32, String)> {
     keyframes.sort_unstable();
     let last_duration = packets.iter().max_by_key(|p| p.0).map_or(0, |p| p.2);
     let audio_streams = *audio_streams.lock().unwrap();
-    Ok(Scan { pts, keyframes, decode_order, last_duration, audio_streams })
+    let comment = comment.lock().unwrap().take();
+    Ok(Scan { pts, keyframes, decode_order, last_duration, audio_streams, comment })
 }
 
 /// Plays `pipeline` to its end; the first error's text otherwise.
@@ -192,6 +218,8 @@ mod tests {
 
     #[test]
     fn crowded_targets_still_get_distinct_cuts() {
+        // The nearest keyframe may come before the target (300 for 400), not only after it.
+        assert_eq!(cuts(&[0, 300, 700, 1000], 0, 1200, 3), vec![300, 700]);
         // Two targets nearest to the same keyframe: the second takes the next one.
         let keys = [0, 100, 110, 900];
         assert_eq!(cuts(&keys, 0, 1000, 4), vec![100, 110, 900]);
@@ -204,7 +232,7 @@ mod tests {
     fn segments_cover_every_frame_once() {
         let pts: Vec<u64> = (0..100).map(|i| i * 10).collect();
         let keyframes: Vec<u64> = (0..100).step_by(25).map(|i| i * 10).collect();
-        let scan = Scan { decode_order: pts.clone(), pts, keyframes, last_duration: 10, audio_streams: 0 };
+        let scan = Scan { decode_order: pts.clone(), pts, keyframes, last_duration: 10, audio_streams: 0, comment: None };
         let segs = segments(&scan, 3);
         assert_eq!(segs.len(), 3);
         assert_eq!(segs.iter().map(|s| s.frames).sum::<usize>(), 100);

@@ -66,8 +66,9 @@ pub fn run(job: &Job) -> Result<i32, (i32, String)> {
     if job.output.exists() {
         // Resuming: a finished segment is not redone. Its file only ever appears whole (renamed
         // from the partial one), but it is counted anyway: an older or foreign file is redone.
+        let label = seg.label(job.index as usize, job.count as usize, scan.pts.len());
         match plan::scan(&job.output) {
-            Ok(s) if s.pts.len() == seg.frames => {
+            Ok(s) if s.pts.len() == seg.frames && s.comment.as_deref() == Some(&label) => {
                 eprintln!("gst-gpen-restore: {}: {} is already complete ({range}): not redone", job.name(), job.output.display());
                 return Ok(0);
             }
@@ -91,7 +92,9 @@ pub fn run(job: &Job) -> Result<i32, (i32, String)> {
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
     let started = Instant::now();
-    let result = restore(job, &seg, filter, &mux_name, &video_enc, &partial, &interrupted);
+    let label = seg.label(job.index as usize, job.count as usize, scan.pts.len());
+    let target = Target { mux: &mux_name, encoder: &video_enc, partial: &partial, label: &label };
+    let result = restore(job, &seg, filter, &target, &interrupted);
     let (written, prerolled, stats) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -172,14 +175,20 @@ fn bus_error(pipeline: &gst::Pipeline) -> Option<String> {
     }
 }
 
+/// Where a segment is written: muxer and encoder names, the partial file, its comment tag.
+struct Target<'a> {
+    mux: &'a str,
+    encoder: &'a str,
+    partial: &'a Path,
+    label: &'a str,
+}
+
 /// Runs both pipelines: (frames written, preroll frames analysed, the filter's statistics).
 fn restore(
     job: &Job,
     seg: &Segment,
     filter: gst::Element,
-    mux_name: &str,
-    video_enc: &str,
-    partial: &Path,
+    target: &Target,
     interrupted: &AtomicBool,
 ) -> Result<(usize, usize, gst::Structure), (i32, String)> {
     let fail = |e: String| (1, e);
@@ -218,15 +227,16 @@ fn restore(
     // Encoding: what the one-process command does after the filter, into a video-only file.
     let encoding = gst::Pipeline::new();
     let appsrc = gst_app::AppSrc::builder().format(gst::Format::Time).block(true).build();
-    let encoder = video_encoder(video_enc).map_err(fail)?;
-    if video_enc == "x264enc" {
-        // No B-frames: with them the decode times of a segment's first frames go back before the
-        // previous segment's last ones, and the join could not put the streams one after the other.
-        encoder.set_property("bframes", 0u32);
+    // Without B-frames (video_encoder): decode times never go back where the join puts segments together.
+    let encoder = video_encoder(target.encoder).map_err(fail)?;
+    let mux = make(target.mux).map_err(fail)?;
+    if let Some(setter) = mux.dynamic_cast_ref::<gst::TagSetter>() {
+        let mut tags = gst::TagList::new();
+        tags.get_mut().unwrap().add::<gst::tags::Comment>(&target.label, gst::TagMergeMode::Replace);
+        setter.merge_tags(&tags, gst::TagMergeMode::Replace);
     }
-    let mux = make(mux_name).map_err(fail)?;
     let filesink = make("filesink").map_err(fail)?;
-    filesink.set_property("location", partial.to_str().unwrap_or_default());
+    filesink.set_property("location", target.partial.to_str().unwrap_or_default());
     let tail = [appsrc.upcast_ref(), &make("videoconvert").map_err(fail)?, &encoder, &mux, &filesink];
     encoding.add_many(tail).unwrap();
     gst::Element::link_many(tail).map_err(|e| fail(e.to_string()))?;
@@ -242,10 +252,12 @@ fn restore(
     }
     let from = seg.start.saturating_sub((job.preroll * 1e9) as u64);
     if seg.first_frame > 0 {
-        // The decoder starts at the keyframe at or before `from`; the frames up to the segment's
-        // start are analysed, not written. The flush also clears the frame prerolled above from
+        // An accurate seek: the demuxer starts at the keyframe before `from` and the decoder
+        // hands on the frames from `from`, which are analysed, not written, up to the segment's
+        // start. (A KEY_UNIT seek would let qtdemux align to another stream's keyframe, far
+        // earlier on files with edit lists.) The flush also clears the frame prerolled above from
         // the filter's tracks.
-        let flags = gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE;
+        let flags = gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE;
         if let Err(e) = analysis.seek_simple(flags, gst::ClockTime::from_nseconds(from)) {
             return stop(Err(fail(format!("{}: cannot seek to {from} ns ({e})", job.input.display()))));
         }

@@ -38,6 +38,11 @@ pub fn video_encoder(name: &str) -> Result<gst::Element, String> {
         enc.set_property_from_str("pass", "qual");
         enc.set_property("quantizer", 18u32);
         enc.set_property_from_str("speed-preset", "medium");
+        // No B-frames. With them the first frame's decode time comes before its presentation
+        // time, and GStreamer 1.22's mp4mux then starts the whole video that much late (2 frames,
+        // 67 ms at 30 fps) against its sound. Segments need it too: the join puts their streams
+        // one after the other, and reordering would make decode times go back at each join.
+        enc.set_property("bframes", 0u32);
     }
     Ok(enc)
 }
