@@ -123,27 +123,53 @@ def _die_with_parent():
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def restore_segment(command, input_path, output, index, count, preroll, options, log):
-    """One Ray task: gst-gpen-restore --segment index/count. Returns (index info, seconds)."""
+def restore_segment(command, input_path, output, index, count, preroll, options, log, frames):
+    """One Ray task: gst-gpen-restore --segment index/count, its frames done reported to the
+    `frames` actor as the command prints them (a line every 5 s)."""
+    import collections
+    import re
     import socket
     with open(log, "a") as f:
         f.write(f"segment {index}/{count} of {input_path}: attempt on {socket.gethostname()} pid {os.getpid()}\n")
     t = time.time()
+    key = f"{input_path}:{index}"
     cmd = [str(command), str(input_path), str(output), "--segment", f"{index}/{count}", "--preroll", str(preroll), *options]
-    r = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_die_with_parent)
-    if r.returncode != 0:
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+    tail = collections.deque(maxlen=60)
+    done = re.compile(rf"segment {index}/{count}: (\d+)/\d+ frames")
+    for line in p.stderr:
+        tail.append(line)
+        m = done.search(line)
+        if m:
+            frames.set.remote(key, int(m.group(1)))
+    code = p.wait()
+    log_tail = "".join(tail)
+    if code != 0:
         # A failed command (bad model, broken input) fails the same way when retried: reported, not retried.
-        return {"ok": False, "code": r.returncode, "log": r.stderr[-4000:]}
-    skipped = "already complete" in r.stderr
-    return {"ok": True, "skipped": skipped, "seconds": time.time() - t, "log": r.stderr[-2000:]}
+        return {"ok": False, "code": code, "log": log_tail[-4000:]}
+    return {"ok": True, "skipped": "already complete" in log_tail, "seconds": time.time() - t, "log": log_tail[-2000:]}
+
+
+class Frames:
+    """Frames done per segment, as the tasks report them (a Ray actor)."""
+
+    def __init__(self):
+        self.done = {}
+
+    def set(self, key, n):
+        self.done[key] = n
+
+    def total(self):
+        return sum(self.done.values())
 
 
 class Progress:
-    """Segments and frames done: a tqdm bar on a terminal when tqdm is there, lines otherwise."""
+    """Segments and frames done: a tqdm bar on a terminal when tqdm is there, lines otherwise
+    (one per finished segment, and the frames every 10 s)."""
 
     def __init__(self, segments, frames):
         self.segments, self.frames, self.done, self.frames_done = segments, frames, 0, 0
-        self.start = time.time()
+        self.start = self.last_line = time.time()
         self.bar = None
         if sys.stderr.isatty():
             try:
@@ -152,16 +178,27 @@ class Progress:
             except ImportError:
                 pass
 
-    def update(self, frames, note):
+    def frames_now(self, n):
+        """Frames done so far, finished segments and those under way."""
+        self.frames_done = max(self.frames_done, n)
+        if self.bar:
+            self.bar.update(self.frames_done - self.bar.n)
+        elif time.time() - self.last_line >= 10:
+            self._line("under way")
+
+    def segment_done(self, frames_total, note):
         self.done += 1
-        self.frames_done += frames
-        fps = self.frames_done / max(time.time() - self.start, 1e-3)
+        self.frames_now(frames_total)
         if self.bar:
             self.bar.set_description(f"{self.done}/{self.segments} segments")
-            self.bar.update(frames)
         else:
-            print(f"restore-on-ray: {self.done}/{self.segments} segments, {self.frames_done}/{self.frames} frames, "
-                  f"{fps:.2f} fps ({note})", file=sys.stderr, flush=True)
+            self._line(note)
+
+    def _line(self, note):
+        fps = self.frames_done / max(time.time() - self.start, 1e-3)
+        print(f"restore-on-ray: {self.done}/{self.segments} segments, {self.frames_done}/{self.frames} frames, "
+              f"{fps:.2f} fps ({note})", file=sys.stderr, flush=True)
+        self.last_line = time.time()
 
     def close(self):
         if self.bar:
@@ -192,6 +229,7 @@ def main(argv):
     # max_retries: Ray reruns the task when its worker process dies (a killed or lost node);
     # the command itself then skips nothing but what is complete, and redoes the segment.
     task = ray.remote(num_cpus=args.cpus_per_task, num_gpus=gpus, max_retries=args.retries)(restore_segment)
+    frames_done = ray.remote(num_cpus=0)(Frames).remote()
 
     pending = {}
     total_frames = 0
@@ -199,24 +237,30 @@ def main(argv):
         n = len(p["segments"])
         for i, seg in enumerate(p["segments"]):
             seg_out = workdir / f"segment-{i:04d}-of-{n:04d}.mkv"
-            ref = task.remote(args.command, inp, seg_out, i, n, args.preroll, args.restore_options, workdir / "attempts.log")
-            pending[ref] = (inp, i, n, seg["frames"])
+            ref = task.remote(args.command, inp, seg_out, i, n, args.preroll, args.restore_options, workdir / "attempts.log",
+                              frames_done)
+            pending[ref] = (inp, i, n, seg["frames"], f"{inp}:{i}")
             total_frames += seg["frames"]
     progress = Progress(len(pending), total_frames)
     failed = []
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        inp, i, n, frames = pending.pop(ready[0])
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+        if not ready:
+            progress.frames_now(ray.get(frames_done.total.remote()))
+            continue
+        inp, i, n, frames, key = pending.pop(ready[0])
         try:
             r = ray.get(ready[0])
         except Exception as e:  # a task that ran out of retries
             r = {"ok": False, "code": None, "log": str(e)}
         if not r["ok"]:
             failed.append(f"{inp} segment {i}/{n} (exit {r['code']}):\n{r['log']}")
-            progress.update(0, f"segment {i}/{n} of {inp.name} failed")
+            ray.get(frames_done.set.remote(key, 0))
+            progress.segment_done(ray.get(frames_done.total.remote()), f"segment {i}/{n} of {inp.name} failed")
             continue
+        ray.get(frames_done.set.remote(key, frames))
         note = "already done" if r["skipped"] else f"{frames / max(r['seconds'], 1e-3):.2f} fps"
-        progress.update(frames, f"{inp.name} segment {i}/{n}: {note}")
+        progress.segment_done(ray.get(frames_done.total.remote()), f"{inp.name} segment {i}/{n}: {note}")
     progress.close()
     ray.shutdown()
     if failed:

@@ -172,6 +172,7 @@ fn three_segments_on_ray_equal_the_one_process_restore_and_a_restart_redoes_only
     // The restart: segment 0 is not redone, 1 and 2 are, and the partial file is gone.
     assert_eq!(mtime(&seg(0)), finished_before, "the finished segment 0 was redone: {log}");
     assert!(log.contains("segment 0/3: already done"), "{log}");
+    assert!(log.contains("3/3 segments, 275/275 frames"), "progress of segments and frames: {log}");
     assert!(mtime(&seg(1)) > started && mtime(&seg(2)) > started, "{log}");
     assert!(!partial.exists(), "the killed run's partial file is cleared");
 
