@@ -120,8 +120,10 @@ fn mtime(p: &Path) -> std::time::SystemTime {
 fn wait_for_partial(dir: &Path, prefix: &str) -> PathBuf {
     let t = Instant::now();
     loop {
+        // The folder may not be made yet.
         let found = std::fs::read_dir(dir)
-            .unwrap()
+            .into_iter()
+            .flatten()
             .flatten()
             .map(|e| e.path())
             .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix));
@@ -231,14 +233,25 @@ fn find_process(words: &[&str]) -> Option<(u32, u32)> {
     None
 }
 
+/// Whether a process runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|state| state != "Z"))
+}
+
 #[test]
 fn a_worker_killed_mid_segment_is_retried_and_the_job_completes() {
     let _ray = RAY.lock().unwrap_or_else(|e| e.into_inner());
     let dir = common::scratch("ray-kill");
+    // Two inputs: their segments share one job, each output named after its input.
     let clip = two_people_clip(&dir);
-    let (out, work) = (dir.join("restored.mkv"), dir.join("work"));
+    let again = dir.join("again.mp4");
+    std::fs::copy(&clip, &again).unwrap();
+    let (out, work) = (dir.join("out"), dir.join("work"));
+    std::fs::create_dir_all(&out).unwrap();
     let args: Vec<String> = vec![
         clip.display().to_string(),
+        again.display().to_string(),
         out.display().to_string(),
         "--segments".into(),
         "2".into(),
@@ -247,20 +260,27 @@ fn a_worker_killed_mid_segment_is_retried_and_the_job_completes() {
         "--keep-segments".into(),
     ];
     let child = ray_script(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    // Mid-segment: segment 1 is writing. Its Ray worker is the command's parent.
-    std::fs::create_dir_all(&work).unwrap();
+    // Mid-segment: segment 1 of the first input is writing. Its Ray worker is the command's parent.
+    let work = work.join("two-people");
     wait_for_partial(&work, "segment-0001-of-0002.partial-");
     let (cmd, worker) = find_process(&["--segment", "1/2", clip.to_str().unwrap()]).expect("the segment's command runs");
     let status = Command::new("kill").args(["-KILL", &worker.to_string()]).status().unwrap();
     assert!(status.success());
+    // The command dies with its worker at once (it must not write the segment beside the retry).
+    let t = Instant::now();
+    while alive(cmd) && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(cmd), "the killed worker's command lives on");
     let o = child.wait_with_output().unwrap();
     let log = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{log}");
-    // The command died with its worker (it must not write the segment beside the retry).
-    assert!(!Path::new(&format!("/proc/{cmd}")).exists(), "the killed worker's command lives on");
+    assert!(log.contains("4/4 segments, 80/80 frames"), "one job for both inputs: {log}");
     let attempts = std::fs::read_to_string(work.join("attempts.log")).unwrap();
     assert_eq!(attempts.lines().filter(|l| l.starts_with("segment 1/2")).count(), 2, "segment 1 retried once: {attempts}");
-    assert_eq!(decoded(&out).len(), 40, "{log}");
+    for name in ["two-people-restored.mp4", "again-restored.mp4"] {
+        assert_eq!(decoded(&out.join(name)).len(), 40, "{name}: {log}");
+    }
 
     // The join refuses segments that would leave frames out or twice.
     let seg = |i: u32| work.join(format!("segment-{i:04}-of-0002.mkv")).display().to_string();
