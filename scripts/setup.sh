@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing gst-gpen needs, on Debian 12 / Ubuntu 22.04+ and later:
 # GStreamer development files and plugins, meson, and libtorch 2.11.0 (PyPI torch==2.11.0) in
-# the git-ignored virtual environment .venv. Safe to run again: it only does what is missing.
+# the git-ignored virtual environment .venv, with ray for scripts/restore-on-ray.py. Safe to run
+# again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +48,13 @@ if ! .venv/bin/python -c "import torch, safetensors; assert torch.__version__.st
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q "torch==$TORCH_VERSION" safetensors numpy
+fi
+# Ray runs scripts/restore-on-ray.py (the segments of long inputs as Ray tasks) and its tests,
+# which start a local Ray. 2.60.0 has wheels for the venv's Python (3.10 to 3.13).
+RAY_VERSION=2.60.0
+if ! .venv/bin/python -c "import ray; assert ray.__version__ == '$RAY_VERSION'" 2>/dev/null; then
+  echo "setup: installing ray==$RAY_VERSION into .venv"
+  .venv/bin/pip install -q "ray==$RAY_VERSION"
 fi
 # .cargo/config.toml points LIBTORCH at this link, whatever the Python version.
 torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
