@@ -11,6 +11,8 @@
 //! photo drifting by sub-pixel steps (the slow half of `tests/common/motion.rs`'s path). Networks: the tiny GPEN fixtures (random weights in narrow official shapes) and the
 //! RetinaFace-MobileNet detector.
 
+#[path = "common/clip.rs"]
+mod clip;
 #[path = "../tests/common/motion.rs"]
 mod motion;
 
@@ -22,32 +24,6 @@ use tch::{Kind, Tensor};
 
 fn shared() -> PathBuf {
     std::env::var_os("GST_GPEN_SHARED").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../shared"))
-}
-
-/// The sample clip's frames as packed RGB, and their size.
-fn clip_frames() -> (Vec<Vec<u8>>, usize, usize) {
-    use gst::prelude::*;
-    gst::init().unwrap();
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location={} ! decodebin ! videoconvert ! video/x-raw,format=RGB ! appsink name=sink sync=false",
-        shared().join("media/videos/short_hamilton_clip.mp4").display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let (mut frames, mut size) = (Vec::new(), (0, 0));
-    while let Ok(sample) = sink.pull_sample() {
-        let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
-        size = (info.width() as usize, info.height() as usize);
-        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(sample.buffer().unwrap(), &info).unwrap();
-        let stride = info.stride()[0] as usize;
-        let data = frame.plane_data(0).unwrap();
-        frames.push((0..size.1).flat_map(|y| data[y * stride..y * stride + 3 * size.0].to_vec()).collect());
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    (frames, size.0, size.1)
 }
 
 /// A still photo with independent noise of `sigma` levels in each of `n` frames.
@@ -125,7 +101,7 @@ fn main() {
         other => panic!("unknown model {other}"),
     };
     let model = shared().join("fixtures/gpen").join(file);
-    let (mut clip, w, h) = clip_frames();
+    let (mut clip, w, h) = clip::clip_frames(&shared());
     clip.truncate(frames);
     let cuts = [0, 20, 82, 211, clip.len()];
     let shots: Vec<(usize, usize)> = cuts

@@ -81,43 +81,21 @@ fn python_example_reads_statistics_from_the_bus() {
     let clip = short_clip(&dir);
     let so = profile_dir().join("libgstgpen.so");
     assert!(so.exists(), "{} not built (cargo build --lib)", so.display());
-    let o = Command::new(python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bus_stats.py"))
-        .arg(&clip)
-        .args(properties())
-        .env("GST_PLUGIN_PATH", profile_dir())
-        .env("GST_REGISTRY", dir.join("registry.bin"))
-        .output()
-        .unwrap();
+    let o = run_python("bus_stats.py", &clip, &properties(), &dir);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
     check_final_line(&stdout);
     // Bad input is answered with the usage code, not a traceback.
-    let o = Command::new(python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bus_stats.py"))
-        .arg(&clip)
-        .arg("no-such-property=1")
-        .env("GST_PLUGIN_PATH", profile_dir())
-        .env("GST_REGISTRY", dir.join("registry.bin"))
-        .output()
-        .unwrap();
+    let o = run_python("bus_stats.py", &clip, &["no-such-property=1".to_owned()], &dir);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn python_example_reads_face_metas_from_an_appsink() {
-    let python = "/usr/bin/python3";
     let dir = common::scratch("example-metas");
     let clip = short_clip(&dir);
-    let o = Command::new(python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/face_metas.py"))
-        .arg(&clip)
-        .args(properties())
-        .env("GST_PLUGIN_PATH", profile_dir())
-        .env("GST_REGISTRY", dir.join("registry.bin"))
-        .output()
-        .unwrap();
+    let o = run_python("face_metas.py", &clip, &properties(), &dir);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
     // Two people in each of the ten frames, restored, each with its ten landmark values.
@@ -130,4 +108,16 @@ fn python_example_reads_face_metas_from_an_appsink() {
         assert!(l.contains("restored True"), "{l}");
     }
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// Runs the PyGObject example `script` on `clip` with `args`, against the plugin just built.
+fn run_python(script: &str, clip: &Path, args: &[String], dir: &Path) -> std::process::Output {
+    Command::new("/usr/bin/python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(script))
+        .arg(clip)
+        .args(args)
+        .env("GST_PLUGIN_PATH", profile_dir())
+        .env("GST_REGISTRY", dir.join("registry.bin"))
+        .output()
+        .unwrap()
 }

@@ -43,31 +43,7 @@ fn discover(path: &Path) -> Streams {
 
 /// Decoded video frames of a file.
 fn count_frames(path: &Path) -> u64 {
-    gst::init().unwrap();
-    let p = gst::parse::launch(&format!("filesrc location={} ! decodebin ! video/x-raw ! fakesink name=sink", path.display()))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = n.clone();
-    p.by_name("sink").unwrap().static_pad("sink").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        gst::PadProbeReturn::Ok
-    });
-    run_to_eos(&p);
-    n.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-fn run_to_eos(p: &gst::Pipeline) {
-    p.set_state(gst::State::Playing).unwrap();
-    for msg in p.bus().unwrap().iter_timed(gst::ClockTime::from_seconds(120)) {
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => panic!("{} ({:?})", e.error(), e.debug()),
-            _ => {}
-        }
-    }
-    p.set_state(gst::State::Null).unwrap();
+    common::count_buffers(&format!("filesrc location={} ! decodebin ! video/x-raw ! fakesink name=sink", path.display()))
 }
 
 /// The sample clip remuxed: its video with the sound re-encoded to Vorbis in Matroska (which
@@ -86,7 +62,7 @@ fn remuxed(dir: &Path, with_vorbis: bool) -> PathBuf {
     .unwrap()
     .downcast::<gst::Pipeline>()
     .unwrap();
-    run_to_eos(&p);
+    common::run_to_eos(&p);
     out
 }
 
@@ -220,7 +196,7 @@ fn upscale_doubles_the_picture_and_keeps_every_frame() {
     .unwrap()
     .downcast::<gst::Pipeline>()
     .unwrap();
-    run_to_eos(&p);
+    common::run_to_eos(&p);
     let output = dir.join("up.mkv");
     let o = restore_cmd(&input, &output)
         .args(["--upscale", "2", "--tile-size", "64", "--upscaler-model"])

@@ -58,18 +58,6 @@ fn ray_script(args: &[String]) -> Command {
     c
 }
 
-fn run_to_eos(p: &gst::Pipeline) {
-    p.set_state(gst::State::Playing).unwrap();
-    for msg in p.bus().unwrap().iter_timed(gst::ClockTime::from_seconds(120)) {
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => panic!("{} ({:?})", e.error(), e.debug()),
-            _ => {}
-        }
-    }
-    p.set_state(gst::State::Null).unwrap();
-}
-
 /// Decoded frames of a file as packed RGB with their times.
 fn decoded(path: &Path) -> Vec<(u64, Vec<u8>)> {
     gst::init().unwrap();
@@ -87,7 +75,7 @@ fn decoded(path: &Path) -> Vec<(u64, Vec<u8>)> {
         f.lock().unwrap().push((b.pts().unwrap().nseconds(), b.map_readable().unwrap().to_vec()));
         gst::PadProbeReturn::Ok
     });
-    run_to_eos(&p);
+    common::run_to_eos(&p);
     let v = std::mem::take(&mut *frames.lock().unwrap());
     v
 }
@@ -97,18 +85,8 @@ fn audio_packets_and_duration(path: &Path) -> (usize, usize, gst::ClockTime) {
     gst::init().unwrap();
     let d = gst_pbutils::Discoverer::new(gst::ClockTime::from_seconds(30)).unwrap();
     let info = d.discover_uri(&glib::filename_to_uri(path, None).unwrap()).unwrap();
-    let p = gst::parse::launch(&format!("filesrc location={} ! qtdemux name=d d.audio_0 ! fakesink name=sink", path.display()))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let c = n.clone();
-    p.by_name("sink").unwrap().static_pad("sink").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        gst::PadProbeReturn::Ok
-    });
-    run_to_eos(&p);
-    (info.audio_streams().len(), n.load(std::sync::atomic::Ordering::SeqCst), info.duration().unwrap())
+    let packets = common::count_buffers(&format!("filesrc location={} ! qtdemux name=d d.audio_0 ! fakesink name=sink", path.display()));
+    (info.audio_streams().len(), packets as usize, info.duration().unwrap())
 }
 
 fn mtime(p: &Path) -> std::time::SystemTime {
@@ -214,7 +192,7 @@ fn two_people_clip(dir: &Path) -> PathBuf {
     .unwrap()
     .downcast::<gst::Pipeline>()
     .unwrap();
-    run_to_eos(&p);
+    common::run_to_eos(&p);
     out
 }
 

@@ -83,8 +83,18 @@ pub fn to_tensor(data: &[u8], layout: &PackedLayout, device: Device) -> Result<T
 /// A float `1 x 3 x H x W` image (0..255) as `H x W x 3` bytes on the host, rounded and
 /// saturated (cv2.convertScaleAbs): one download.
 pub fn to_bytes(image: &Tensor) -> Result<Tensor, Error> {
-    let b = image.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8)?.f_squeeze_dim(0)?.f_permute([1, 2, 0])?;
-    Ok(transfer::download(&b)?)
+    download_rgb(&quantize(image)?)
+}
+
+/// `1 x 3 x H x W` 0..255 values as the bytes they are written as (rounded, saturated), still on
+/// the device.
+pub fn quantize(image: &Tensor) -> Result<Tensor, Error> {
+    Ok(image.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8)?)
+}
+
+/// [`quantize`]d bytes down to the host as `H x W x 3`.
+pub fn download_rgb(bytes: &Tensor) -> Result<Tensor, Error> {
+    Ok(transfer::download(&bytes.f_squeeze_dim(0)?.f_permute([1, 2, 0])?)?)
 }
 
 /// Writes `H x W x 3` host bytes into the R, G, B bytes of the frame's rectangle at `(x0, y0)`;

@@ -186,24 +186,18 @@ pub struct FlickerMeter {
 
 impl FlickerMeter {
     /// Adds frame `serial`'s pasted `region` (`x0, y0, width, height`): the input and output
-    /// pixels there (`1 x 3 x h x w`, 0..255) and the paste mask (`1 x 1 x h x w`, 0..1).
+    /// bytes there as written (`1 x 3 x h x w`, uint8: a quarter of float's memory) and the paste
+    /// mask (`1 x 1 x h x w`, 0..1).
     pub fn observe(
         &mut self,
         serial: u64,
         region: (i64, i64, i64, i64),
-        input: &Tensor,
-        output: &Tensor,
+        input: Tensor,
+        output: Tensor,
         mask: &Tensor,
     ) -> Result<(), Error> {
         let _guard = tch::no_grad_guard();
-        // Kept as bytes, as they are written: a quarter of the memory.
-        let now = PastedFrame {
-            serial,
-            region,
-            input: input.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8)?,
-            output: output.f_round()?.f_clamp(0.0, 255.0)?.f_to_kind(Kind::Uint8)?,
-            mask: mask.shallow_clone(),
-        };
+        let now = PastedFrame { serial, region, input, output, mask: mask.shallow_clone() };
         if let Some(last) = self.last.as_ref().filter(|l| l.serial + 1 == serial) {
             if let Some(sums) = pair_sums(last, &now)? {
                 self.sums = Some(match self.sums.take() {
@@ -263,6 +257,10 @@ mod tests {
 
     fn image(v: f64, h: i64, w: i64) -> Tensor {
         Tensor::full([1, 3, h, w], v, (Kind::Float, Device::Cpu))
+    }
+
+    fn bytes(v: f64, h: i64, w: i64) -> Tensor {
+        image(v, h, w).to_kind(Kind::Uint8)
     }
 
     #[test]
@@ -330,10 +328,10 @@ mod tests {
     fn the_meter_weighs_change_by_both_masks_over_the_overlap() {
         let mut m = FlickerMeter::default();
         let ones = Tensor::ones([1, 1, 4, 4], (Kind::Float, Device::Cpu));
-        m.observe(1, (0, 0, 4, 4), &image(10.0, 4, 4), &image(50.0, 4, 4), &ones).unwrap();
+        m.observe(1, (0, 0, 4, 4), bytes(10.0, 4, 4), bytes(50.0, 4, 4), &ones).unwrap();
         assert_eq!(m.read().unwrap().pairs, 0);
         // The next region is shifted by 2 columns: they overlap over 2 x 4 pixels.
-        m.observe(2, (2, 0, 4, 4), &image(12.0, 4, 4), &image(53.0, 4, 4), &ones).unwrap();
+        m.observe(2, (2, 0, 4, 4), bytes(12.0, 4, 4), bytes(53.0, 4, 4), &ones).unwrap();
         let f = m.read().unwrap();
         assert_eq!(f.pairs, 1);
         assert!((f.input_change - 2.0).abs() < 1e-6 && (f.output_change - 3.0).abs() < 1e-6, "{f:?}");
@@ -343,18 +341,18 @@ mod tests {
         let p = f.pooled(&other);
         assert_eq!((p.output_change, p.input_change, p.weight, p.pairs), (5.25, 1.25, 32.0, 4));
         // Not the next frame: no pair. A region elsewhere: no overlap, no pair.
-        m.observe(4, (2, 0, 4, 4), &image(0.0, 4, 4), &image(0.0, 4, 4), &ones).unwrap();
-        m.observe(5, (20, 0, 4, 4), &image(0.0, 4, 4), &image(0.0, 4, 4), &ones).unwrap();
+        m.observe(4, (2, 0, 4, 4), bytes(0.0, 4, 4), bytes(0.0, 4, 4), &ones).unwrap();
+        m.observe(5, (20, 0, 4, 4), bytes(0.0, 4, 4), bytes(0.0, 4, 4), &ones).unwrap();
         assert_eq!(m.read().unwrap().pairs, 1);
         m.forget();
-        m.observe(6, (20, 0, 4, 4), &image(9.0, 4, 4), &image(9.0, 4, 4), &ones).unwrap();
+        m.observe(6, (20, 0, 4, 4), bytes(9.0, 4, 4), bytes(9.0, 4, 4), &ones).unwrap();
         assert_eq!(m.read().unwrap().pairs, 1, "a forgotten frame starts no pair");
         // Pixels the mask leaves out do not count.
         let mut m = FlickerMeter::default();
         let half = Tensor::cat(&[ones.narrow(3, 0, 2), ones.narrow(3, 0, 2).zeros_like()], 3);
         let left_changes = Tensor::cat(&[image(30.0, 4, 2), image(0.0, 4, 2)], 3);
-        m.observe(1, (0, 0, 4, 4), &image(0.0, 4, 4), &image(0.0, 4, 4), &half).unwrap();
-        m.observe(2, (0, 0, 4, 4), &image(1.0, 4, 4), &left_changes, &half).unwrap();
+        m.observe(1, (0, 0, 4, 4), bytes(0.0, 4, 4), bytes(0.0, 4, 4), &half).unwrap();
+        m.observe(2, (0, 0, 4, 4), bytes(1.0, 4, 4), left_changes.to_kind(Kind::Uint8), &half).unwrap();
         let f = m.read().unwrap();
         assert!((f.output_change - 30.0).abs() < 1e-6 && (f.input_change - 1.0).abs() < 1e-6, "{f:?}");
     }

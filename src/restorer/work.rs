@@ -296,13 +296,15 @@ impl Restorer {
             return Ok(report);
         };
         let (x0, y0, rw, rh) = pasted.region;
-        // The input under the pasted region, for the flicker figure (before `background`, which
-        // may be `crops_from`, is written).
-        let input = crops_from.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?;
+        // The region as written, and the input under it (whole levels already: the frame's
+        // bytes, or their rounded upscale), for the flicker figure, taken before `background`,
+        // which may be `crops_from`, is written.
+        let output = frame::quantize(&pasted.image)?;
+        let input = crops_from.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?.f_to_kind(Kind::Uint8)?;
         let serial = stage.tracks.borrow().serial;
-        stage.flicker.borrow_mut().observe(serial, pasted.region, &input, &pasted.image, &pasted.mask)?;
+        stage.flicker.borrow_mut().observe(serial, pasted.region, input, output.shallow_clone(), &pasted.mask)?;
         match out {
-            Some((data, layout)) => frame::write_rgb(&frame::to_bytes(&pasted.image)?, (x0, y0), data, layout, false)?,
+            Some((data, layout)) => frame::write_rgb(&frame::download_rgb(&output)?, (x0, y0), data, layout, false)?,
             None => background.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?.f_copy_(&pasted.image)?,
         }
         self.keep_tracks(stage, update)?;

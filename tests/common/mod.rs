@@ -172,3 +172,32 @@ pub fn run_element(props: &[(&str, &str)], frames: &[Vec<u8>], w: usize, h: usiz
     pipeline.set_state(gst::State::Null).unwrap();
     (out, stats, secs)
 }
+
+/// Plays `p` until end of stream (panics on an error), then stops it.
+pub fn run_to_eos(p: &gst::Pipeline) {
+    use gst::prelude::*;
+    p.set_state(gst::State::Playing).unwrap();
+    for msg in p.bus().unwrap().iter_timed(gst::ClockTime::from_seconds(120)) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{} ({:?})", e.error(), e.debug()),
+            _ => {}
+        }
+    }
+    p.set_state(gst::State::Null).unwrap();
+}
+
+/// Buffers that reach the `fakesink name=sink` of the pipeline `description`, run to its end.
+pub fn count_buffers(description: &str) -> u64 {
+    use gst::prelude::*;
+    gst::init().unwrap();
+    let p = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = n.clone();
+    p.by_name("sink").unwrap().static_pad("sink").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        gst::PadProbeReturn::Ok
+    });
+    run_to_eos(&p);
+    n.load(std::sync::atomic::Ordering::SeqCst)
+}
