@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use gstgpen::gpen::{random_state_dict, FullGenerator, GpenConfig};
+use gstgpen::gpen::{random_state_dict, Banding, FullGenerator, GpenConfig};
 use gstgpen::parse::{ParseConfig, ParseNet};
 use tch::{Device, Kind, Tensor};
 
@@ -40,6 +40,7 @@ fn main() {
     let mut threads = 2;
     let mut reps = 5;
     let mut net = "gpen".to_owned();
+    let mut banding = Banding::Default;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -49,6 +50,13 @@ fn main() {
             "--threads" => threads = value().parse().expect("--threads N"),
             "--reps" => reps = value().parse().expect("--reps N"),
             "--net" => net = value(),
+            "--banding" => {
+                banding = match value().as_str() {
+                    "off" => Banding::Off,
+                    "default" => Banding::Default,
+                    bytes => Banding::Above(bytes.parse().expect("--banding off|default|BYTES")),
+                }
+            }
             other => panic!("unknown argument {other}; usage: [--net gpen|parsenet] --size N --dtype fp32|bf16|fp16 --threads N --reps N"),
         }
     }
@@ -63,7 +71,7 @@ fn main() {
         "gpen" => {
             let sd = random_state_dict(&GpenConfig::official(size), 0);
             let model = FullGenerator::from_state_dict(&sd, Device::Cpu, kind).expect("build model");
-            (Box::new(move |x| model.forward(x).expect("forward")), size)
+            (Box::new(move |x| model.forward_with(x, banding).expect("forward")), size)
         }
         "parsenet" => {
             let cfg = ParseConfig::default();

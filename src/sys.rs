@@ -250,14 +250,49 @@ pub fn release_cached() {
     let _ = shim_call(|e, l| unsafe { gpen_accelerator_empty_cache(e, l) });
 }
 
-/// Gives the heap's free pages back to the system. glibc keeps freed blocks below its mmap
-/// threshold (which grows to 32 MiB as large blocks are freed) in the heap, so without this
-/// the resident size after one forward stays near its peak and the next forward's peak comes
-/// on top of that retained memory. A no-op on other C libraries.
+/// Whether [`keep_heap`] is in force: the heap keeps what a forward freed for the next one.
+static HEAP_KEPT: AtomicBool = AtomicBool::new(false);
+
+/// Lets glibc keep the memory that a forward frees, for the next forward: a fixed 32 MiB mmap
+/// threshold (most feature maps come from the heap, not from fresh mappings) and no automatic
+/// trimming of the heap's top, and [`trim_heap`] becomes a no-op. Without it, every forward
+/// faulted its whole working set in again from zeroed pages: a quarter of a GPEN-512 forward
+/// on CPU went to the kernel (page faults, page clearing), and the forward took 1.45 times as
+/// long, for a peak only 2 % lower (`docs/profile.md`). The resident size then stays at its
+/// peak between forwards, until [`release_heap`]. Process-wide (it is the C library's
+/// allocator), set once, on the first model built for the CPU; `GST_GPEN_KEEP_HEAP=0` in the
+/// environment keeps glibc's defaults and the trims between phases. A no-op elsewhere.
+pub fn keep_heap() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("GST_GPEN_KEEP_HEAP").is_some_and(|v| v == "0") {
+            return;
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only sets the allocator's tuning parameters.
+        unsafe {
+            if libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, c_int::MAX) == 1 {
+                HEAP_KEPT.store(true, Ordering::Release);
+            }
+        }
+    });
+}
+
+/// Gives the heap's free pages back to the system, unless [`keep_heap`] is in force. glibc
+/// keeps freed blocks below its mmap threshold (which grows to 32 MiB as large blocks are
+/// freed) in the heap, so without this the resident size after one phase of a forward stays
+/// near its peak and the next phase's peak comes on top of that retained memory. A no-op on
+/// other C libraries.
 pub fn trim_heap() {
-    if TRIM_PAUSED.with(|p| p.get()) > 0 {
+    if TRIM_PAUSED.with(|p| p.get()) > 0 || HEAP_KEPT.load(Ordering::Acquire) {
         return;
     }
+    release_heap();
+}
+
+/// Gives the heap's free pages back to the system whatever the policy: when models are
+/// dropped or built (the loader's temporaries), not between forwards.
+pub fn release_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {

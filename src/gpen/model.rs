@@ -615,7 +615,8 @@ impl Generator {
 /// [`sys::trim_heap`](crate::sys::trim_heap) when `t` lives on the CPU: called after each
 /// band (encoder and decoder), after the encoder and at the end of a forward, so that a phase's
 /// peak does not come on top of what the phases before it left in the heap. (After each whole
-/// decoder level it measured no lower peak, so it is not done there.)
+/// decoder level it measured no lower peak, so it is not done there.) Only with
+/// `GST_GPEN_KEEP_HEAP=0`: by default the heap keeps its pages ([`sys::keep_heap`](crate::sys::keep_heap)).
 fn trim_heap_on(t: &Tensor) {
     if t.device() == Device::Cpu {
         crate::sys::trim_heap();
@@ -687,7 +688,13 @@ impl FullGenerator {
             })
         };
         let _guard = tch::no_grad_guard();
-        Ok(build()?)
+        let model = build()?;
+        if device == Device::Cpu {
+            crate::sys::keep_heap();
+            // The loader's temporaries (transposed, squared, scaled copies of the weights).
+            crate::sys::release_heap();
+        }
+        Ok(model)
     }
 
     pub fn config(&self) -> &GpenConfig {

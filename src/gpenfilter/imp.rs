@@ -274,8 +274,10 @@ impl BaseTransformImpl for GpenFilter {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        // Dropping the state frees the models and their device memory.
+        // Dropping the state frees the models and their device memory; the heap kept what the
+        // forwards freed (sys::keep_heap) and gives it back now.
         self.state.lock().unwrap().take();
+        crate::sys::release_heap();
         Ok(())
     }
 
