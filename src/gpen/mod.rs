@@ -1,8 +1,11 @@
 //! The GPEN generator (yangxy/GPEN `face_model/gpen_model.py`): configuration read from a
 //! checkpoint's tensor shapes, the strict key/shape check, and the model itself.
 
+mod format;
 mod model;
+pub mod profile;
 mod strips;
+mod upfirdn;
 
 use std::path::PathBuf;
 

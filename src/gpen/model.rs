@@ -13,7 +13,9 @@ use std::path::Path;
 
 use tch::{Device, Kind, TchError, Tensor};
 
+use super::format::{as_format_of, empty_as, reshape, to_channels_last};
 use super::strips::{ceil_div, Banding, Strips};
+use super::upfirdn::{up_conv_blur, Blur, Upsample};
 use super::{GpenConfig, LR_MLP};
 use crate::checkpoint::StateDict;
 use crate::Error;
@@ -22,30 +24,30 @@ const SQRT_2: f64 = std::f64::consts::SQRT_2;
 type Result<T, E = TchError> = std::result::Result<T, E>;
 
 /// Moves checkpoint tensors to the model's device and precision.
-struct Loader<'a> {
+pub(super) struct Loader<'a> {
     sd: &'a StateDict,
     device: Device,
-    kind: Kind,
+    pub(super) kind: Kind,
 }
 
 impl Loader<'_> {
     /// The tensor in fp32 on the CPU, where the constant folding happens.
-    fn raw(&self, name: &str) -> Result<Tensor> {
+    pub(super) fn raw(&self, name: &str) -> Result<Tensor> {
         let t = self.sd.get(name).ok_or_else(|| TchError::TensorNameNotFound(name.to_owned(), self.sd.path.display().to_string()))?;
         t.f_to_kind(Kind::Float)
     }
 
     /// In the compute precision, on the device.
-    fn put(&self, t: &Tensor) -> Result<Tensor> {
+    pub(super) fn put(&self, t: &Tensor) -> Result<Tensor> {
         t.f_to_kind(self.kind)?.f_to_device(self.device)?.f_contiguous()
     }
 
     /// In fp32, on the device (for the parts kept in full precision).
-    fn put_f32(&self, t: &Tensor) -> Result<Tensor> {
+    pub(super) fn put_f32(&self, t: &Tensor) -> Result<Tensor> {
         t.f_to_device(self.device)?.f_contiguous()
     }
 
-    fn get(&self, name: &str) -> Result<Tensor> {
+    pub(super) fn get(&self, name: &str) -> Result<Tensor> {
         self.put(&self.raw(name)?)
     }
 }
@@ -109,83 +111,6 @@ impl PixelNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mean = x.f_square()?.f_mean_dim(1, true, None::<Kind>)?;
         x.f_mul(&mean.f_add_scalar(1e-8)?.f_rsqrt()?)
-    }
-}
-
-/// `Blur`: `upfirdn2d(x, kernel, pad=(p, p))`, written as a depthwise convolution.
-#[derive(Debug)]
-struct Blur {
-    /// The flipped kernel (upfirdn2d is a true convolution), one copy per channel.
-    weight: Tensor,
-    channels: i64,
-    pad: i64,
-}
-
-impl Blur {
-    fn new(l: &Loader, kernel: &str, channels: i64, pad: i64) -> Result<Self> {
-        let k = l.raw(kernel)?.f_flip([0, 1])?;
-        let weight = l.put(&k.f_reshape([1, 1, 4, 4])?.f_repeat([channels, 1, 1, 1])?)?;
-        Ok(Blur { weight, channels, pad })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.f_conv2d::<Tensor>(&self.weight, None, [1, 1], [self.pad, self.pad], [1, 1], self.channels)
-    }
-
-    /// The same on the first `n` channels' worth of weights (all channels share the kernel).
-    fn forward_channels(&self, x: &Tensor, n: i64) -> Result<Tensor> {
-        let w = self.weight.f_narrow(0, 0, n)?;
-        x.f_conv2d::<Tensor>(&w, None, [1, 1], [self.pad, self.pad], [1, 1], n)
-    }
-}
-
-/// Largest transposed-convolution output computed at once; bigger ones go in channel slices,
-/// since the `(2H+1)^2` output before the blur is the largest tensor of the whole forward.
-const UP_CHUNK_BYTES: i64 = 16 << 20;
-
-/// `conv_transpose2d(x, w, stride 2, groups)` then `blur`, in output-channel slices when the
-/// intermediate would be large. `w` is `(groups * in, out, k, k)`; the result `(b, out, 2H, 2W)`.
-fn up_conv_blur(x: &Tensor, w: &Tensor, groups: i64, b: i64, blur: &Blur) -> Result<Tensor> {
-    let (h, wd) = (x.size()[2], x.size()[3]);
-    let out = w.size()[1];
-    let elem = x.kind().elt_size_in_bytes() as i64;
-    let full = b * out * (2 * h + 1) * (2 * wd + 1) * elem;
-    let step = if full <= UP_CHUNK_BYTES { out } else { (out * UP_CHUNK_BYTES / full).max(1) };
-    let run = |o0: i64, n: i64| -> Result<Tensor> {
-        let y = x.f_conv_transpose2d::<Tensor>(&w.f_narrow(1, o0, n)?, None, [2, 2], [0, 0], [0, 0], groups, [1, 1])?;
-        let ys = y.size();
-        blur.forward_channels(&y.f_reshape([b, n, ys[2], ys[3]])?, n)
-    };
-    if step >= out {
-        return run(0, out);
-    }
-    let result = Tensor::f_empty([b, out, 2 * h, 2 * wd], (x.kind(), x.device()))?;
-    let mut o0 = 0;
-    while o0 < out {
-        let n = step.min(out - o0);
-        result.f_narrow(1, o0, n)?.f_copy_(&run(o0, n)?)?;
-        o0 += n;
-    }
-    Ok(result)
-}
-
-/// `Upsample` (factor 2, pad (2, 1)): zero-stuffing then blur, written as the equivalent
-/// transposed depthwise convolution (within 1 ulp of the official op). fp32: the RGB skip path.
-#[derive(Debug)]
-struct Upsample {
-    weight: Tensor,
-    channels: i64,
-}
-
-impl Upsample {
-    fn new(l: &Loader, kernel: &str, channels: i64) -> Result<Self> {
-        let k = l.raw(kernel)?;
-        let weight = l.put_f32(&k.f_reshape([1, 1, 4, 4])?.f_repeat([channels, 1, 1, 1])?)?;
-        Ok(Upsample { weight, channels })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.f_conv_transpose2d::<Tensor>(&self.weight, None, [2, 2], [1, 1], [0, 0], self.channels, [1, 1])
     }
 }
 
@@ -358,7 +283,7 @@ impl ModulatedConv2d {
         }
         let weight = weight.f_to_kind(x.kind())?;
         // One grouped convolution over the batch, as the official code does.
-        let x = x.f_reshape([1, b * i, h, w])?;
+        let x = reshape(x.shallow_clone(), [1, b * i, h, w])?;
         match &self.blur {
             Some(blur) => {
                 let wt = weight.f_transpose(1, 2)?.f_reshape([b * i, o, k, k])?;
@@ -367,7 +292,7 @@ impl ModulatedConv2d {
             None => {
                 let wt = weight.f_reshape([b * o, i, k, k])?;
                 let y = x.f_conv2d::<Tensor>(&wt, None, [1, 1], [k / 2, k / 2], [1, 1], b)?;
-                y.f_reshape([b, o, h, w])
+                reshape(y, [b, o, h, w])
             }
         }
     }
@@ -423,7 +348,7 @@ impl NoiseInjection {
     fn forward(&self, y: Tensor, noise: &Tensor) -> Result<Tensor> {
         let s = y.size();
         let (cy, cn) = (s[1], noise.size()[1]);
-        let out = Tensor::f_empty([s[0], cy + cn, s[2], s[3]], (y.kind(), y.device()))?;
+        let out = empty_as(&y, [s[0], cy + cn, s[2], s[3]])?;
         out.f_narrow(1, 0, cy)?.f_copy_(&y)?;
         drop(y);
         // noise * weight rounds exactly as weight * noise: the product is commutative.
@@ -553,23 +478,28 @@ impl Generator {
         let b = w.size()[0];
         let levels = self.to_rgbs.len();
         let missing = || Error::Frame(format!("the GPEN decoder needs {} encoder features and was given fewer", levels + 1));
-        let x = self.input.input.f_repeat([b, 1, 1, 1])?;
         let noise = feats.pop().ok_or_else(missing)?;
+        // The decoder runs in the format of the encoder's features (see `format`).
+        let x = as_format_of(self.input.input.f_repeat([b, 1, 1, 1])?, &noise)?;
         let mut x = self.conv1.forward(x, w, &noise)?;
         drop(noise);
         let mut skip = self.to_rgb1.forward(&x, w, None)?;
+        super::profile::mark(|| "decoder 4".into());
         let levels = self.to_rgbs.len();
         let banded = bands.as_ref().map_or(0, |(s, _)| s.levels.clamp(1, levels));
         for k in 0..levels - banded {
             let noise = feats.pop().ok_or_else(missing)?;
             (x, skip) = self.level(k, x, w, &noise, &skip)?;
+            super::profile::mark(|| format!("decoder {}", 8 << k));
         }
         match bands {
             Some((s, top)) => {
                 if feats.len() + 1 != banded {
                     return Err(missing());
                 }
-                Ok(self.forward_strips(w, x, skip, &feats, top, Strips { levels: banded, ..s })?)
+                let out = self.forward_strips(w, x, skip, &feats, top, Strips { levels: banded, ..s })?;
+                super::profile::mark(|| format!("decoder {}-{} in bands", 8 << (levels - banded), 4 << levels));
+                Ok(out)
             }
             None => Ok(skip),
         }
@@ -586,7 +516,7 @@ impl Generator {
         let rows = ceil_div(s.rows.max(1), scale) * scale;
         let halo = Strips::halo(s.levels);
         let sk = skip.size();
-        let out = Tensor::f_empty([sk[0], sk[1], size, size], (skip.kind(), skip.device()))?;
+        let out = empty_as(&skip, [sk[0], sk[1], size, size])?;
         let mut row = 0;
         while row < size {
             let n = rows.min(size - row);
@@ -744,6 +674,8 @@ impl FullGenerator {
             return Err(Error::Frame(format!("GPEN-{size} takes B x 3 x {size} x {size} faces, got {s:?}")));
         }
         let input = x.f_to_device(self.device)?.f_to_kind(self.kind)?;
+        // Channels last on the CPU, where oneDNN is faster on it; on CUDA as given (unmeasured).
+        let input = if self.device == Device::Cpu { to_channels_last(&input)? } else { input };
         let strips = strips.filter(|s| s.levels > 0 && !keep);
         let mut ecd = Vec::with_capacity(self.ecd.len());
         let mut h = match strips {
@@ -758,18 +690,23 @@ impl FullGenerator {
             }
         };
         ecd.push(h.shallow_clone());
+        super::profile::mark(|| format!("encoder {}-{}", size, size / 2));
         for layer in &self.ecd[2..] {
             h = layer.forward(&h)?;
             ecd.push(h.shallow_clone());
+            super::profile::mark(|| format!("encoder {}", h.size()[2]));
         }
         let z = self.final_linear.forward(&h.f_reshape([s[0], -1])?.f_to_kind(Kind::Float)?)?;
         drop(h);
         let w = self.generator.map(&z)?;
         trim_heap_on(&w);
+        super::profile::mark(|| "final_linear + mapping".into());
         let feats = if keep { ecd.iter().map(Tensor::shallow_clone).collect() } else { std::mem::take(&mut ecd) };
         let top = |start: i64, rows: i64| self.ecd[0].forward(&input.f_narrow(2, start, rows)?);
-        let output = self.generator.forward(&w, feats, strips.map(|s| (s, &top as TopFeature)))?;
+        // Callers get the usual contiguous layout (three channels: a small copy).
+        let output = self.generator.forward(&w, feats, strips.map(|s| (s, &top as TopFeature)))?.f_contiguous()?;
         trim_heap_on(&output);
+        let ecd = ecd.iter().map(Tensor::f_contiguous).collect::<Result<_>>()?;
         Ok(Intermediates { ecd, z, w, output })
     }
 }
@@ -783,7 +720,7 @@ impl FullGenerator {
         let (batch, size) = (input.size()[0], input.size()[2]);
         let half = size / 2;
         let step = (rows / 2).max(1);
-        let out = Tensor::f_empty([batch, self.config.channels(half), half, half], (input.kind(), input.device()))?;
+        let out = empty_as(input, [batch, self.config.channels(half), half, half])?;
         let mut r0 = 0;
         while r0 < half {
             let r1 = (r0 + step).min(half);
