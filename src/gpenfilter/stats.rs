@@ -32,6 +32,8 @@ pub struct Stats {
     pub tracks_started: u64,
     /// Frames redone on the next plan after an out-of-memory error.
     pub retries: u64,
+    /// Generator forwards (batches of faces) run, and the faces in them.
+    pub generator_runs: (u64, u64),
     /// How much pasted faces changed from frame to frame against the input.
     pub flicker: Flicker,
     pub plan: Option<Plan>,
@@ -102,6 +104,8 @@ impl Stats {
             .field("scene-cuts", self.scene_cuts)
             .field("tracks-started", self.tracks_started)
             .field("retries", self.retries)
+            .field("generator-batches", self.generator_runs.0)
+            .field("generator-faces", self.generator_runs.1)
             // NaN until a pair of consecutive frames with pasted faces was measured.
             .field("flicker-amplification", self.flicker.amplification().unwrap_or(f64::NAN))
             .field("flicker-pairs", self.flicker.pairs)
