@@ -51,6 +51,10 @@ impl Hold {
         self.frames.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
     /// Drops every held frame (a flush); returns how many.
     pub fn clear(&mut self) -> usize {
         let n = self.frames.len();
@@ -195,7 +199,7 @@ impl GpenFilter {
         let held = {
             let mut guard = self.state.lock().unwrap();
             let Some(state) = guard.as_mut() else { return Ok(G::NoOutput) };
-            if state.hold.len() == 0 || (!drain && state.hold.len() <= state.batch_latency) {
+            if state.hold.is_empty() || (!drain && state.hold.len() <= state.batch_latency) {
                 return Ok(G::NoOutput);
             }
             if let Err(e) = state.hold.restore_ahead(&state.restorer) {

@@ -568,7 +568,7 @@ pub fn specs() -> Vec<glib::ParamSpec> {
                  frames included), frames-without-faces, faces-detected, \
                  faces-restored, faces-from-metas, metas-skipped (boxes in which no face was found), \
                  detector-runs (whole frames), scene-cuts, tracks-started, retries, generator-batches, \
-                 generator-faces (the faces in them), plan, \
+                 generator-faces (the faces in them), generator-ms (their time), plan, \
                  peak-memory-mib, mean-ms, worst-ms",
             )
             .read_only()

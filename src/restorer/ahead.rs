@@ -7,6 +7,7 @@
 //! when each frame is finished, in order; the generator's output does not depend on it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tch::Tensor;
 
@@ -34,23 +35,30 @@ impl Ahead {
     }
 }
 
-/// Generator batches run so far and the faces in them.
+/// Generator batches run so far, the faces in them and their wall time.
 #[derive(Debug, Default)]
-pub struct GeneratorRuns {
+pub(super) struct GeneratorRuns {
     batches: AtomicU64,
     faces: AtomicU64,
+    nanos: AtomicU64,
 }
 
 impl GeneratorRuns {
-    pub(super) fn count(&self, faces: i64) {
+    /// A batch of `faces` that took `took` (on a GPU: to queue, unless synchronised).
+    pub(super) fn count(&self, faces: i64, took: Duration) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.faces.fetch_add(faces as u64, Ordering::Relaxed);
+        self.nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
     }
+}
 
-    /// `(batches, faces)`.
-    pub fn get(&self) -> (u64, u64) {
-        (self.batches.load(Ordering::Relaxed), self.faces.load(Ordering::Relaxed))
-    }
+/// What the generator ran so far ([`Restorer::generator_runs`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct GeneratorCounts {
+    pub batches: u64,
+    pub faces: u64,
+    /// Wall time of the forwards.
+    pub time: Duration,
 }
 
 impl Detections {
@@ -66,9 +74,14 @@ impl Detections {
 }
 
 impl Restorer {
-    /// Generator batches run so far, and the faces in them: `(batches, faces)`.
-    pub fn generator_runs(&self) -> (u64, u64) {
-        self.runs.get()
+    /// Generator batches run so far, the faces in them and their time.
+    pub fn generator_runs(&self) -> GeneratorCounts {
+        let r = &self.runs;
+        GeneratorCounts {
+            batches: r.batches.load(Ordering::Relaxed),
+            faces: r.faces.load(Ordering::Relaxed),
+            time: Duration::from_nanos(r.nanos.load(Ordering::Relaxed)),
+        }
     }
 
     /// Before a frame is finished: its tracks' state is the one its predecessor left, and a

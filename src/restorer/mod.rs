@@ -31,8 +31,8 @@ use crate::parse::ParseNet;
 use crate::upscale::Upscaler;
 use crate::{registry, Error, Setting};
 
-use ahead::Ahead;
-pub use ahead::GeneratorRuns;
+pub use ahead::GeneratorCounts;
+use ahead::{Ahead, GeneratorRuns};
 pub use frame::PackedLayout;
 pub use given::{FaceSource, GivenFace};
 use ladder::Ladder;

@@ -54,10 +54,12 @@ impl Restorer {
     pub(super) fn forward_batches(&self, x: &Tensor) -> Result<Tensor, Error> {
         self.in_batches(x, |b| {
             self.before_forward()?;
-            self.runs.count(b.size()[0]);
+            let started = Instant::now();
             // A non-finite value (float16 overflow) would spoil the whole pasted rectangle, the
             // background included: it becomes 0 (then black, not garbage).
-            Ok(self.model.forward_with(b, self.banding)?.f_nan_to_num(0.0, None, None)?)
+            let y = self.model.forward_with(b, self.banding)?.f_nan_to_num(0.0, None, None)?;
+            self.runs.count(b.size()[0], started.elapsed());
+            Ok(y)
         })
     }
 
