@@ -358,6 +358,7 @@ fn gst_inspect_shows_metadata_and_every_property() {
         ("alpha", "Range: 0 - 1 Default: 1"),
         ("temporal-consistency", "Range: 0 - 1 Default: 0.8"),
         ("face-batch", "Range: 1 - 256 Default: 4"),
+        ("batch-latency", "Range: 0 - 120 Default: 0"),
         ("vram-budget", "Range: 0 - 4294967295 Default: 0"),
         ("memory-policy", "Default: 0, \"degrade\""),
         ("post-messages", "Default: false"),

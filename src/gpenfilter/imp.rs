@@ -20,63 +20,70 @@ use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use super::caps::{frame_interval, packed_layout, scale_caps};
+use super::caps::{packed_layout, scale_caps};
+use super::lookahead::{self, Hold};
 use super::properties::{self, property_of, Settings};
 use super::stats::Stats;
 use super::{meta, FacesFrom, Upscale};
 use crate::detect::Face;
 use crate::memory;
-use crate::restorer::{Detections, DeviceSpec, FaceSource, FrameOutput, Outcome, Restorer};
+use crate::restorer::{Detections, DeviceSpec, FaceSource, Outcome, Restorer};
 use crate::{Error, Setting};
 
-static CAT: Lazy<gst::DebugCategory> =
+pub(super) static CAT: Lazy<gst::DebugCategory> =
     Lazy::new(|| gst::DebugCategory::new("gpenfilter", gst::DebugColorFlags::empty(), Some("GPEN face restoration")));
 
 /// Exists between `start()` and `stop()`.
-struct State {
-    restorer: Restorer,
-    info: Option<gst_video::VideoInfo>,
+pub(super) struct State {
+    pub(super) restorer: Restorer,
+    pub(super) info: Option<gst_video::VideoInfo>,
     /// The frame between `before_transform` and the transform: analysed, or why it could not be.
-    pending: Option<Result<Detections, Error>>,
-    /// When `before_transform` began with the current buffer.
-    started: Option<Instant>,
+    pub(super) pending: Option<Result<Detections, Error>>,
+    /// When the work on the current buffer began.
+    pub(super) started: Option<Instant>,
     /// Processing time last reported to the latency query.
     reported_latency: Duration,
     last_post: Option<Instant>,
     /// Timestamp of the previous frame, for the time between frames that tracking needs.
-    last_pts: Option<gst::ClockTime>,
+    pub(super) last_pts: Option<gst::ClockTime>,
+    /// Duration of the last frame that had one, for the latency query without a frame rate.
+    pub(super) last_duration: Option<gst::ClockTime>,
     /// The faces of the frame in flight, for the metas of its output.
-    described: Option<Described>,
+    pub(super) described: Option<Described>,
+    /// Frames a frame waits for before it is restored (`batch-latency`).
+    pub(super) batch_latency: usize,
+    /// Frames held back for `batch-latency`.
+    pub(super) hold: Hold,
 }
 
 /// A frame's faces as its output metas describe them.
-struct Described {
+pub(super) struct Described {
     /// In input pixels.
-    faces: Vec<Face>,
-    ids: Vec<u64>,
-    restored: bool,
+    pub(super) faces: Vec<Face>,
+    pub(super) ids: Vec<u64>,
+    pub(super) restored: bool,
     /// The output frame's size.
-    size: (u32, u32),
+    pub(super) size: (u32, u32),
 }
 
 #[derive(Default)]
 pub struct GpenFilter {
-    settings: Mutex<Settings>,
+    pub(super) settings: Mutex<Settings>,
     /// A live property changed since the settings were last pushed to the restorer.
-    live_changed: AtomicBool,
-    state: Mutex<Option<State>>,
-    stats: Arc<Mutex<Stats>>,
+    pub(super) live_changed: AtomicBool,
+    pub(super) state: Mutex<Option<State>>,
+    pub(super) stats: Arc<Mutex<Stats>>,
 }
 
 /// The timestamps of a frame, kept for the messages about it.
 #[derive(Debug, Clone, Copy)]
-struct FrameTimes {
-    pts: Option<gst::ClockTime>,
+pub(super) struct FrameTimes {
+    pub(super) pts: Option<gst::ClockTime>,
     duration: Option<gst::ClockTime>,
 }
 
 impl FrameTimes {
-    fn of(buffer: &gst::BufferRef) -> Self {
+    pub(super) fn of(buffer: &gst::BufferRef) -> Self {
         FrameTimes { pts: buffer.pts(), duration: buffer.duration() }
     }
 }
@@ -247,12 +254,19 @@ impl BaseTransformImpl for GpenFilter {
             reported_latency: Duration::ZERO,
             last_post: None,
             last_pts: None,
+            last_duration: None,
             described: None,
+            batch_latency: settings.batch_latency as usize,
+            hold: Hold::default(),
         });
         Ok(())
     }
 
     fn sink_event(&self, event: gst::Event) -> bool {
+        // Held frames go out before what follows them in the stream (EOS, caps, a segment).
+        if lookahead::drains(&event) {
+            self.drain();
+        }
         match event.view() {
             // Every frame before EOS has been pushed: these are the final figures.
             gst::EventView::Eos(_) if self.settings.lock().unwrap().post_messages => self.post_stats(true),
@@ -260,7 +274,8 @@ impl BaseTransformImpl for GpenFilter {
             gst::EventView::FlushStop(_) | gst::EventView::StreamStart(_) => {
                 if matches!(event.view(), gst::EventView::FlushStop(_)) {
                     // The streaming thread has stopped: a frame that came in and did not go out
-                    // was discarded by the flush.
+                    // (held ones too) was discarded by the flush.
+                    self.drop_held("flush");
                     self.stats.lock().unwrap().flushed();
                 }
                 if let Some(state) = self.state.lock().unwrap().as_mut() {
@@ -275,7 +290,8 @@ impl BaseTransformImpl for GpenFilter {
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         // Dropping the state frees the models and their device memory; the heap kept what the
-        // forwards freed (sys::keep_heap) and gives it back now.
+        // forwards freed (sys::keep_heap) and gives it back now. Held frames are dropped.
+        self.drop_held("stopped");
         self.state.lock().unwrap().take();
         crate::sys::release_heap();
         Ok(())
@@ -283,6 +299,9 @@ impl BaseTransformImpl for GpenFilter {
 
     fn submit_input_buffer(&self, is_discont: bool, inbuf: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         self.stats.lock().unwrap().frames_in += 1;
+        if self.batch_latency() > 0 {
+            return self.hold(is_discont, inbuf);
+        }
         let result = self.parent_submit_input_buffer(is_discont, inbuf);
         if result == Ok(gst_base::BASE_TRANSFORM_FLOW_DROPPED) {
             // Late: BaseTransform's QoS dropped it (and posted its QoS message).
@@ -292,103 +311,19 @@ impl BaseTransformImpl for GpenFilter {
     }
 
     fn before_transform(&self, inbuf: &gst::BufferRef) {
-        let (post_faces, live, faces_from, restore, factor) = {
-            let s = self.settings.lock().unwrap();
-            (s.post_faces, self.live_changed.swap(false, Ordering::AcqRel).then_some(s.live), s.faces_from, s.restore, s.upscale as u32)
-        };
-        let mut guard = self.state.lock().unwrap();
-        let Some(state) = guard.as_mut() else { return };
-        state.started = Some(Instant::now());
-        state.described = None;
-        if let Some(live) = live {
-            // The ranges of the properties keep these valid; a failure would leave the old ones.
-            if let Err(e) = state.restorer.set_live(live) {
-                gst::warning!(CAT, imp = self, "live settings not applied: {e}");
+        // With batch-latency, frames are analysed as they are held and routed as they leave.
+        if self.batch_latency() == 0 {
+            if let Some(analysis) = self.analyse(inbuf) {
+                self.route(FrameTimes::of(inbuf), analysis);
             }
-        }
-        let dt = frame_interval(state.last_pts, inbuf.pts(), state.info.as_ref());
-        state.last_pts = inbuf.pts();
-        let analysed = match state.info.as_ref() {
-            None => Err(Error::Frame("no caps were negotiated before the first frame".into())),
-            Some(info) => match gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, info) {
-                Err(_) => {
-                    // A buffer that does not hold the frame its caps describe (too small: a
-                    // wrong size or stride upstream) goes out as it came, counted and said.
-                    let (width, height, need) = (info.width(), info.height(), info.size());
-                    drop(guard);
-                    self.stats.lock().unwrap().frames_passed_through += 1;
-                    self.obj().set_passthrough(true);
-                    gst::element_imp_warning!(
-                        self,
-                        gst::StreamError::Format,
-                        (
-                            "Frame {:?} passed through unrestored: its buffer has {} bytes, but a {width}x{height} frame \
-                             as the caps describe needs {need}",
-                            inbuf.pts(),
-                            inbuf.size()
-                        ),
-                        ["the element upstream must send buffers laid out as its caps say (rows padded to 4 bytes for RGB); \
-                          a videoconvert before gpenfilter repacks them"]
-                    );
-                    return;
-                }
-                Ok(frame) => match frame.plane_data(0) {
-                    Ok(data) => {
-                        let source = self.face_source(faces_from, inbuf, (info.width(), info.height()));
-                        state.restorer.begin_from(data, &packed_layout(&frame), dt, source)
-                    }
-                    Err(e) => Err(Error::Frame(e.to_string())),
-                },
-            },
-        };
-        if let Ok(d) = &analysed {
-            gst::log!(CAT, imp = self, "{} face(s) in {:?}", d.faces.len(), inbuf.pts());
-            let mut stats = self.stats.lock().unwrap();
-            stats.faces_detected += d.faces.len() as u64;
-            stats.set_video(state.restorer.video_counters());
-            drop(stats);
-            if post_faces {
-                self.post_faces(inbuf, d);
-            }
-            let size = state.info.as_ref().map_or((0, 0), |i| (i.width() * factor, i.height() * factor));
-            state.described = Some(Described { faces: d.faces.clone(), ids: d.ids.clone(), restored: false, size });
-        }
-        // A frame left unchanged is finished here and passed through, neither copied nor
-        // written; the others (and errors, to be reported) go to the transform. With
-        // restore=false every frame the policy does not drop is left unchanged.
-        let output = analysed.as_ref().ok().map(|d| state.restorer.output_of(d));
-        let unchanged = output == Some(FrameOutput::Unchanged) || (!restore && output == Some(FrameOutput::Written));
-        self.obj().set_passthrough(unchanged);
-        if unchanged {
-            let Ok(d) = analysed else { unreachable!("checked above") };
-            let started = state.started.take().unwrap_or_else(Instant::now);
-            let outcome = match output {
-                // restore=false: faces found and described, none restored.
-                Some(FrameOutput::Written) if d.faces.is_empty() => Ok(Outcome::NoFaces),
-                Some(FrameOutput::Written) => Ok(Outcome::Restored { faces: 0, plan: state.restorer.plan(), retried: false }),
-                _ => state.restorer.finish(d, None),
-            };
-            let plan = state.restorer.plan();
-            drop(guard);
-            // Nothing is written, so nothing can fail; an error is still reported if it does.
-            let _ = self.conclude(outcome, plan, FrameTimes::of(inbuf), started);
-        } else {
-            state.pending = Some(analysed);
         }
     }
 
     fn generate_output(&self) -> Result<gst_base::subclass::base_transform::GenerateOutputSuccess, gst::FlowError> {
-        use gst_base::subclass::base_transform::GenerateOutputSuccess as G;
-        // before_transform and the transform run in here; the frame's faces are known after.
-        let out = self.parent_generate_output()?;
-        let described = self.state.lock().unwrap().as_mut().and_then(|s| s.described.take());
-        match out {
-            G::Buffer(mut buffer) => {
-                self.describe(&mut buffer, described);
-                Ok(G::Buffer(buffer))
-            }
-            other => Ok(other),
+        if self.batch_latency() > 0 {
+            return self.release(false);
         }
+        self.output()
     }
 
     fn transform_meta<'a>(&self, outbuf: &mut gst::BufferRef, meta: gst::MetaRef<'a, gst::Meta>, inbuf: &'a gst::BufferRef) -> bool {
@@ -413,8 +348,9 @@ impl BaseTransformImpl for GpenFilter {
         if !BaseTransformImplExt::parent_query(self, direction, query) {
             return false;
         }
-        // Upstream's latency plus our measured processing time per frame.
-        let ours = self.measured_latency();
+        // Upstream's latency plus our measured processing time per frame, plus the frames held
+        // for batch-latency.
+        let ours = self.measured_latency() + self.hold_latency();
         if let gst::QueryViewMut::Latency(q) = query.view_mut() {
             let (live, min, max) = q.result();
             q.set(live, min + ours, max.map(|m| m + ours));
@@ -458,6 +394,26 @@ impl VideoFilterImpl for GpenFilter {
 }
 
 impl GpenFilter {
+    /// Frames a frame waits for before it is restored (0 before `start()`).
+    fn batch_latency(&self) -> usize {
+        self.state.lock().unwrap().as_ref().map_or(0, |s| s.batch_latency)
+    }
+
+    /// The submitted frame through BaseTransform's output path (`before_transform` and the
+    /// transform run in there), with its faces described in metas after.
+    pub(super) fn output(&self) -> Result<gst_base::subclass::base_transform::GenerateOutputSuccess, gst::FlowError> {
+        use gst_base::subclass::base_transform::GenerateOutputSuccess as G;
+        let out = self.parent_generate_output()?;
+        let described = self.state.lock().unwrap().as_mut().and_then(|s| s.described.take());
+        match out {
+            G::Buffer(mut buffer) => {
+                self.describe(&mut buffer, described);
+                Ok(G::Buffer(buffer))
+            }
+            other => Ok(other),
+        }
+    }
+
     /// The one transform of both paths: the frame analysed in `before_transform` finished into
     /// `out` (the input itself in place, or the larger output when upscaling).
     fn transform(
@@ -486,6 +442,7 @@ impl GpenFilter {
             d.restored = true;
         }
         let plan = state.restorer.plan();
+        self.stats.lock().unwrap().generator_runs = state.restorer.generator_runs();
         // A pasted frame may add a pair to the flicker figure (a read of three sums: the frame
         // was just read back anyway).
         if matches!(outcome, Ok(Outcome::Restored { .. })) {
@@ -499,7 +456,7 @@ impl GpenFilter {
     }
 
     /// Where the faces of `buffer` (a `size` frame) come from, by `faces-from`.
-    fn face_source(&self, faces_from: FacesFrom, buffer: &gst::BufferRef, size: (u32, u32)) -> FaceSource {
+    pub(super) fn face_source(&self, faces_from: FacesFrom, buffer: &gst::BufferRef, size: (u32, u32)) -> FaceSource {
         let given = || {
             let given = meta::given_faces(buffer, size);
             self.stats.lock().unwrap().faces_from_metas += given.len() as u64;
@@ -542,7 +499,7 @@ impl GpenFilter {
     }
 
     /// What became of a frame, told to the pipeline: statistics, messages and the flow return.
-    fn conclude(
+    pub(super) fn conclude(
         &self,
         outcome: Result<Outcome, Error>,
         plan: crate::memory::Plan,
@@ -632,7 +589,7 @@ impl GpenFilter {
     }
 
     /// The faces of a frame, as aligned, in a `gpenfilter-faces` element message.
-    fn post_faces(&self, buffer: &gst::BufferRef, detections: &Detections) {
+    pub(super) fn post_faces(&self, buffer: &gst::BufferRef, detections: &Detections) {
         let faces = detections.faces.iter().enumerate().map(|(i, f)| {
             gst::Structure::builder("face")
                 .field("id", detections.ids.get(i).copied().unwrap_or(0))

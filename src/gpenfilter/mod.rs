@@ -11,6 +11,7 @@ use gst::prelude::*;
 
 mod caps;
 mod imp;
+mod lookahead;
 pub mod meta;
 mod properties;
 mod stats;

@@ -18,6 +18,8 @@ pub const DEFAULT_SIZE: Size = Size::S512;
 pub const DEFAULT_FP16: bool = false;
 pub const DEFAULT_DEVICE: &str = "auto";
 pub const DEFAULT_ALIGNED: bool = false;
+/// No frame waits for others: each frame's faces make their own batches, as a live stream wants.
+pub const DEFAULT_BATCH_LATENCY: u32 = 0;
 
 /// The values of the properties.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct Settings {
     pub detector_variant: DetectorVariant,
     pub detection_size: u32,
     pub face_batch: u32,
+    /// Frames a frame may wait for so that its faces share generator batches with theirs.
+    pub batch_latency: u32,
     pub mask: Mask,
     pub parse_model: Option<String>,
     pub mask_regions: MaskRegions,
@@ -68,6 +72,7 @@ impl Default for Settings {
             detector_variant: DetectorVariant::Auto,
             detection_size: faces.detection_size as u32,
             face_batch: faces.face_batch as u32,
+            batch_latency: DEFAULT_BATCH_LATENCY,
             mask: Mask::Auto,
             parse_model: None,
             mask_regions: MaskRegions::gpen(),
@@ -202,6 +207,7 @@ impl Settings {
             "min-face-size" => self.live.min_face_size = value.get::<u32>().expect(CHECKED) as f32,
             "alpha" => self.live.alpha = value.get().expect(CHECKED),
             "face-batch" => self.face_batch = value.get().expect(CHECKED),
+            "batch-latency" => self.batch_latency = value.get().expect(CHECKED),
             "mask" => self.mask = value.get().expect(CHECKED),
             "parse-model" => self.parse_model = non_empty(value.get().expect(CHECKED)),
             "mask-regions" => self.mask_regions = value.get().expect(CHECKED),
@@ -240,6 +246,7 @@ impl Settings {
             "min-face-size" => (self.live.min_face_size as u32).to_value(),
             "alpha" => self.live.alpha.to_value(),
             "face-batch" => self.face_batch.to_value(),
+            "batch-latency" => self.batch_latency.to_value(),
             "mask" => self.mask.to_value(),
             "parse-model" => self.parse_model.to_value(),
             "mask-regions" => self.mask_regions.to_value(),
@@ -417,6 +424,17 @@ pub fn specs() -> Vec<glib::ParamSpec> {
             .default_value(faces.face_batch as u32)
             .mutable_ready()
             .build(),
+        glib::ParamSpecUInt::builder("batch-latency")
+            .nick("Batch latency")
+            .blurb(
+                "Frames a frame may wait for, so that face-batch fills with the faces of the frames after it: more \
+                 throughput for that many frame durations of latency (reported to the latency query); 0: each frame's \
+                 faces are restored alone, at once",
+            )
+            .maximum(120)
+            .default_value(DEFAULT_BATCH_LATENCY)
+            .mutable_ready()
+            .build(),
         glib::ParamSpecEnum::builder_with_default("mask", Mask::Auto)
             .nick("Paste mask")
             .blurb(&format!(
@@ -546,10 +564,11 @@ pub fn specs() -> Vec<glib::ParamSpec> {
             .nick("Statistics")
             .blurb(
                 "Since start: frames-in, frames-out, frames-dropped (memory policy), frames-late-dropped \
-                 (QoS), frames-passed-through (memory policy), frames-flushed (by a flushing seek), \
-                 frames-without-faces, faces-detected, \
+                 (QoS), frames-passed-through (memory policy), frames-flushed (by a flushing seek, held \
+                 frames included), frames-without-faces, faces-detected, \
                  faces-restored, faces-from-metas, metas-skipped (boxes in which no face was found), \
-                 detector-runs (whole frames), scene-cuts, tracks-started, retries, plan, \
+                 detector-runs (whole frames), scene-cuts, tracks-started, retries, generator-batches, \
+                 generator-faces (the faces in them), generator-ms (their time), plan, \
                  peak-memory-mib, mean-ms, worst-ms",
             )
             .read_only()

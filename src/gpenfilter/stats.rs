@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::memory::{self, Plan};
-use crate::restorer::{Flicker, Outcome, VideoCounters};
+use crate::restorer::{Flicker, GeneratorCounts, Outcome, VideoCounters};
 
 /// Counters behind the `stats` property (and the `post-messages` element messages).
 #[derive(Debug, Default, Clone)]
@@ -32,6 +32,8 @@ pub struct Stats {
     pub tracks_started: u64,
     /// Frames redone on the next plan after an out-of-memory error.
     pub retries: u64,
+    /// Generator forwards (batches of faces) run, the faces in them, their time.
+    pub generator_runs: GeneratorCounts,
     /// How much pasted faces changed from frame to frame against the input.
     pub flicker: Flicker,
     pub plan: Option<Plan>,
@@ -102,6 +104,9 @@ impl Stats {
             .field("scene-cuts", self.scene_cuts)
             .field("tracks-started", self.tracks_started)
             .field("retries", self.retries)
+            .field("generator-batches", self.generator_runs.batches)
+            .field("generator-faces", self.generator_runs.faces)
+            .field("generator-ms", self.generator_runs.time.as_secs_f64() * 1e3)
             // NaN until a pair of consecutive frames with pasted faces was measured.
             .field("flicker-amplification", self.flicker.amplification().unwrap_or(f64::NAN))
             .field("flicker-pairs", self.flicker.pairs)

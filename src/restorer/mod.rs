@@ -6,6 +6,7 @@
 //! [`Restorer::finish`] restores them under the memory policy ([`ladder`]) and writes the result
 //! ([`paste`], [`frame`]). [`Restorer::process`] does both in place.
 
+mod ahead;
 pub mod frame;
 mod given;
 pub mod ladder;
@@ -30,6 +31,8 @@ use crate::parse::ParseNet;
 use crate::upscale::Upscaler;
 use crate::{registry, Error, Setting};
 
+pub use ahead::GeneratorCounts;
+use ahead::{Ahead, GeneratorRuns};
 pub use frame::PackedLayout;
 pub use given::{FaceSource, GivenFace};
 use ladder::Ladder;
@@ -90,6 +93,10 @@ pub struct Detections {
     frame: Tensor,
     /// Decided before restoration (the detector ran out of memory).
     decided: Option<Outcome>,
+    /// The frame's number in its stream (video), for the state its tracks carry to the next.
+    serial: Option<u64>,
+    /// The faces restored ahead in a batch with other frames' ([`Restorer::restore_ahead`]).
+    ahead: Option<Ahead>,
 }
 
 impl std::fmt::Debug for Detections {
@@ -100,6 +107,8 @@ impl std::fmt::Debug for Detections {
             .field("detected", &self.detected)
             .field("scene_cut", &self.scene_cut)
             .field("decided", &self.decided)
+            .field("serial", &self.serial)
+            .field("ahead", &self.ahead.is_some())
             .finish()
     }
 }
@@ -150,6 +159,9 @@ struct FaceStage {
     mask_change: RefCell<Option<(Tensor, Tensor, u64)>>,
     settings: FaceSettings,
     video: VideoFaces,
+    /// Frames begun so far: each is numbered as it arrives, and its tracks' state is taken up
+    /// when it is finished (frames are finished in order, possibly several begins later).
+    arrived: u64,
 }
 
 /// What frames are.
@@ -188,6 +200,8 @@ pub struct Restorer {
     forwards: AtomicU64,
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     fail_every: u64,
+    /// Generator batches run, and the faces in them.
+    runs: GeneratorRuns,
 }
 
 impl Restorer {
@@ -226,6 +240,7 @@ impl Restorer {
                 mask_change: RefCell::default(),
                 settings: f.clone(),
                 video: VideoFaces::new(f.live.smoothing),
+                arrived: 0,
             })
         };
         let u = &settings.upscale;
@@ -269,6 +284,7 @@ impl Restorer {
             tile_overlap: u.overlap,
             forwards: AtomicU64::new(0),
             fail_every: settings.memory.fail_every,
+            runs: GeneratorRuns::default(),
         };
         restorer.calibrate()?;
         Ok(restorer)
@@ -320,18 +336,17 @@ impl Restorer {
                 self.reset_tracks();
                 let decided = Some(self.ladder.give_up(format!("frame upload: {e}"))?);
                 let frame = frame::to_tensor(data, layout, Device::Cpu)?;
-                return Ok(Detections { faces: Vec::new(), ids: Vec::new(), detected: false, scene_cut: false, frame, decided });
+                return Ok(Detections::empty(frame, decided, None));
             }
             Err(e) => return Err(e),
         };
         let stage = match &mut self.mode {
-            Mode::Aligned => {
-                return Ok(Detections { faces: Vec::new(), ids: Vec::new(), detected: false, scene_cut: false, frame, decided: None })
-            }
+            Mode::Aligned => return Ok(Detections::empty(frame, None, None)),
             Mode::Faces(stage) | Mode::Upscaled(stage, _) => stage,
         };
         let interval = stage.settings.live.detection_interval;
-        stage.tracks.get_mut().serial += 1;
+        stage.arrived += 1;
+        let serial = Some(stage.arrived);
         let found = match &source {
             FaceSource::Detector => {
                 stage.video.next(&frame, dt, interval, |extra| find_faces(&stage.detector, &stage.settings, &frame, extra))
@@ -345,10 +360,8 @@ impl Restorer {
         };
         match found {
             Ok(t) => {
-                if t.scene_cut {
-                    stage.flicker.get_mut().forget();
-                }
-                Ok(Detections { faces: t.faces, ids: t.ids, detected: t.detected, scene_cut: t.scene_cut, frame, decided: None })
+                let (detected, scene_cut) = (t.detected, t.scene_cut);
+                Ok(Detections { faces: t.faces, ids: t.ids, detected, scene_cut, frame, decided: None, serial, ahead: None })
             }
             Err(e) if e.is_out_of_memory() => {
                 memory::release_cached();
@@ -356,7 +369,7 @@ impl Restorer {
                 // No smaller plan helps the detector: the policy decides at once.
                 let reason = format!("face detection: {e}");
                 let decided = Some(self.ladder.give_up(reason)?);
-                Ok(Detections { faces: Vec::new(), ids: Vec::new(), detected: true, scene_cut: false, frame, decided })
+                Ok(Detections { detected: true, ..Detections::empty(frame, decided, serial) })
             }
             Err(e) => Err(e),
         }
@@ -381,6 +394,7 @@ impl Restorer {
     /// otherwise the policy decides. `out` may be `None` when nothing is written
     /// ([`output_of`](Self::output_of) is not [`FrameOutput::Written`]).
     pub fn finish(&mut self, d: Detections, out: Option<(&mut [u8], &PackedLayout)>) -> Result<Outcome, Error> {
+        self.take_up(&d);
         if self.output_of(&d) != FrameOutput::Written {
             return Ok(d.decided.unwrap_or(Outcome::NoFaces));
         }
@@ -426,7 +440,10 @@ impl Restorer {
     fn restore(&self, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<usize, Error> {
         match &self.mode {
             Mode::Aligned => self.restore_aligned(&d.frame, data, layout).map(|_| 1),
-            Mode::Faces(stage) => self.restore_onto(stage, &d.frame, &d.frame, &d.faces, &d.ids, Some((data, layout))).map(|r| r.restored),
+            Mode::Faces(stage) => {
+                let ahead = d.ahead.as_ref().filter(|a| a.fits(&self.ladder.plan()));
+                self.restore_onto(stage, &d.frame, &d.frame, &d.faces, &d.ids, ahead, Some((data, layout))).map(|r| r.restored)
+            }
             Mode::Upscaled(stage, up) => {
                 let background = up.upscale(&d.frame, self.ladder.plan().tile.unwrap_or(0), self.tile_overlap)?;
                 let mut restored = 0;
@@ -447,7 +464,7 @@ impl Restorer {
                     // are composed into the upscaled frame, which then comes down once.
                     let (h, w) = (d.frame.size()[2], d.frame.size()[3]);
                     let crops_from = d.frame.f_upsample_bilinear2d([h * f, w * f], false, None, None)?.f_round()?.f_clamp(0.0, 255.0)?;
-                    restored = self.restore_onto(stage, &crops_from, &background, &faces, &d.ids, None)?.restored;
+                    restored = self.restore_onto(stage, &crops_from, &background, &faces, &d.ids, None, None)?.restored;
                 }
                 frame::write_frame(&background, data, layout)?;
                 Ok(restored)
@@ -594,7 +611,7 @@ impl Restorer {
         let stage = self.face_stage()?;
         let frame = frame::to_tensor(data, layout, self.device)?;
         let (faces, _) = find_faces(&stage.detector, &stage.settings, &frame, &[])?;
-        Ok(Detections { faces, ids: Vec::new(), detected: true, scene_cut: false, frame, decided: None })
+        Ok(Detections { faces, detected: true, ..Detections::empty(frame, None, None) })
     }
 
     /// A still image with faces found elsewhere (another detector, a previous pass, metadata):
@@ -602,13 +619,13 @@ impl Restorer {
     /// [`finish`](Self::finish).
     pub fn with_faces(&self, data: &[u8], layout: &PackedLayout, faces: Vec<Face>) -> Result<Detections, Error> {
         let frame = frame::to_tensor(data, layout, self.device)?;
-        Ok(Detections { faces, ids: Vec::new(), detected: false, scene_cut: false, frame, decided: None })
+        Ok(Detections { faces, ..Detections::empty(frame, None, None) })
     }
 
     /// Restores the detected faces and pastes them back into the frame in place, with no
     /// memory policy (for tests and benchmarks of the stages).
     pub fn restore_faces(&self, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<PasteReport, Error> {
-        self.restore_onto(self.face_stage()?, &d.frame, &d.frame, &d.faces, &d.ids, Some((data, layout)))
+        self.restore_onto(self.face_stage()?, &d.frame, &d.frame, &d.faces, &d.ids, None, Some((data, layout)))
     }
 
     fn face_stage(&self) -> Result<&FaceStage, Error> {

@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::paste;
 use super::temporal::{self, TrackState};
-use super::{frame, FaceStage, PackedLayout, PasteReport, PasteTimings, Restorer};
+use super::{frame, Ahead, FaceStage, PackedLayout, PasteReport, PasteTimings, Restorer};
 use crate::align::{self, Alignment, Border};
 use crate::detect::Face;
 #[cfg(feature = "fault-injection")]
@@ -54,9 +54,12 @@ impl Restorer {
     pub(super) fn forward_batches(&self, x: &Tensor) -> Result<Tensor, Error> {
         self.in_batches(x, |b| {
             self.before_forward()?;
+            let started = Instant::now();
             // A non-finite value (float16 overflow) would spoil the whole pasted rectangle, the
             // background included: it becomes 0 (then black, not garbage).
-            Ok(self.model.forward_with(b, self.banding)?.f_nan_to_num(0.0, None, None)?)
+            let y = self.model.forward_with(b, self.banding)?.f_nan_to_num(0.0, None, None)?;
+            self.runs.count(b.size()[0], started.elapsed());
+            Ok(y)
         })
     }
 
@@ -200,10 +203,26 @@ impl Restorer {
         Ok(Tensor::f_cat(&out, 0)?)
     }
 
+    /// The aligned crops (`N x 3 x S x S`, 0..255) of the `faces` of `frame` that align, in
+    /// order, as [`restore_onto`](Self::restore_onto) cuts them; `None` when none aligns.
+    pub(super) fn crops_of(&self, stage: &FaceStage, frame: &Tensor, faces: &[Face]) -> Result<Option<Tensor>, Error> {
+        let _guard = tch::no_grad_guard();
+        let size = stage.paster.size();
+        let alignments: Vec<Alignment> = faces.iter().filter_map(|f| align::align(&f.landmarks, size)).collect();
+        if alignments.is_empty() {
+            return Ok(None);
+        }
+        let n = alignments.len() as i64;
+        let matrices = transfer::upload(&Tensor::f_from_slice(&align::crop_matrices(&alignments))?, self.device)?.f_reshape([n, 6])?;
+        Ok(Some(align::crop_faces_cv(frame, &matrices, size, Border::Replicate)?))
+    }
+
     /// Restores `faces` cropped from `crops_from` and pastes them onto `background`, writing
     /// the pasted region into `data`. Pixels outside the pasted masks keep their value.
     /// With `out`, the pasted region is written into the frame's memory; without, it is
-    /// composed into `background` on the device (which the caller writes whole).
+    /// composed into `background` on the device (which the caller writes whole). `ahead`: the
+    /// faces' crops and generator outputs, made in a batch with other frames' faces.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn restore_onto(
         &self,
         stage: &FaceStage,
@@ -211,6 +230,7 @@ impl Restorer {
         background: &Tensor,
         faces: &[Face],
         ids: &[u64],
+        ahead: Option<&Ahead>,
         out: Option<(&mut [u8], &PackedLayout)>,
     ) -> Result<PasteReport, Error> {
         let mut report = PasteReport { restored: 0, region: None, mask: None, timings: PasteTimings::default() };
@@ -248,12 +268,18 @@ impl Restorer {
         // GPEN's crops are cv2.warpAffine on the 8-bit frame; faces cut by the frame edge get the
         // edge replicated instead of GPEN's black band, which the generator would otherwise
         // carry into the pasted face.
-        let crops = align::crop_faces_cv(crops_from, &crop_matrices, size, Border::Replicate)?;
+        let crops = match ahead {
+            Some(a) => a.crops.shallow_clone(),
+            None => align::crop_faces_cv(crops_from, &crop_matrices, size, Border::Replicate)?,
+        };
         report.timings.crop = t0.elapsed();
         let t1 = Instant::now();
         // With face parsing the heap is given back after both networks, not between them.
         let _pause = (self.ladder.plan().parse && self.device == Device::Cpu).then(crate::sys::TrimPause::new);
-        let restored = from_unit(&self.forward_batches(&to_unit(&crops)?)?)?;
+        let restored = match ahead {
+            Some(a) => from_unit(&a.restored)?,
+            None => from_unit(&self.forward_batches(&to_unit(&crops)?)?)?,
+        };
         report.timings.generator = t1.elapsed();
         let t2 = Instant::now();
         let live = stage.settings.live;
@@ -329,7 +355,7 @@ impl Restorer {
 }
 
 /// 0..255 pixel values to the generator's -1..1.
-fn to_unit(x: &Tensor) -> Result<Tensor, Error> {
+pub(super) fn to_unit(x: &Tensor) -> Result<Tensor, Error> {
     Ok(x.f_div_scalar(255.0)?.f_sub_scalar(0.5)?.f_div_scalar(0.5)?)
 }
 

@@ -1,0 +1,228 @@
+//! `batch-latency`: generator batches that hold the faces of several frames. Frames come out
+//! in order with their own timestamps and metas, restored as with per-frame batches; EOS and
+//! new caps let held frames out, a flush drops them (counted), and the latency query says how
+//! long frames wait.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::motion;
+use gst::prelude::*;
+
+fn models() -> String {
+    format!(
+        "size=256 model={} detector-model={} device=cpu",
+        common::gpen_fixture("gpen-256-tiny.pth").display(),
+        common::detector().display()
+    )
+}
+
+/// What left the element: per buffer its PTS, offset, bytes, caps size and face metas.
+#[derive(Debug, Clone)]
+struct Out {
+    pts: Option<gst::ClockTime>,
+    offset: u64,
+    bytes: Vec<u8>,
+    size: (u32, u32),
+    metas: usize,
+}
+
+/// Runs `segments` (each: width, height, packed RGB frames) through `appsrc ! gpenfilter ! appsink`
+/// at 25 fps, the caps changing between segments; returns what came out and the statistics.
+fn run(segments: &[(u32, u32, Vec<Vec<u8>>)], props: &str) -> (Vec<Out>, gst::Structure) {
+    common::init();
+    let pipeline =
+        gst::parse::launch(&format!("appsrc name=src format=time ! gpenfilter name=g {} {props} ! appsink name=sink sync=false", models()))
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    let outs = Arc::new(Mutex::new(Vec::new()));
+    let o = outs.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
+                let b = sample.buffer().unwrap();
+                o.lock().unwrap().push(Out {
+                    pts: b.pts(),
+                    offset: b.offset(),
+                    bytes: b.map_readable().unwrap().as_slice().to_vec(),
+                    size: (info.width(), info.height()),
+                    metas: b.iter_meta::<gst_video::VideoRegionOfInterestMeta>().count(),
+                });
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut i = 0u64;
+    for (w, h, frames) in segments {
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, *w, *h).fps(gst::Fraction::new(25, 1)).build().unwrap();
+        src.set_caps(Some(&info.to_caps().unwrap()));
+        for f in frames {
+            let mut b = gst::Buffer::from_slice(f.clone());
+            let bm = b.get_mut().unwrap();
+            bm.set_pts(gst::ClockTime::from_mseconds(i * 40));
+            bm.set_duration(gst::ClockTime::from_mseconds(40));
+            bm.set_offset(i);
+            src.push_buffer(b).unwrap();
+            i += 1;
+        }
+    }
+    src.end_of_stream().unwrap();
+    common::run_to_eos(&pipeline);
+    let stats = pipeline.by_name("g").unwrap().property::<gst::Structure>("stats");
+    let outs = outs.lock().unwrap().clone();
+    (outs, stats)
+}
+
+/// The astronaut moving along the test path: one face per frame.
+fn astronaut_clip(n: usize) -> (u32, u32, Vec<Vec<u8>>) {
+    let (rgb, w, h) = common::decode_image(&common::shared().join("media/images/astronaut.png"));
+    let photo = common::rgb_tensor(&rgb, w, h);
+    (w as u32, h as u32, motion::path(n).iter().map(|p| motion::render(&photo, p)).collect())
+}
+
+fn in_order(outs: &[Out], n: u64) {
+    let got: Vec<(Option<gst::ClockTime>, u64)> = outs.iter().map(|o| (o.pts, o.offset)).collect();
+    let want: Vec<(Option<gst::ClockTime>, u64)> = (0..n).map(|i| (Some(gst::ClockTime::from_mseconds(i * 40)), i)).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn held_frames_share_batches_and_come_out_as_per_frame_batches_make_them() {
+    let clip = astronaut_clip(8);
+    let (alone, s0) = run(std::slice::from_ref(&clip), "face-batch=4");
+    let (shared, s3) = run(std::slice::from_ref(&clip), "face-batch=4 batch-latency=3");
+    let c = common::count;
+    // One face a frame: eight batches of one, or two of four.
+    assert_eq!((c(&s0, "generator-batches"), c(&s0, "generator-faces")), (8, 8), "{s0}");
+    assert_eq!((c(&s3, "generator-batches"), c(&s3, "generator-faces")), (2, 8), "{s3}");
+    for (s, outs) in [(&s0, &alone), (&s3, &shared)] {
+        assert_eq!((c(s, "frames-in"), c(s, "frames-out"), c(s, "faces-restored")), (8, 8, 8), "{s}");
+        // In order, each with its own timestamp, offset and face meta; EOS let the last three out.
+        in_order(outs, 8);
+        assert!(outs.iter().all(|o| o.metas == 1), "{:?}", outs.iter().map(|o| o.metas).collect::<Vec<_>>());
+    }
+    // The same restoration, up to the rounding of batched convolutions.
+    for (i, (a, b)) in alone.iter().zip(&shared).enumerate() {
+        assert_ne!(a.bytes, clip.2[i], "frame {i} restored");
+        let (mean, max) = common::level_diff(&a.bytes, &b.bytes);
+        assert!(mean < 0.01 && max <= 2, "frame {i}: mean {mean}, max {max}");
+    }
+}
+
+#[test]
+fn frames_without_faces_and_short_streams_drain_at_eos() {
+    // More latency than frames: nothing leaves before EOS, then everything does, in order.
+    let (w, h, mut frames) = astronaut_clip(5);
+    // A frame without a face in the middle waits with the others but needs no batch.
+    frames[2] = vec![0; frames[2].len()];
+    let (outs, s) = run(&[(w, h, frames)], "face-batch=4 batch-latency=20");
+    in_order(&outs, 5);
+    let c = common::count;
+    assert_eq!((c(&s, "frames-in"), c(&s, "frames-out"), c(&s, "frames-without-faces")), (5, 5, 1), "{s}");
+    // Frames 0, 1, 3, 4 in one batch.
+    assert_eq!((c(&s, "generator-batches"), c(&s, "generator-faces")), (1, 4), "{s}");
+}
+
+#[test]
+fn new_caps_let_held_frames_out_first() {
+    let (w, h, frames) = astronaut_clip(6);
+    let small: Vec<Vec<u8>> = frames[3..]
+        .iter()
+        .map(|f| {
+            let t = common::rgb_tensor(f, w as usize, h as usize).upsample_bilinear2d([h as i64 / 2, w as i64 / 2], false, None, None);
+            common::rgb_bytes(&t)
+        })
+        .collect();
+    let segments = [(w, h, frames[..3].to_vec()), (w / 2, h / 2, small)];
+    let (outs, s) = run(&segments, "face-batch=4 batch-latency=4");
+    in_order(&outs, 6);
+    let sizes: Vec<(u32, u32)> = outs.iter().map(|o| o.size).collect();
+    assert_eq!(sizes, [[(w, h); 3], [(w / 2, h / 2); 3]].concat());
+    assert!(outs.iter().zip(&segments[0].2).all(|(o, f)| o.bytes.len() == f.len()));
+    // The first size's frames in one batch, drained before the new caps; then the second's.
+    let c = common::count;
+    assert_eq!((c(&s, "frames-in"), c(&s, "frames-out"), c(&s, "faces-restored")), (6, 6, 6), "{s}");
+    assert_eq!(c(&s, "generator-batches"), 2, "{s}");
+}
+
+#[test]
+fn a_flushing_seek_drops_held_frames_and_counts_them() {
+    common::init();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! decodebin ! videoconvert ! gpenfilter name=g {} batch-latency=5 ! fakesink sync=false",
+        common::shared().join("media/videos/short_hamilton_clip.mp4").display(),
+        models()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    pipeline.by_name("g").unwrap().static_pad("src").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(b) = info.buffer() {
+            s.lock().unwrap().push(b.pts());
+        }
+        gst::PadProbeReturn::Ok
+    });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let t = std::time::Instant::now();
+    while seen.lock().unwrap().len() < 10 {
+        assert!(t.elapsed().as_secs() < 300, "no frames");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let target = gst::ClockTime::from_mseconds(7000);
+    pipeline.seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE, target).unwrap();
+    common::run_to_eos(&pipeline);
+    let st = pipeline.by_name("g").unwrap().property::<gst::Structure>("stats");
+    let pts = seen.lock().unwrap().clone();
+    let first_after = pts.iter().position(|p| p.is_some_and(|p| p >= target)).expect("frames after the seek");
+    let (before, after) = pts.split_at(first_after);
+    assert!(before.windows(2).all(|w| w[0] < w[1]) && after.windows(2).all(|w| w[0] < w[1]), "{pts:?}");
+    // Every frame from 7 s on came out (EOS drained the last five).
+    assert!((60..=70).contains(&after.len()), "{} frames after the seek", after.len());
+    let c = common::count;
+    let (i, o, f) = (c(&st, "frames-in"), c(&st, "frames-out"), c(&st, "frames-flushed"));
+    assert_eq!(i, o + f, "{st}");
+    // Five frames were held when the seek came (and at most one more was in flight).
+    assert!((5..=6).contains(&f), "{st}");
+    assert_eq!(o as usize, pts.len());
+}
+
+/// The latency a query downstream of a gpenfilter with `props` reports once a frame went
+/// through, less the element's measured processing time: upstream's (videotestsrc: a frame)
+/// and what frames wait in the element.
+fn latency_besides_processing(props: &str) -> i64 {
+    common::init();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=2 pattern=black ! video/x-raw,format=RGB,width=64,height=48,framerate=25/1 \
+         ! gpenfilter name=g {} {props} ! fakesink name=sink",
+        models()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    pipeline.set_state(gst::State::Paused).unwrap();
+    assert_eq!(pipeline.state(gst::ClockTime::from_seconds(120)).0, Ok(gst::StateChangeSuccess::Success));
+    let mut q = gst::query::Latency::new();
+    assert!(pipeline.by_name("sink").unwrap().static_pad("sink").unwrap().peer_query(&mut q));
+    let (_, min, _) = q.result();
+    let mean_ms = pipeline.by_name("g").unwrap().property::<gst::Structure>("stats").get::<f64>("mean-ms").unwrap();
+    pipeline.set_state(gst::State::Null).unwrap();
+    min.useconds() as i64 - (mean_ms * 1e3).round() as i64
+}
+
+#[test]
+fn the_latency_query_adds_the_held_frames() {
+    let upstream = latency_besides_processing("");
+    assert!((upstream - 40_000).abs() <= 1, "{upstream} us");
+    // Four more frames of 40 ms.
+    let held = latency_besides_processing("batch-latency=4");
+    assert!((held - upstream - 160_000).abs() <= 1, "{held} us");
+}
