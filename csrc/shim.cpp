@@ -1,4 +1,5 @@
-// What tch does not expose: the accelerator's memory figures and cache release, and an
+// What tch does not expose: the accelerator's memory figures, cache release and a wait on the
+// current stream, page-locked copies without tch's deprecated device argument, and an
 // in-place leaky ReLU with a slope. Every function catches C++ exceptions and reports them
 // through `err`, so that nothing unwinds into Rust; with no GPU the accelerator calls fail
 // cleanly (no device, or "no accelerator").
@@ -103,6 +104,32 @@ int gpen_accelerator_empty_cache(char* err, size_t len) {
     auto* allocator = at::getDeviceAllocator(at::accelerator::getAccelerator(true).value());
     if (!allocator->initialized()) return 0;
     allocator->emptyCache();
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e.what(), err, len);
+  }
+}
+
+// `t` copied into page-locked memory of the current accelerator (`t.pin_memory()`). tch's
+// `pin_memory` always passes a device, which libtorch 2.11 deprecates with a warning on every
+// call (one a frame, on stderr).
+int gpen_pin_memory(const at::Tensor* t, at::Tensor** out, char* err, size_t len) {
+  try {
+    *out = new at::Tensor(t->pin_memory());
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e.what(), err, len);
+  }
+}
+
+// Waits for the work queued on libtorch's current stream of `device` (the calling thread's, the
+// one every op of this crate is queued on): what a non-blocking copy to the host needs before
+// the host reads it, and what a benchmark needs before it reads the clock. Not a device-wide
+// synchronisation: other streams of the device are not waited for.
+int gpen_accelerator_synchronize(int device, char* err, size_t len) {
+  try {
+    if (!cuda_present()) return fail("no accelerator device", err, len);
+    at::accelerator::getCurrentStream(static_cast<c10::DeviceIndex>(device)).synchronize();
     return 0;
   } catch (const std::exception& e) {
     return fail(e.what(), err, len);

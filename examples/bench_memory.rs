@@ -5,8 +5,13 @@
 //! ```text
 //! cargo run --release --example bench_memory -- [--device cuda|cpu] [--frames 10]
 //!     [--sizes 512,1024] [--budgets 2048,4096,8192] [--precisions fp32,fp16] [--estimate-only]
-//!     [--shared DIR] [--save-models DIR]
+//!     [--shared DIR] [--save-models DIR] [--faces 8] [--warmup 0]
 //! ```
+//! Frames per second are end to end through the restorer core (`Restorer::process`: upload,
+//! scene change and detection, alignment and crops, the generator, paste, the read back), the
+//! clock stopped after a wait on the device. `--faces N` (1 to 8) puts fewer faces in the frame;
+//! `--warmup N` processes N frames first, outside the clock (the first frames choose kernels and
+//! fill the allocator's cache).
 //! `--save-models DIR` keeps the random-weight checkpoints in DIR (`GPEN-BFR-{size}.safetensors`)
 //! for later steps, such as a `gst-launch-1.0` run of the element.
 //! A budget of 0 is the default budget (what the device has free at start). The shared folder
@@ -16,7 +21,7 @@
 //! or failed; `scripts/device-check.sh` runs it on a GPU machine.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gstgpen::gpen::{random_state_dict, GpenConfig};
 use gstgpen::memory::{self, Estimator, Plan};
@@ -36,16 +41,16 @@ fn shared_dir(flag: Option<PathBuf>) -> PathBuf {
     dir
 }
 
-/// 1920x1080 with a 4x2 grid of grace_hopper_512x512.jpg at 480 px: 8 faces.
-fn frame(shared: &std::path::Path) -> (Vec<u8>, PackedLayout) {
+/// 1920x1080 with `faces` cells of a 4x2 grid of grace_hopper_512x512.jpg at 480 px (the top
+/// row first): up to 8 faces.
+fn frame(shared: &std::path::Path, faces: i64) -> (Vec<u8>, PackedLayout) {
     let img = image::open(shared.join("media/images/grace_hopper_512x512.jpg")).expect("image").to_rgb8();
     let t = Tensor::from_slice(img.as_raw()).reshape([512, 512, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float);
     let cell = t.upsample_bilinear2d([480, 480], false, None, None);
     let big = Tensor::zeros([1, 3, 1080, 1920], (Kind::Float, Device::Cpu));
-    for row in 0..2 {
-        for col in 0..4 {
-            big.narrow(2, 30 + row * 540, 480).narrow(3, col * 480, 480).copy_(&cell);
-        }
+    for cell_index in 0..faces.clamp(1, 8) {
+        let (row, col) = (cell_index / 4, cell_index % 4);
+        big.narrow(2, 30 + row * 540, 480).narrow(3, col * 480, 480).copy_(&cell);
     }
     let hwc = big.round().clamp(0.0, 255.0).to_kind(Kind::Uint8).squeeze_dim(0).permute([1, 2, 0]).contiguous();
     let layout = PackedLayout { width: 1920, height: 1080, stride: 1920 * 3, pixel_stride: 3, rgb_offsets: [0, 1, 2] };
@@ -66,6 +71,8 @@ fn main() {
     let mut budgets: Vec<u64> = vec![2048, 4096, 8192];
     let mut precisions: Vec<String> = vec!["fp32".into(), "fp16".into()];
     let mut estimate_only = false;
+    let mut faces = 8;
+    let mut warmup = 0;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -76,6 +83,8 @@ fn main() {
             "--budgets" => budgets = list(&value()),
             "--precisions" => precisions = list(&value()),
             "--estimate-only" => estimate_only = true,
+            "--faces" => faces = value().parse().expect("--faces N"),
+            "--warmup" => warmup = value().parse().expect("--warmup N"),
             "--shared" => shared = Some(PathBuf::from(value())),
             "--save-models" => save_models = Some(PathBuf::from(value())),
             other => panic!("unknown argument {other}"),
@@ -100,7 +109,8 @@ fn main() {
     println!("\ndevice {device}, {} CUDA device(s)", tch::Cuda::device_count());
     let dir = save_models.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("gst-gpen-bench-memory-{}", std::process::id())));
     std::fs::create_dir_all(&dir).unwrap();
-    let (bytes, layout) = frame(&shared);
+    let (bytes, layout) = frame(&shared, faces);
+    println!("frames: 1920x1080 with {faces} face(s), {warmup} warm-up frame(s) outside the clock");
     let mut failures = Vec::new();
     println!(
         "\n{:<6} {:<5} {:>8} {:>10} {:>8} {:>7} {:>7} {:>7}  plan at the end",
@@ -132,13 +142,24 @@ fn main() {
                     }
                 };
                 let dev = r.model().device();
+                let mut out = bytes.clone();
+                for _ in 0..warmup {
+                    out.copy_from_slice(&bytes);
+                    if let Err(e) = r.process(&mut out, &layout, 1.0 / 30.0) {
+                        println!("  warm-up error: {e}");
+                    }
+                }
                 memory::release_cached();
                 memory::reset_peak(dev);
                 let (mut drops, mut retries, mut restored) = (0, 0, 0);
-                let t = Instant::now();
+                // Only the restorer's time: the copy of the input frame is left out.
+                let mut busy = Duration::ZERO;
                 for _ in 0..frames {
-                    let mut out = bytes.clone();
-                    match r.process(&mut out, &layout, 1.0 / 30.0) {
+                    out.copy_from_slice(&bytes);
+                    let t = Instant::now();
+                    let outcome = r.process(&mut out, &layout, 1.0 / 30.0);
+                    busy += t.elapsed();
+                    match outcome {
                         Ok(Outcome::Restored { retried, .. }) => {
                             restored += 1;
                             retries += retried as u32;
@@ -152,10 +173,11 @@ fn main() {
                         }
                     }
                 }
-                if let Device::Cuda(_) = dev {
-                    tch::Cuda::synchronize(0);
+                let t = Instant::now();
+                if let Device::Cuda(i) = dev {
+                    gstgpen::sys::accelerator_synchronize(i).expect("wait for the CUDA stream");
                 }
-                let secs = t.elapsed().as_secs_f64();
+                let secs = (busy + t.elapsed()).as_secs_f64();
                 let peak = memory::figures(dev).map(|f| memory::mib(f.peak)).unwrap_or(0);
                 println!(
                     "{size:<6} {prec:<5} {budget:>8} {peak:>10} {:>8.2} {restored:>7} {drops:>7} {retries:>7}  {}{}",

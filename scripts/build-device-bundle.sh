@@ -4,7 +4,8 @@
 # apt: see "GPU check" in README.md. Output: out/device-bundle/ (and out/device-bundle.tar).
 #
 #   bin/cuda-tests        tests/cuda.rs built with --features cuda-tests
-#   bin/bench_memory      examples/bench_memory.rs
+#   bin/bench_memory      examples/bench_memory.rs (budgets; 1080p frames per second end to end)
+#   bin/bench_gpen        examples/bench_gpen.rs (the model alone: faces per second by batch size)
 #   plugin/libgstgpen.so  the element, for gst-launch-1.0
 #   lib/                  the non-torch shared libraries the binaries need (GStreamer, GLib, ...),
 #                         used on the GPU machine only where it lacks them
@@ -30,7 +31,7 @@ export CARGO_PROFILE_RELEASE_LTO=${BUNDLE_LTO:-false}
 py=$root/.venv/bin/python
 
 echo "bundle: building (release, lto=$CARGO_PROFILE_RELEASE_LTO)"
-cargo build --release --features cuda-tests --lib --example bench_memory
+cargo build --release --features cuda-tests --lib --example bench_memory --example bench_gpen
 test_bin=$(cargo test --release --features cuda-tests --test cuda --no-run --message-format=json \
   | "$py" -c 'import json, sys
 for line in sys.stdin:
@@ -44,6 +45,7 @@ rm -rf "$out"
 mkdir -p "$out"/{bin,plugin,lib,shared/fixtures/gpen,shared/fixtures/parsenet,shared/fixtures/whole-frame,shared/weights,shared/media/images,shared/media/videos}
 cp "$test_bin" "$out/bin/cuda-tests"
 cp target/release/examples/bench_memory "$out/bin/bench_memory"
+cp target/release/examples/bench_gpen "$out/bin/bench_gpen"
 cp target/release/libgstgpen.so "$out/plugin/libgstgpen.so"
 strip --strip-debug "$out"/bin/* "$out"/plugin/*.so
 

@@ -7,6 +7,13 @@
 # out/device-bundle.tar over, then: tar xf device-bundle.tar && device-bundle/device-check.sh
 # (or run scripts/device-check.sh in a repository that has out/device-bundle). See "GPU check"
 # in README.md. Steps (each prints its figures):
+#   0. Speed, first (they are short, and the figures the GPU is lent for): bench_gpen, GPEN-512
+#      in fp16 with random weights in the official shape, model only, whole maps: faces per
+#      second at batch 1, 4, 16 and 32 after a warm-up, each forward waited for, and the
+#      allocator's peak at each; then bench_memory on 1080p frames with 4 faces end to end
+#      (upload, detection, crops, generator, paste, read back), GPEN-512 fp16, default budget:
+#      frames per second after 3 warm-up frames. The summary sets them against the README's
+#      targets for an H200 (1000 faces/s, 60 fps).
 #   1. tests/cuda.rs: CUDA parity with the official CPU output (fp32, fp16); fp16 finiteness on
 #      real-size random weights (GPEN-512/1024) and the cost of banding; the element with
 #      device=auto fp16=true and the default budget on 1080p frames with 8 faces; two elements
@@ -15,7 +22,8 @@
 #   2. bench_memory: the same budgets over FRAMES frames (default 5): peak memory, fps, policy.
 #   3. gst-launch-1.0 ... ! gpenfilter device=auto fp16=true ! fakesink on a 1080p clip (skipped
 #      when gst-launch-1.0 or its demuxer/decoder plugins are missing: step 1 covers the element).
-# Each step is cut at STEP_TIMEOUT (240 s) and the whole at TOTAL_TIMEOUT (290 s).
+# Each step is cut at STEP_TIMEOUT (240 s; the speed steps at SPEED_TIMEOUT, 45 s) and the whole
+# at TOTAL_TIMEOUT (290 s).
 # Prints a summary and exits 1 if any step failed, 2 if the check could not run at all.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,6 +37,7 @@ else
 fi
 frames=${FRAMES:-5}
 step_timeout=${STEP_TIMEOUT:-240}
+speed_timeout=${SPEED_TIMEOUT:-45}
 total_timeout=${TOTAL_TIMEOUT:-290}
 work=$(mktemp -d "${TMPDIR:-/tmp}/gst-gpen-device-check.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -82,7 +91,10 @@ fi
 ldd "$bundle/bin/cuda-tests" | grep "not found" && fail "libraries missing for the binaries (above)"
 
 results=()
+figures=()
 failed=0
+# run_step NAME COMMAND...: with `log=FILE` before it, the output is also kept in FILE; with
+# `cap=SECONDS`, the step's own limit is that instead of STEP_TIMEOUT.
 run_step() {
   local name=$1
   shift
@@ -91,14 +103,19 @@ run_step() {
   local t0 rc limit
   t0=$(date +%s)
   limit=$((start + total_timeout - t0))
-  [ $limit -gt "$step_timeout" ] && limit=$step_timeout
+  [ $limit -gt "${cap:-$step_timeout}" ] && limit=${cap:-$step_timeout}
   if [ $limit -lt 10 ]; then
     results+=("FAIL  $name (not started: the check's $total_timeout s are spent)")
     failed=1
     return
   fi
-  timeout "$limit" "$@"
-  rc=$?
+  if [ -n "${log:-}" ]; then
+    timeout "$limit" "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+  else
+    timeout "$limit" "$@"
+    rc=$?
+  fi
   local secs=$(($(date +%s) - t0))
   if [ $rc -eq 0 ]; then
     results+=("PASS  $name (${secs} s)")
@@ -108,6 +125,45 @@ run_step() {
     failed=1
   fi
 }
+
+# Speed. Model only: GPEN-512 fp16, random weights in the official shape, whole maps (what the
+# element runs on a GPU with room); a warm-up forward, then 5 timed ones, at each batch size.
+log=$work/gpen.out cap=$speed_timeout run_step "speed: GPEN-512 fp16 model only, batch 1/4/16/32" \
+  "$bundle/bin/bench_gpen" --device cuda --size 512 --dtype fp16 --banding off --batch 1,4,16,32 --reps 5
+while IFS= read -r line; do figures+=("$line"); done < <("$py" - "$work/gpen.out" 2>&1 <<'EOF'
+import json, sys
+best = 0.0
+for line in open(sys.argv[1], errors="replace"):
+    if not line.startswith("{"):
+        continue
+    try:
+        r = json.loads(line)
+    except ValueError:
+        print(f"GPEN-512 fp16 model only: unreadable line: {line.strip()[:200]}")
+        continue
+    if "error" in r:
+        print(f"GPEN-512 fp16 model only, batch {r['batch']}: failed: {r['error'][:200]}")
+        continue
+    best = max(best, r["faces_per_s"])
+    print(f"GPEN-512 fp16 model only, batch {r['batch']:>2}: {r['faces_per_s']:8.1f} faces/s "
+          f"({r['median_s'] * 1e3:.1f} ms a forward), allocator peak {r['peak_alloc_mib']} MiB")
+if best:
+    print(f"  best {best:.0f} faces/s against the H200 target of at least 1000: {'met' if best >= 1000 else 'NOT met'}")
+else:
+    print("GPEN-512 fp16 model only: no figure (see the step's output)")
+EOF
+)
+# End to end: the restorer core on 1080p frames with 4 faces (detection every frame).
+log=$work/frames.out cap=$speed_timeout run_step "speed: 1080p, 4 faces, end to end, GPEN-512 fp16" \
+  "$bundle/bin/bench_memory" --device cuda --faces 4 --warmup 3 --frames 30 --sizes 512 --budgets 0 \
+  --precisions fp16 --shared "$bundle/shared"
+fps=$(awk '$1 == "512" && $2 == "fp16" && $3 == "0" && $5 ~ /^[0-9.]+$/ {print $5}' "$work/frames.out" 2>/dev/null | tail -1)
+if [ -n "$fps" ]; then
+  met=$(awk -v f="$fps" 'BEGIN {print (f >= 60 ? "met" : "NOT met")}')
+  figures+=("1080p with 4 faces end to end, GPEN-512 fp16: $fps frames/s against the H200 target of at least 60: $met")
+else
+  figures+=("1080p with 4 faces end to end: no figure (see the step's output)")
+fi
 
 run_step "CUDA tests (tests/cuda.rs)" "$bundle/bin/cuda-tests" --test-threads=1 --nocapture
 run_step "bench_memory (GPEN-512/1024, fp32/fp16, budgets 0/2/4/8 GiB, $frames frames)" \
@@ -136,4 +192,8 @@ fi
 echo
 echo "== summary ($(($(date +%s) - start)) s)"
 printf '  %s\n' "${results[@]}"
+if [ ${#figures[@]} -gt 0 ]; then
+  echo "== speed"
+  printf '  %s\n' "${figures[@]}"
+fi
 exit $failed

@@ -1,6 +1,6 @@
-//! Below the crate: the C++ shim over libtorch (accelerator memory figures, cache release, an
-//! in-place leaky ReLU), heap trimming, and libtorch's CUDA backend, loaded only where it can be
-//! used. A leaf: nothing here imports the rest of the crate.
+//! Below the crate: the C++ shim over libtorch (accelerator memory figures, cache release, a
+//! wait on the current stream, an in-place leaky ReLU), heap trimming, and libtorch's CUDA
+//! backend, loaded only where it can be used. A leaf: nothing here imports the rest of the crate.
 //!
 //! libtorch answers "is there CUDA?" once per process and caches the answer: asked before
 //! `libtorch_cuda.so` is loaded, it says no for good. So every function here that reaches
@@ -194,6 +194,8 @@ extern "C" {
     ) -> i32;
     fn gpen_accelerator_reset_peak(device: i32, err: *mut c_char, len: usize) -> i32;
     fn gpen_accelerator_empty_cache(err: *mut c_char, len: usize) -> i32;
+    fn gpen_accelerator_synchronize(device: i32, err: *mut c_char, len: usize) -> i32;
+    fn gpen_pin_memory(t: *const torch_sys::C_tensor, out: *mut *mut torch_sys::C_tensor, err: *mut c_char, len: usize) -> i32;
 }
 
 /// Calls a shim function with an error buffer, the CUDA backend loaded first.
@@ -242,6 +244,24 @@ pub fn accelerator_allocator_stats(device: usize) -> Result<(u64, u64, u64), Str
 pub fn accelerator_reset_peak(device: usize) -> Result<(), String> {
     // SAFETY: the shim catches every exception.
     shim_call(|e, l| unsafe { gpen_accelerator_reset_peak(device as i32, e, l) })
+}
+
+/// Waits for the work queued on libtorch's current stream of accelerator `device` (this
+/// thread's, where every op of the crate goes): before the host reads a non-blocking copy, and
+/// before a benchmark reads the clock. Other streams are not waited for.
+pub fn accelerator_synchronize(device: usize) -> Result<(), String> {
+    // SAFETY: the shim catches every exception.
+    shim_call(|e, l| unsafe { gpen_accelerator_synchronize(device as i32, e, l) })
+}
+
+/// `t` copied into page-locked host memory of the accelerator (`t.pin_memory()`; tch's
+/// `pin_memory` passes a device, which libtorch deprecates with a warning on every call).
+pub fn pin_memory(t: &Tensor) -> Result<Tensor, String> {
+    let mut out: *mut torch_sys::C_tensor = std::ptr::null_mut();
+    // SAFETY: `t` is a live tensor; on success the shim stores a new tensor that we own.
+    shim_call(|e, l| unsafe { gpen_pin_memory(t.as_ptr(), &mut out, e, l) })?;
+    // SAFETY: a tensor allocated by the shim with `new`, handed over once.
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// Returns the caching allocator's unused blocks to the device (nothing to do without one).

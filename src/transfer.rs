@@ -1,8 +1,13 @@
 //! Copies between host and device, counted. Every transfer of the data path goes through here,
 //! so that tests can hold a frame to its two synchronising reads (the detections down, the
 //! frame down) without a GPU: on the CPU the copies cost nothing but are counted all the same.
-//! The counts cover every device, the CPU included. A leaf module: it imports nothing of this
-//! crate.
+//! The counts cover every device, the CPU included. Only [`sys`](crate::sys) (itself a leaf)
+//! is imported from this crate.
+//!
+//! On CUDA nothing here waits for the device but the reads: uploads come from page-locked
+//! memory without blocking ([`upload_pinned`]; a plain copy from pageable memory would wait
+//! for all the work queued before it), and reads land in page-locked memory by DMA, then wait
+//! for libtorch's current stream, the one the copy and all the work before it were queued on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,7 +30,8 @@ pub fn transfers() -> Transfers {
     Transfers { uploads: UPLOADS.load(Ordering::Relaxed), downloads: DOWNLOADS.load(Ordering::Relaxed) }
 }
 
-/// Copies host data to `device`: one counted upload.
+/// Copies host data to `device`: one counted upload. On CUDA it waits for the work queued
+/// before it (libtorch's blocking copy): the data path uses [`upload_pinned`].
 pub fn upload(t: &Tensor, device: Device) -> Result<Tensor, TchError> {
     UPLOADS.fetch_add(1, Ordering::Relaxed);
     t.f_to_device(device)
@@ -40,17 +46,31 @@ pub fn upload_pinned(t: &Tensor, device: Device) -> Result<Tensor, TchError> {
     }
     // Pinned blocks come from libtorch's caching host allocator, which keeps a block until the
     // copies reading it have finished.
-    t.f_pin_memory(device)?.f_to_device_(device, t.kind(), true, false)
+    crate::sys::pin_memory(t).map_err(TchError::Torch)?.f_to_device_(device, t.kind(), true, false)
 }
 
 /// Reads a device tensor into host memory: one counted download (on the CPU the tensor is
 /// returned as it is, and counted all the same: it stands for the wait it would be on a GPU).
+/// From CUDA the result is page-locked (see [`to_host`]).
 pub fn download(t: &Tensor) -> Result<Tensor, TchError> {
     DOWNLOADS.fetch_add(1, Ordering::Relaxed);
-    if t.device() == Device::Cpu {
-        return Ok(t.shallow_clone());
+    to_host(t)
+}
+
+/// `t` in host memory, uncounted. From CUDA: a non-blocking copy, which libtorch makes into
+/// page-locked memory (DMA straight into it, no staging through a driver buffer), then a wait
+/// on the current stream of the tensor's device, where the copy was queued: the one wait of a
+/// read. On the CPU, `t` itself.
+fn to_host(t: &Tensor) -> Result<Tensor, TchError> {
+    match t.device() {
+        Device::Cpu => Ok(t.shallow_clone()),
+        Device::Cuda(index) => {
+            let host = t.f_to_device_(Device::Cpu, t.kind(), true, false)?;
+            crate::sys::accelerator_synchronize(index).map_err(TchError::Torch)?;
+            Ok(host)
+        }
+        _ => t.f_to_device(Device::Cpu),
     }
-    t.f_to_device(Device::Cpu)
 }
 
 /// Reads several small tensors (any kind, any shape) as host `f32` values in one copy: one
@@ -61,7 +81,7 @@ pub fn download_f32(parts: &[&Tensor]) -> Result<Vec<Vec<f32>>, TchError> {
     }
     DOWNLOADS.fetch_add(1, Ordering::Relaxed);
     let flat: Vec<Tensor> = parts.iter().map(|t| t.f_to_kind(Kind::Float)?.f_reshape([-1])).collect::<Result<_, _>>()?;
-    let all = Tensor::f_cat(&flat, 0)?.f_to_device(Device::Cpu)?.f_contiguous()?;
+    let all = to_host(&Tensor::f_cat(&flat, 0)?)?.f_contiguous()?;
     let mut values = vec![0f32; all.numel()];
     all.f_copy_data(&mut values, all.numel())?;
     let mut out = Vec::with_capacity(parts.len());

@@ -257,12 +257,13 @@ impl Restorer {
             return Ok(report);
         }
         // Every face's crop matrix and paste map go to the device in one copy (f64: the crops
-        // round coordinates as OpenCV does, which needs the matrices exact).
+        // round coordinates as OpenCV does, which needs the matrices exact), from page-locked
+        // memory: a plain copy would wait for the device to finish the frame's work so far.
         let n = alignments.len() as i64;
         let regions = stage.paster.regions(&alignments, (h, w));
         let mut table = align::crop_matrices(&alignments);
         table.extend(stage.paster.maps(&alignments, &regions).into_iter().map(f64::from));
-        let table = transfer::upload(&Tensor::f_from_slice(&table)?, self.device)?;
+        let table = transfer::upload_pinned(&Tensor::f_from_slice(&table)?, self.device)?;
         let crop_matrices = table.f_narrow(0, 0, 6 * n)?.f_reshape([n, 6])?;
         let paste_maps = table.f_narrow(0, 6 * n, 6 * n)?.f_to_kind(Kind::Float)?.f_reshape([n, 3, 2])?;
         // GPEN's crops are cv2.warpAffine on the 8-bit frame; faces cut by the frame edge get the

@@ -185,10 +185,11 @@ impl Upscaler {
         let dev = frame.device();
         let out = Tensor::f_zeros([1, 3, h * s, w * s], (Kind::Float, dev))?;
         let weights = Tensor::f_zeros([1, 1, h * s, w * s], (Kind::Float, dev))?;
-        // Every tile's column and row windows go to the device in one copy.
+        // Every tile's column and row windows go to the device in one copy, which does not wait
+        // for the device (page-locked memory).
         let windows: Vec<Vec<f32>> =
             (0..plan.xs.len()).map(|ix| window(&plan.xs, ix, s)).chain((0..plan.ys.len()).map(|iy| window(&plan.ys, iy, s))).collect();
-        let all = crate::transfer::upload(&Tensor::f_from_slice(&windows.concat())?, dev)?;
+        let all = crate::transfer::upload_pinned(&Tensor::f_from_slice(&windows.concat())?, dev)?;
         let mut at = 0;
         let mut parts = Vec::with_capacity(windows.len());
         for w in &windows {
