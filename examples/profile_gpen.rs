@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release --example profile_gpen -- --size 512 --dtype fp32 --threads 2 --reps 3 [--banding off]
 //! ```
-//! Random weights in the official shapes; batch 1; medians over `--reps` forwards after a warm-up.
+//! Random weights in the official shapes; batch 1 unless `--batch`; medians over `--reps` forwards after a warm-up.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -98,7 +98,7 @@ fn best_of(f: impl Fn()) -> f64 {
 }
 
 fn main() {
-    let (mut size, mut dtype, mut threads, mut reps, mut banding) = (512, "fp32".to_owned(), 2, 3, Banding::Default);
+    let (mut size, mut dtype, mut threads, mut reps, mut banding, mut batch) = (512, "fp32".to_owned(), 2, 3, Banding::Default, 1);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -107,8 +107,9 @@ fn main() {
             "--dtype" => dtype = value(),
             "--threads" => threads = value().parse().expect("--threads N"),
             "--reps" => reps = value().parse().expect("--reps N"),
+            "--batch" => batch = value().parse().expect("--batch N"),
             "--banding" => banding = if value() == "off" { Banding::Off } else { Banding::Default },
-            other => panic!("unknown argument {other}; usage: --size N --dtype fp32|bf16 --threads N --reps N [--banding off]"),
+            other => panic!("unknown argument {other}; usage: --size N --dtype fp32|bf16 --threads N --reps N [--batch N] [--banding off]"),
         }
     }
     let kind = match dtype.as_str() {
@@ -128,7 +129,7 @@ fn main() {
 
     let sd = random_state_dict(&GpenConfig::official(size), 0);
     let model = FullGenerator::from_state_dict(&sd, Device::Cpu, kind).expect("build model");
-    let x = Tensor::rand([1, 3, size, size], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let x = Tensor::rand([batch, 3, size, size], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let _warm = model.forward_with(&x, banding).expect("forward");
     let mut stages: BTreeMap<usize, (String, Vec<f64>)> = BTreeMap::new();
     let mut totals = Vec::new();
@@ -143,14 +144,14 @@ fn main() {
     }
     let total = median(totals);
     println!(
-        "GPEN-{size} {dtype}, {threads} threads, banding {banding:?}; ceilings: GEMM {gemm:.0} GFLOP/s, copy {copy:.1} GB/s (read + write)"
+        "GPEN-{size} {dtype}, batch {batch}, {threads} threads, banding {banding:?}; ceilings: GEMM {gemm:.0} GFLOP/s, copy {copy:.1} GB/s (read + write)"
     );
     println!("{:<28} {:>9} {:>7} {:>9} {:>9} {:>8}", "stage", "ms", "share", "GFLOP", "GFLOP/s", "of GEMM");
     let mut flops_sum = 0.0;
     let mut spent = Duration::ZERO;
     for (name, times) in stages.into_values() {
         let t = median(times);
-        let f = stage_flops(&sd, size, &name);
+        let f = batch as f64 * stage_flops(&sd, size, &name);
         flops_sum += f;
         spent += Duration::from_secs_f64(t);
         println!(
