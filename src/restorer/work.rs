@@ -61,7 +61,9 @@ impl Restorer {
                 // On the CPU a batch runs face by face: a forward of one face is already wide
                 // enough for every core, and larger maps only cost cache and memory (GPEN-512
                 // fp32 on 2 cores: 1.8 s a face alone, 2.7 s a face in a batch of 2, more in 4).
-                let faces = (0..b.size()[0]).map(|i| self.model.forward_with(&b.f_narrow(0, i, 1)?, self.banding)).collect::<Result<Vec<_>, _>>()?;
+                let faces = (0..b.size()[0])
+                    .map(|i| self.model.forward_with(&b.f_narrow(0, i, 1)?, self.banding))
+                    .collect::<Result<Vec<_>, _>>()?;
                 Tensor::f_cat(&faces, 0)?
             } else {
                 self.model.forward_with(b, self.banding)?
@@ -135,21 +137,24 @@ impl Restorer {
                     // The previous face, moved to where the face's content is in this frame's
                     // aligned crop; what still differs after that is change, not jitter.
                     let offset = temporal::registration(&thumb, &last.thumb)?;
-                    // The face and its masks (as parsed and as pasted) move in one resampling.
+                    // The face and its masks move by the same offset: the mask as parsed and as
+                    // pasted with face parsing, only as pasted without (the other is the fixed
+                    // rectangle).
                     let face = last.face.as_ref().filter(|_| faces);
-                    let masks = last.mask.as_ref().map(|(raw, pasted)| [raw, pasted]);
-                    let parts: Vec<&Tensor> = face.into_iter().chain(masks.into_iter().flatten()).collect();
-                    let moved = match parts.len() {
-                        0 => None,
-                        _ => Some(temporal::moved(&Tensor::f_cat(&parts, 1)?, &large, &offset)?),
+                    let mut parts: Vec<&Tensor> = face.into_iter().collect();
+                    if let Some((raw, pasted)) = &last.mask {
+                        parts.extend(if masks { vec![raw, pasted] } else { vec![pasted] });
+                    }
+                    let mut moved = temporal::moved_parts(&parts, &large, &offset)?.into_iter();
+                    let face = face.and_then(|_| moved.next());
+                    let mask = match &last.mask {
+                        Some((raw, _)) if !masks => moved.next().map(|p| (raw.shallow_clone(), p)),
+                        Some(_) => moved.next().zip(moved.next()),
+                        None => None,
                     };
-                    let channels = face.map_or(0, |_| 3);
                     Some(Prior {
-                        face: face.and(moved.as_ref()).map(|m| m.f_narrow(1, 0, 3)).transpose()?,
-                        mask: match (masks, &moved) {
-                            (Some(_), Some(m)) => Some((m.f_narrow(1, channels, 1)?, m.f_narrow(1, channels + 1, 1)?)),
-                            _ => None,
-                        },
+                        face,
+                        mask,
                         stillness: temporal::stillness(&thumb, &temporal::moved(&last.thumb, &small, &offset)?, size)?,
                     })
                 }
