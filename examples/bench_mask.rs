@@ -65,7 +65,7 @@ fn main() {
     let layout = PackedLayout::rgb(w, h);
     let mut per_frame = Vec::new();
     for mode in [MaskMode::Rectangle, MaskMode::Parse] {
-        let r = Restorer::new(&RestorerSettings {
+        let mut r = Restorer::new(&RestorerSettings {
             model: Some(gpen.clone()),
             size: 512,
             fp16: dtype == "bf16",

@@ -79,7 +79,7 @@ fn main() {
         })
         .expect("restorer")
     };
-    let restorer = restorer_with(1);
+    let mut restorer = restorer_with(1);
 
     let small = resize(&load("two_people.jpg"), 360, 640);
     let hopper = resize(&load("grace_hopper_512x512.jpg"), 480, 480);

@@ -21,7 +21,7 @@ fn restorer(alpha: f64) -> Restorer {
 #[test]
 fn solvay_faces_are_restored_and_nothing_else_changes() {
     let (input, w, h) = common::decode_image(&common::shared().join("media/images/solvay_conference_1927.png"));
-    let r = restorer(1.0);
+    let mut r = restorer(1.0);
     let layout = PackedLayout::rgb(w, h);
     let det = r.detect(&input, &layout).unwrap();
     let mut out = input.clone();
@@ -51,7 +51,7 @@ fn solvay_faces_are_restored_and_nothing_else_changes() {
 #[test]
 fn alpha_zero_gives_back_the_original_faces() {
     let (input, w, h) = common::decode_image(&common::shared().join("media/images/two_people.jpg"));
-    let r = restorer(0.0);
+    let mut r = restorer(0.0);
     let layout = PackedLayout::rgb(w, h);
     let det = r.detect(&input, &layout).unwrap();
     assert!(!det.faces.is_empty());
@@ -71,7 +71,7 @@ fn alpha_zero_gives_back_the_original_faces() {
 fn a_face_cut_by_the_frame_edge_is_restored_without_a_black_band() {
     use gstgpen::align::{align, crop_faces, Border};
     let (input, w, h) = common::decode_image(&common::shared().join("media/images/obama_partial_face.jpg"));
-    let r = restorer(1.0);
+    let mut r = restorer(1.0);
     let layout = PackedLayout::rgb(w, h);
     let det = r.detect(&input, &layout).unwrap();
     assert_eq!(det.faces.len(), 1);
@@ -237,4 +237,22 @@ fn more_faces_than_max_faces_restores_the_best_ones() {
     ));
     assert_eq!(outs.len(), 1);
     assert_eq!(stats.get::<u64>("faces-restored").unwrap(), 5, "{stats}");
+}
+
+#[test]
+fn frames_restored_one_by_one_carry_their_tracks() {
+    // The stage-by-stage API (`begin` then `restore_faces`, as benchmarks use it) hands each
+    // track's state to the next frame: the blending and the flicker meter see frame pairs.
+    let (input, w, h) = common::decode_image(&common::shared().join("media/images/astronaut.png"));
+    let mut r = restorer(1.0);
+    let layout = PackedLayout::rgb(w, h);
+    for _ in 0..3 {
+        let d = r.begin(&input, &layout, 1.0 / 25.0).unwrap();
+        assert_eq!(d.faces.len(), 1);
+        let mut out = input.clone();
+        assert_eq!(r.restore_faces(&d, &mut out, &layout).unwrap().restored, 1);
+    }
+    let f = r.flicker().unwrap();
+    assert_eq!(f.pairs, 2, "{f:?}");
+    assert_eq!(r.faces_kept(), 1);
 }

@@ -103,7 +103,7 @@ fn padded_rows_restore_like_packed_ones() {
     let (out, stats) = through(&info.to_caps().unwrap(), padded);
     assert_eq!(stats.get::<u64>("faces-restored").unwrap(), 1, "{stats}");
 
-    let restorer = Restorer::new(&RestorerSettings {
+    let mut restorer = Restorer::new(&RestorerSettings {
         model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
         size: 256,
         device: gstgpen::restorer::DeviceSpec::Cpu,

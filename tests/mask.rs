@@ -99,7 +99,7 @@ fn regions_choose_what_the_restored_face_replaces_and_memory_drops_parsing_first
     let (input, w, h) = common::decode_image(&common::shared().join("media/images/astronaut.png"));
     let layout = PackedLayout::rgb(w, h);
     let changed = |regions: MaskRegions| {
-        let r = Restorer::new(&settings(MaskSettings { mode: MaskMode::Parse, parse_model: Some(parsenet()), regions })).unwrap();
+        let mut r = Restorer::new(&settings(MaskSettings { mode: MaskMode::Parse, parse_model: Some(parsenet()), regions })).unwrap();
         let d = r.detect(&input, &layout).unwrap();
         let mut out = input.clone();
         r.restore_faces(&d, &mut out, &layout).unwrap();

@@ -56,7 +56,7 @@ fn faces_of(case: &serde_json::Value) -> Vec<Face> {
 }
 
 fn check(mode: MaskMode, output: &str) {
-    let r = restorer(mode);
+    let mut r = restorer(mode);
     assert_eq!(r.parse_model().is_some(), mode == MaskMode::Parse, "{mode:?}");
     let mut report = Vec::new();
     for case in cases() {
@@ -104,7 +104,7 @@ fn parsing_masks_keep_the_background_and_differ_from_the_rectangle() {
     let (input, w, h) = decode(case["image"].as_str().unwrap());
     let layout = PackedLayout::rgb(w, h);
     let run = |mode| {
-        let r = restorer(mode);
+        let mut r = restorer(mode);
         let d = r.with_faces(&input, &layout, faces_of(case)).unwrap();
         let mut out = input.clone();
         r.restore_faces(&d, &mut out, &layout).unwrap();

@@ -624,7 +624,9 @@ impl Restorer {
 
     /// Restores the detected faces and pastes them back into the frame in place, with no
     /// memory policy (for tests and benchmarks of the stages).
-    pub fn restore_faces(&self, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<PasteReport, Error> {
+    pub fn restore_faces(&mut self, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<PasteReport, Error> {
+        // The frame's tracks take up the state its predecessor left (blending, flicker meter).
+        self.take_up(d);
         self.restore_onto(self.face_stage()?, &d.frame, &d.frame, &d.faces, &d.ids, None, Some((data, layout)))
     }
 
