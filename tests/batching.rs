@@ -32,8 +32,10 @@ struct Out {
 /// at 25 fps, the caps changing between segments; returns what came out and the statistics.
 fn run(segments: &[(u32, u32, Vec<Vec<u8>>)], props: &str) -> (Vec<Out>, gst::Structure) {
     common::init();
+    // `props` may name the element otherwise (for the testing switches).
+    let name = if props.contains("name=") { "" } else { "name=g" };
     let pipeline =
-        gst::parse::launch(&format!("appsrc name=src format=time ! gpenfilter name=g {} {props} ! appsink name=sink sync=false", models()))
+        gst::parse::launch(&format!("appsrc name=src format=time ! gpenfilter {name} {} {props} ! appsink name=sink sync=false", models()))
             .unwrap()
             .downcast::<gst::Pipeline>()
             .unwrap();
@@ -75,7 +77,8 @@ fn run(segments: &[(u32, u32, Vec<Vec<u8>>)], props: &str) -> (Vec<Out>, gst::St
     }
     src.end_of_stream().unwrap();
     common::run_to_eos(&pipeline);
-    let stats = pipeline.by_name("g").unwrap().property::<gst::Structure>("stats");
+    let g = pipeline.iterate_elements().into_iter().flatten().find(|e| e.factory().is_some_and(|f| f.name() == "gpenfilter")).unwrap();
+    let stats = g.property::<gst::Structure>("stats");
     let outs = outs.lock().unwrap().clone();
     (outs, stats)
 }
@@ -154,8 +157,28 @@ fn the_generator_runs_on_a_worker_while_later_frames_are_analysed() {
 #[cfg(feature = "fault-injection")]
 fn slow_forwards(name: &str, ms: u64) {
     static SET: std::sync::Once = std::sync::Once::new();
-    SET.call_once(|| std::env::set_var(gstgpen::memory::SLOW_FORWARD_ENV, "slowflush:2000,slowstop:2000"));
+    SET.call_once(|| {
+        std::env::set_var(gstgpen::memory::SLOW_FORWARD_ENV, "slowflush:2000,slowstop:2000");
+        std::env::set_var(gstgpen::memory::FAIL_EVERY_ENV, "oomahead:2");
+    });
     assert_eq!(gstgpen::memory::slow_forward_from_env(name), ms);
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_batch_that_runs_out_of_memory_on_the_worker_leaves_its_frames_to_the_memory_policy() {
+    slow_forwards("oomahead", 0);
+    assert_eq!(gstgpen::memory::fail_every_from_env("oomahead"), 2);
+    let clip = astronaut_clip(8);
+    let (outs, s) = run(std::slice::from_ref(&clip), "name=oomahead face-batch=4 batch-latency=3");
+    in_order(&outs, 8);
+    let c = common::count;
+    // Forward 1, the first batch ahead (frames 0-3), went through; forward 2, the second,
+    // failed as out of memory, so frames 4-7 were restored one by one under the memory policy:
+    // 4 by forward 3; 5, 6 and 7 each failed once (4, 6, 8) and were redone (5, 7, 9).
+    assert_eq!((c(&s, "frames-in"), c(&s, "frames-out"), c(&s, "faces-restored")), (8, 8, 8), "{s}");
+    assert_eq!((c(&s, "retries"), c(&s, "generator-batches"), c(&s, "generator-faces")), (3, 5, 8), "{s}");
+    assert!(outs.iter().zip(&clip.2).all(|(o, f)| o.bytes != *f), "every frame restored");
 }
 
 /// The timestamps of the buffers that came out.
