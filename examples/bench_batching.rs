@@ -1,14 +1,17 @@
 //! Whole frames through the element against the generator's own time: the Hamilton clip's
 //! first frames, decoded beforehand, through `appsrc ! gpenfilter ! videoconvert ! x264enc !
-//! fakesink`, with GPEN-512 in the official shape (random weights), for each `batch-latency`.
+//! fakesink`, with GPEN-512 in the official shape (random weights), for each `batch-latency`
+//! and, where frames are held, with the generator on the worker thread (`overlap=true`) and on
+//! the streaming thread (`false`).
 //!
 //! ```text
 //! cargo run --release --example bench_batching -- [--frames 16] [--latency 0,3] [--face-batch 4] \
-//!     [--dtype fp32|bf16] [--threads 2]
+//!     [--dtype fp32|bf16] [--threads 2] [--overlap true,false]
 //! ```
 //! Prints per run: wall time from the first frame in to EOS out, the generator's batches, faces
 //! and time (the element's `generator-ms`), and their ratio, the issue's figure of merit
-//! (end to end at most 1.1 times the generator).
+//! (end to end at most 1.1 times the generator); with overlap, the frames analysed while a
+//! forward ran and the time the streaming thread waited for the worker.
 
 #[path = "common/clip.rs"]
 mod clip;
@@ -26,6 +29,7 @@ fn shared() -> PathBuf {
 
 fn main() {
     let (mut frames, mut latencies, mut face_batch, mut dtype, mut threads) = (16usize, vec![0u32, 3], 4u32, "fp32".to_owned(), 2);
+    let mut overlaps = vec![true, false];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -35,6 +39,7 @@ fn main() {
             "--face-batch" => face_batch = value().parse().expect("--face-batch N"),
             "--dtype" => dtype = value(),
             "--threads" => threads = value().parse().expect("--threads N"),
+            "--overlap" => overlaps = value().split(',').map(|v| v.parse().expect("--overlap true,false")).collect(),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -53,13 +58,14 @@ fn main() {
     let decode = t.elapsed() / all.len() as u32;
     let clip: Vec<Vec<u8>> = all.into_iter().take(frames).collect();
     println!("Hamilton clip: {} frames of {w}x{h} (decode {decode:.2?} a frame), GPEN-512 {dtype}, {threads} threads", clip.len());
-    println!("| batch-latency | face-batch | wall | generator batches / faces | generator time | wall / generator |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for latency in latencies {
+    println!("| batch-latency | overlap | face-batch | wall | generator batches / faces | generator time | wall / generator | frames overlapped | waited |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let runs = latencies.iter().flat_map(|&l| if l == 0 { vec![(0, false)] } else { overlaps.iter().map(|&o| (l, o)).collect() });
+    for (latency, overlap) in runs {
         let pipeline = gst::parse::launch(&format!(
             "appsrc name=src format=time caps=video/x-raw,format=RGB,width={w},height={h},framerate=30000/1001 \
              ! gpenfilter name=g model={} size=512 fp16={} device=cpu detector-model={} face-batch={face_batch} \
-             batch-latency={latency} ! videoconvert ! x264enc speed-preset=ultrafast ! fakesink sync=false",
+             batch-latency={latency} overlap={overlap} ! videoconvert ! x264enc speed-preset=ultrafast ! fakesink sync=false",
             model.display(),
             dtype == "bf16",
             shared().join("weights/retinaface-mnet025-fd1mb.pth").display()
@@ -102,11 +108,13 @@ fn main() {
         let gen = s.get::<f64>("generator-ms").unwrap() / 1e3;
         assert_eq!(count("frames-out"), clip.len() as u64, "{s}");
         println!(
-            "| {latency} | {face_batch} | {:.2} s | {} / {} | {gen:.2} s | {:.3} |",
+            "| {latency} | {overlap} | {face_batch} | {:.2} s | {} / {} | {gen:.2} s | {:.3} | {} | {:.2} s |",
             wall.as_secs_f64(),
             count("generator-batches"),
             count("generator-faces"),
-            wall.as_secs_f64() / gen
+            wall.as_secs_f64() / gen,
+            count("frames-overlapped"),
+            s.get::<f64>("ahead-wait-ms").unwrap() / 1e3
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -32,8 +32,10 @@ struct Out {
 /// at 25 fps, the caps changing between segments; returns what came out and the statistics.
 fn run(segments: &[(u32, u32, Vec<Vec<u8>>)], props: &str) -> (Vec<Out>, gst::Structure) {
     common::init();
+    // `props` may name the element otherwise (for the testing switches).
+    let name = if props.contains("name=") { "" } else { "name=g" };
     let pipeline =
-        gst::parse::launch(&format!("appsrc name=src format=time ! gpenfilter name=g {} {props} ! appsink name=sink sync=false", models()))
+        gst::parse::launch(&format!("appsrc name=src format=time ! gpenfilter {name} {} {props} ! appsink name=sink sync=false", models()))
             .unwrap()
             .downcast::<gst::Pipeline>()
             .unwrap();
@@ -75,7 +77,8 @@ fn run(segments: &[(u32, u32, Vec<Vec<u8>>)], props: &str) -> (Vec<Out>, gst::St
     }
     src.end_of_stream().unwrap();
     common::run_to_eos(&pipeline);
-    let stats = pipeline.by_name("g").unwrap().property::<gst::Structure>("stats");
+    let g = pipeline.iterate_elements().into_iter().flatten().find(|e| e.factory().is_some_and(|f| f.name() == "gpenfilter")).unwrap();
+    let stats = g.property::<gst::Structure>("stats");
     let outs = outs.lock().unwrap().clone();
     (outs, stats)
 }
@@ -97,23 +100,226 @@ fn in_order(outs: &[Out], n: u64) {
 fn held_frames_share_batches_and_come_out_as_per_frame_batches_make_them() {
     let clip = astronaut_clip(8);
     let (alone, s0) = run(std::slice::from_ref(&clip), "face-batch=4");
+    // On the worker thread (overlap, the default) and on the streaming thread.
     let (shared, s3) = run(std::slice::from_ref(&clip), "face-batch=4 batch-latency=3");
+    let (here, s3h) = run(std::slice::from_ref(&clip), "face-batch=4 batch-latency=3 overlap=false");
     let c = common::count;
     // One face a frame: eight batches of one, or two of four.
     assert_eq!((c(&s0, "generator-batches"), c(&s0, "generator-faces")), (8, 8), "{s0}");
-    assert_eq!((c(&s3, "generator-batches"), c(&s3, "generator-faces")), (2, 8), "{s3}");
-    for (s, outs) in [(&s0, &alone), (&s3, &shared)] {
+    for s in [&s3, &s3h] {
+        assert_eq!((c(s, "generator-batches"), c(s, "generator-faces")), (2, 8), "{s}");
+    }
+    for (s, outs) in [(&s0, &alone), (&s3, &shared), (&s3h, &here)] {
         assert_eq!((c(s, "frames-in"), c(s, "frames-out"), c(s, "faces-restored")), (8, 8, 8), "{s}");
         // In order, each with its own timestamp, offset and face meta; EOS let the last three out.
         in_order(outs, 8);
         assert!(outs.iter().all(|o| o.metas == 1), "{:?}", outs.iter().map(|o| o.metas).collect::<Vec<_>>());
     }
     // The same restoration, up to the rounding of batched convolutions.
-    for (i, (a, b)) in alone.iter().zip(&shared).enumerate() {
+    for (i, a) in alone.iter().enumerate() {
         assert_ne!(a.bytes, clip.2[i], "frame {i} restored");
-        let (mean, max) = common::level_diff(&a.bytes, &b.bytes);
-        assert!(mean < 0.01 && max <= 2, "frame {i}: mean {mean}, max {max}");
+        for b in [&shared[i], &here[i]] {
+            let (mean, max) = common::level_diff(&a.bytes, &b.bytes);
+            assert!(mean < 0.01 && max <= 2, "frame {i}: mean {mean}, max {max}");
+        }
     }
+}
+
+#[test]
+fn the_generator_runs_on_a_worker_while_later_frames_are_analysed() {
+    let clip = astronaut_clip(8);
+    // Batches of one face: with batch-latency=2 each frame's batch starts on the worker as soon
+    // as the frame is analysed, and the next frames are analysed while it runs.
+    let (alone, s0) = run(std::slice::from_ref(&clip), "face-batch=1");
+    let (here, sh) = run(std::slice::from_ref(&clip), "face-batch=1 batch-latency=2 overlap=false");
+    let (over, so) = run(std::slice::from_ref(&clip), "face-batch=1 batch-latency=2");
+    let c = common::count;
+    assert!(c(&so, "frames-overlapped") > 0, "{so}");
+    for s in [&s0, &sh] {
+        assert_eq!(c(s, "frames-overlapped"), 0, "{s}");
+    }
+    for (s, outs) in [(&s0, &alone), (&sh, &here), (&so, &over)] {
+        assert_eq!((c(s, "frames-in"), c(s, "frames-out"), c(s, "faces-restored")), (8, 8, 8), "{s}");
+        assert_eq!((c(s, "generator-batches"), c(s, "generator-faces")), (8, 8), "{s}");
+        in_order(outs, 8);
+        assert!(outs.iter().all(|o| o.metas == 1));
+    }
+    for (i, a) in alone.iter().enumerate() {
+        for b in [&here[i], &over[i]] {
+            let (mean, max) = common::level_diff(&a.bytes, &b.bytes);
+            assert!(mean < 0.01 && max <= 2, "frame {i}: mean {mean}, max {max}");
+        }
+    }
+}
+
+/// Forwards of the element named `name` take `ms` milliseconds more (the testing switch; other
+/// elements' forwards keep their time).
+#[cfg(feature = "fault-injection")]
+fn slow_forwards(name: &str, ms: u64) {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        std::env::set_var(gstgpen::memory::SLOW_FORWARD_ENV, "slowflush:2000,slowstop:2000");
+        std::env::set_var(gstgpen::memory::FAIL_EVERY_ENV, "oomahead:2");
+    });
+    assert_eq!(gstgpen::memory::slow_forward_from_env(name), ms);
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_batch_that_runs_out_of_memory_on_the_worker_leaves_its_frames_to_the_memory_policy() {
+    slow_forwards("oomahead", 0);
+    assert_eq!(gstgpen::memory::fail_every_from_env("oomahead"), 2);
+    let clip = astronaut_clip(8);
+    let (outs, s) = run(std::slice::from_ref(&clip), "name=oomahead face-batch=4 batch-latency=3");
+    in_order(&outs, 8);
+    let c = common::count;
+    // Forward 1, the first batch ahead (frames 0-3), went through; forward 2, the second,
+    // failed as out of memory, so frames 4-7 were restored one by one under the memory policy:
+    // 4 by forward 3; 5, 6 and 7 each failed once (4, 6, 8) and were redone (5, 7, 9).
+    assert_eq!((c(&s, "frames-in"), c(&s, "frames-out"), c(&s, "faces-restored")), (8, 8, 8), "{s}");
+    assert_eq!((c(&s, "retries"), c(&s, "generator-batches"), c(&s, "generator-faces")), (3, 5, 8), "{s}");
+    assert!(outs.iter().zip(&clip.2).all(|(o, f)| o.bytes != *f), "every frame restored");
+}
+
+/// The timestamps of the buffers that came out.
+#[cfg(feature = "fault-injection")]
+type Seen = Arc<Mutex<Vec<Option<gst::ClockTime>>>>;
+
+/// `gpenfilter name={name} face-batch=1 batch-latency=2 ! appsink` fed from a pad of the test:
+/// the pipeline, the pad, what came out (timestamps) and the RGB frames of the astronaut.
+#[cfg(feature = "fault-injection")]
+fn fed_by_hand(name: &str) -> (gst::Pipeline, gst::Pad, Seen, Vec<gst::Buffer>) {
+    common::init();
+    let (w, h, frames) = astronaut_clip(6);
+    let pipeline =
+        gst::parse::launch(&format!("gpenfilter name={name} {} face-batch=1 batch-latency=2 ! appsink name=sink sync=false", models()))
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+    let outs = Arc::new(Mutex::new(Vec::new()));
+    let o = outs.clone();
+    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                o.lock().unwrap().push(sample.buffer().unwrap().pts());
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    let pad = gst::Pad::builder(gst::PadDirection::Src).name("feed").build();
+    pad.link(&pipeline.by_name(name).unwrap().static_pad("sink").unwrap()).unwrap();
+    pad.set_active(true).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w, h).fps(gst::Fraction::new(25, 1)).build().unwrap();
+    assert!(pad.push_event(gst::event::StreamStart::new(name)));
+    assert!(pad.push_event(gst::event::Caps::new(&info.to_caps().unwrap())));
+    assert!(pad.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new())));
+    let buffers = frames
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut b = gst::Buffer::from_slice(f);
+            b.get_mut().unwrap().set_pts(gst::ClockTime::from_mseconds(i as u64 * 40));
+            b
+        })
+        .collect();
+    (pipeline, pad, outs, buffers)
+}
+
+/// Pushes `buffers` from a thread of their own (a streaming thread); waits until the element
+/// took the third in (whose arrival lets the first out: that one waits for its batch ahead).
+#[cfg(feature = "fault-injection")]
+fn push_until_waiting(
+    pipeline: &gst::Pipeline,
+    name: &str,
+    pad: &gst::Pad,
+    buffers: Vec<gst::Buffer>,
+) -> std::thread::JoinHandle<Vec<Result<gst::FlowSuccess, gst::FlowError>>> {
+    let p = pad.clone();
+    let pusher = std::thread::spawn(move || buffers.into_iter().map(|b| p.push(b)).collect());
+    let g = pipeline.by_name(name).unwrap();
+    let t = std::time::Instant::now();
+    while common::count(&g.property::<gst::Structure>("stats"), "frames-in") < 3 {
+        assert!(t.elapsed().as_secs() < 60, "frames not taken in");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The first frame's batch of 2 s went to the worker on its arrival; now the streaming thread
+    // waits for it.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    pusher
+}
+
+/// Runs `f` on a thread of its own, failing when it takes more than `limit` (a deadlock).
+fn within<T: Send + 'static>(limit: std::time::Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()).unwrap());
+    rx.recv_timeout(limit).unwrap_or_else(|_| panic!("not done within {limit:?}: deadlock"))
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_flush_while_a_batch_is_in_flight_stops_the_wait_and_counts_the_held_frames() {
+    let name = "slowflush";
+    slow_forwards(name, 2000);
+    within(std::time::Duration::from_secs(120), move || {
+        let (pipeline, pad, outs, mut buffers) = fed_by_hand(name);
+        let later = buffers.split_off(3);
+        let pusher = push_until_waiting(&pipeline, name, &pad, buffers);
+        // A flushing seek upstream: the streaming thread stops waiting for the worker, and the
+        // flush ends without waiting for the batch in flight.
+        let t = std::time::Instant::now();
+        assert!(pad.push_event(gst::event::FlushStart::new()));
+        let flows = pusher.join().unwrap();
+        assert_eq!(flows, [Ok(gst::FlowSuccess::Ok), Ok(gst::FlowSuccess::Ok), Err(gst::FlowError::Flushing)]);
+        assert!(pad.push_event(gst::event::FlushStop::new(true)));
+        let flush = t.elapsed();
+        assert!(flush < std::time::Duration::from_millis(1000), "the flush took {flush:?}");
+        // The stream goes on; the stale batch is dropped when it comes back, EOS drains the rest.
+        assert!(pad.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new())));
+        for b in later {
+            assert_eq!(pad.push(b), Ok(gst::FlowSuccess::Ok));
+        }
+        assert!(pad.push_event(gst::event::Eos::new()));
+        for msg in pipeline.bus().unwrap().iter_timed(gst::ClockTime::from_seconds(60)) {
+            match msg.view() {
+                gst::MessageView::Eos(_) => break,
+                gst::MessageView::Error(e) => panic!("{} ({:?})", e.error(), e.debug()),
+                _ => {}
+            }
+        }
+        let s = pipeline.by_name(name).unwrap().property::<gst::Structure>("stats");
+        pipeline.set_state(gst::State::Null).unwrap();
+        let c = common::count;
+        assert_eq!((c(&s, "frames-in"), c(&s, "frames-out"), c(&s, "frames-flushed")), (6, 3, 3), "{s}");
+        let want: Vec<_> = (3..6).map(|i| Some(gst::ClockTime::from_mseconds(i * 40))).collect();
+        assert_eq!(*outs.lock().unwrap(), want);
+        // The three frames after the flush in batches of their own; the flushed batch ran too.
+        assert_eq!(c(&s, "generator-batches"), 4, "{s}");
+    });
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn stopping_while_a_batch_is_in_flight_waits_for_it_and_counts_the_held_frames() {
+    let name = "slowstop";
+    slow_forwards(name, 2000);
+    within(std::time::Duration::from_secs(120), move || {
+        let (pipeline, pad, outs, mut buffers) = fed_by_hand(name);
+        buffers.truncate(3);
+        let pusher = push_until_waiting(&pipeline, name, &pad, buffers);
+        let t = std::time::Instant::now();
+        pipeline.set_state(gst::State::Null).unwrap();
+        // The worker's forward is waited for (libtorch cannot stop it), not more.
+        let stop = t.elapsed();
+        assert!(stop < std::time::Duration::from_millis(4000), "stopping took {stop:?}");
+        assert_eq!(pusher.join().unwrap().last(), Some(&Err(gst::FlowError::Flushing)));
+        let s = pipeline.by_name(name).unwrap().property::<gst::Structure>("stats");
+        let c = common::count;
+        assert_eq!((c(&s, "frames-in"), c(&s, "frames-out"), c(&s, "frames-flushed")), (3, 0, 3), "{s}");
+        assert!(outs.lock().unwrap().is_empty());
+    });
 }
 
 #[test]

@@ -359,6 +359,7 @@ fn gst_inspect_shows_metadata_and_every_property() {
         ("temporal-consistency", "Range: 0 - 1 Default: 0.8"),
         ("face-batch", "Range: 1 - 256 Default: 4"),
         ("batch-latency", "Range: 0 - 120 Default: 0"),
+        ("overlap", "Default: true"),
         ("vram-budget", "Range: 0 - 4294967295 Default: 0"),
         ("memory-policy", "Default: 0, \"degrade\""),
         ("post-messages", "Default: false"),

@@ -5,8 +5,11 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
+/// When recording began, and the stages so far.
+type Spans = Option<(Instant, Vec<(String, Duration)>)>;
+
 thread_local! {
-    static SPANS: RefCell<Option<(Instant, Vec<(String, Duration)>)>> = const { RefCell::new(None) };
+    static SPANS: RefCell<Spans> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with stage timing on, and returns what it returned with the stages it went through,

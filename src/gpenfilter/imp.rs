@@ -73,6 +73,9 @@ pub struct GpenFilter {
     pub(super) live_changed: AtomicBool,
     pub(super) state: Mutex<Option<State>>,
     pub(super) stats: Arc<Mutex<Stats>>,
+    /// Between a flush's start and stop (and from stopping on): a wait for the generator's
+    /// worker gives up.
+    pub(super) flushing: AtomicBool,
 }
 
 /// The timestamps of a frame, kept for the messages about it.
@@ -130,6 +133,15 @@ impl ObjectImpl for GpenFilter {
 impl GstObjectImpl for GpenFilter {}
 
 impl ElementImpl for GpenFilter {
+    fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        // The pads deactivate next and wait for the streaming thread, which may be waiting for
+        // the generator's worker: it gives up.
+        if transition == gst::StateChange::PausedToReady {
+            self.flushing.store(true, Ordering::Release);
+        }
+        self.parent_change_state(transition)
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: Lazy<gst::subclass::ElementMetadata> = Lazy::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -232,6 +244,14 @@ impl BaseTransformImpl for GpenFilter {
         if fail_every > 0 {
             gst::warning!(CAT, imp = self, "fault injection: every {fail_every}th generator forward fails as out of memory");
         }
+        #[cfg(feature = "fault-injection")]
+        match memory::slow_forward_from_env(&self.obj().name()) {
+            0 => {}
+            ms => {
+                gst::warning!(CAT, imp = self, "fault injection: every generator forward takes {ms} ms more");
+                restorer.slow_forwards(ms);
+            }
+        }
         // device=auto on a machine with an NVIDIA driver, yet on the CPU: say why, loudly (bf16 on
         // the CPU takes seconds a frame where the user expected a GPU).
         if core.device == DeviceSpec::Auto && restorer.device() == tch::Device::Cpu {
@@ -257,8 +277,12 @@ impl BaseTransformImpl for GpenFilter {
             last_duration: None,
             described: None,
             batch_latency: settings.batch_latency as usize,
-            hold: Hold::default(),
+            hold: match settings.overlap && settings.batch_latency > 0 {
+                true => Hold::with_worker(|e| gst::warning!(CAT, imp = self, "batches ahead run on the streaming thread: {e}")),
+                false => Hold::default(),
+            },
         });
+        self.flushing.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -268,6 +292,8 @@ impl BaseTransformImpl for GpenFilter {
             self.drain();
         }
         match event.view() {
+            // The streaming thread may be waiting for the generator's worker: it gives up.
+            gst::EventView::FlushStart(_) => self.flushing.store(true, Ordering::Release),
             // Every frame before EOS has been pushed: these are the final figures.
             gst::EventView::Eos(_) if self.settings.lock().unwrap().post_messages => self.post_stats(true),
             // A seek or a new stream: the next frame does not follow the last one.
@@ -277,6 +303,7 @@ impl BaseTransformImpl for GpenFilter {
                     // (held ones too) was discarded by the flush.
                     self.drop_held("flush");
                     self.stats.lock().unwrap().flushed();
+                    self.flushing.store(false, Ordering::Release);
                 }
                 if let Some(state) = self.state.lock().unwrap().as_mut() {
                     state.restorer.reset_tracks();
@@ -290,9 +317,11 @@ impl BaseTransformImpl for GpenFilter {
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         // Dropping the state frees the models and their device memory; the heap kept what the
-        // forwards freed (sys::keep_heap) and gives it back now. Held frames are dropped.
+        // forwards freed (sys::keep_heap) and gives it back now. Held frames are dropped; the
+        // generator's worker ends once its batch in flight, if any, is done.
         self.drop_held("stopped");
-        self.state.lock().unwrap().take();
+        let state = self.state.lock().unwrap().take();
+        drop(state);
         crate::sys::release_heap();
         Ok(())
     }

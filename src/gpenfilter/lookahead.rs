@@ -20,6 +20,7 @@ use gst_base::subclass::prelude::*;
 
 use super::caps::{frame_interval, packed_layout};
 use super::imp::{Described, FrameTimes, GpenFilter, CAT};
+use crate::restorer::worker::AheadWorker;
 use crate::restorer::{Detections, FrameOutput, Outcome, Restorer};
 use crate::Error;
 
@@ -27,23 +28,26 @@ use crate::Error;
 pub struct Analysis {
     /// The frame's faces, or why they could not be found; `None` when the buffer does not hold
     /// the frame its caps describe (it passes through, counted and said).
-    analysed: Option<Result<Detections, Error>>,
+    pub(super) analysed: Option<Result<Detections, Error>>,
     described: Option<Described>,
-    /// Time spent on the frame so far (analysis, and the batch it started).
-    took: Duration,
+    /// Time spent on the frame so far (analysis, and the batch it started or waited for).
+    pub(super) took: Duration,
 }
 
 /// A frame held back, as it came in.
 pub struct Held {
     buffer: gst::Buffer,
     discont: bool,
-    analysis: Analysis,
+    pub(super) analysis: Analysis,
 }
 
 /// The held frames of a stream.
 #[derive(Default)]
 pub struct Hold {
-    frames: VecDeque<Held>,
+    pub(super) frames: VecDeque<Held>,
+    /// Runs the generator's batches ahead while frames are analysed (`overlap`, see
+    /// [`overlap`](super::overlap)); without it they run here, when a frame leaves.
+    pub(super) worker: Option<AheadWorker>,
 }
 
 impl Hold {
@@ -180,33 +184,64 @@ impl GpenFilter {
         }
     }
 
-    /// `batch-latency` > 0: the frame is analysed now and held.
+    /// `batch-latency` > 0: the frame is analysed now and held. With `overlap`, a batch ahead
+    /// that is ready then starts on the worker.
     pub(super) fn hold(&self, discont: bool, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let overlapped = self.state.lock().unwrap().as_ref().is_some_and(|s| s.hold.forward_running());
         let Some(analysis) = self.analyse(&buffer) else {
             gst::element_imp_error!(self, gst::CoreError::StateChange, ("Frame received before the model was loaded"));
             return Err(gst::FlowError::Flushing);
         };
+        if overlapped {
+            self.stats.lock().unwrap().frames_overlapped += 1;
+        }
+        let restore = self.settings.lock().unwrap().restore;
         if let Some(state) = self.state.lock().unwrap().as_mut() {
             state.hold.frames.push_back(Held { buffer, discont, analysis });
+            if restore && state.hold.overlaps() {
+                let warn = &mut |e| gst::warning!(CAT, imp = self, "faces not restored ahead: {e}");
+                state.hold.collect(&state.restorer, warn);
+                state.hold.dispatch(&state.restorer, state.batch_latency, false, warn);
+            }
         }
         Ok(gst::FlowSuccess::Ok)
     }
 
     /// The oldest held frame out, when more than `batch-latency` frames are held (or any, when
-    /// `drain`): its faces restored ahead with those behind it if not yet, then submitted to
-    /// BaseTransform (QoS may drop it) and transformed.
+    /// `drain`): its faces restored ahead with those behind it if not yet (with `overlap`: back
+    /// from the worker, waited for), then submitted to BaseTransform (QoS may drop it) and
+    /// transformed. A flush that comes while it waits for the worker: `Flushing`, the frame
+    /// still held (the flush drops it).
     pub(super) fn release(&self, drain: bool) -> Result<G, gst::FlowError> {
+        let restore = self.settings.lock().unwrap().restore;
         let held = {
             let mut guard = self.state.lock().unwrap();
             let Some(state) = guard.as_mut() else { return Ok(G::NoOutput) };
             if state.hold.is_empty() || (!drain && state.hold.len() <= state.batch_latency) {
                 return Ok(G::NoOutput);
             }
-            if let Err(e) = state.hold.restore_ahead(&state.restorer) {
-                // The frames are then restored one by one, which reports the error if it recurs.
-                gst::warning!(CAT, imp = self, "faces not restored ahead: {e}");
+            let warn = &mut |e| gst::warning!(CAT, imp = self, "faces not restored ahead: {e}");
+            if restore && state.hold.overlaps() {
+                let cancelled = || self.flushing.load(Ordering::Acquire);
+                let Some(waited) = state.hold.settle_oldest(&state.restorer, &cancelled, warn) else {
+                    gst::debug!(CAT, imp = self, "flushing while waiting for the generator's worker");
+                    return Err(gst::FlowError::Flushing);
+                };
+                if let Some(first) = state.hold.frames.front_mut() {
+                    first.analysis.took += waited;
+                }
+                self.stats.lock().unwrap().ahead_wait += waited;
+            } else if restore {
+                if let Err(e) = state.hold.restore_ahead(&state.restorer) {
+                    // The frames are then restored one by one, which reports the error if it recurs.
+                    warn(e);
+                }
             }
             let Some(held) = state.hold.frames.pop_front() else { return Ok(G::NoOutput) };
+            // The next batch runs on the worker while this frame is finished.
+            if restore && state.hold.overlaps() {
+                state.hold.dispatch(&state.restorer, state.batch_latency, drain, warn);
+            }
             held
         };
         let Held { buffer, discont, analysis } = held;

@@ -13,6 +13,7 @@ mod caps;
 mod imp;
 mod lookahead;
 pub mod meta;
+mod overlap;
 mod properties;
 mod stats;
 

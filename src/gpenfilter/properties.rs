@@ -37,6 +37,9 @@ pub struct Settings {
     pub face_batch: u32,
     /// Frames a frame may wait for so that its faces share generator batches with theirs.
     pub batch_latency: u32,
+    /// With frames held, the generator's batches run on a worker thread while the next frames
+    /// are analysed.
+    pub overlap: bool,
     pub mask: Mask,
     pub parse_model: Option<String>,
     pub mask_regions: MaskRegions,
@@ -73,6 +76,7 @@ impl Default for Settings {
             detection_size: faces.detection_size as u32,
             face_batch: faces.face_batch as u32,
             batch_latency: DEFAULT_BATCH_LATENCY,
+            overlap: true,
             mask: Mask::Auto,
             parse_model: None,
             mask_regions: MaskRegions::gpen(),
@@ -208,6 +212,7 @@ impl Settings {
             "alpha" => self.live.alpha = value.get().expect(CHECKED),
             "face-batch" => self.face_batch = value.get().expect(CHECKED),
             "batch-latency" => self.batch_latency = value.get().expect(CHECKED),
+            "overlap" => self.overlap = value.get().expect(CHECKED),
             "mask" => self.mask = value.get().expect(CHECKED),
             "parse-model" => self.parse_model = non_empty(value.get().expect(CHECKED)),
             "mask-regions" => self.mask_regions = value.get().expect(CHECKED),
@@ -247,6 +252,7 @@ impl Settings {
             "alpha" => self.live.alpha.to_value(),
             "face-batch" => self.face_batch.to_value(),
             "batch-latency" => self.batch_latency.to_value(),
+            "overlap" => self.overlap.to_value(),
             "mask" => self.mask.to_value(),
             "parse-model" => self.parse_model.to_value(),
             "mask-regions" => self.mask_regions.to_value(),
@@ -435,6 +441,15 @@ pub fn specs() -> Vec<glib::ParamSpec> {
             .default_value(DEFAULT_BATCH_LATENCY)
             .mutable_ready()
             .build(),
+        glib::ParamSpecBoolean::builder("overlap")
+            .nick("Overlap")
+            .blurb(
+                "With batch-latency of 1 or more: the generator restores held frames' faces on a worker thread while the \
+                 next frames are detected and aligned; false: on the streaming thread, when a frame leaves",
+            )
+            .default_value(true)
+            .mutable_ready()
+            .build(),
         glib::ParamSpecEnum::builder_with_default("mask", Mask::Auto)
             .nick("Paste mask")
             .blurb(&format!(
@@ -568,7 +583,8 @@ pub fn specs() -> Vec<glib::ParamSpec> {
                  frames included), frames-without-faces, faces-detected, \
                  faces-restored, faces-from-metas, metas-skipped (boxes in which no face was found), \
                  detector-runs (whole frames), scene-cuts, tracks-started, retries, generator-batches, \
-                 generator-faces (the faces in them), generator-ms (their time), plan, \
+                 generator-faces (the faces in them), generator-ms (their time), frames-overlapped (analysed \
+                 while the worker ran a forward), ahead-wait-ms (waited for the worker), plan, \
                  peak-memory-mib, mean-ms, worst-ms",
             )
             .read_only()

@@ -34,6 +34,10 @@ pub struct Stats {
     pub retries: u64,
     /// Generator forwards (batches of faces) run, the faces in them, their time.
     pub generator_runs: GeneratorCounts,
+    /// Frames whose analysis began while the worker ran a generator forward (`overlap`).
+    pub frames_overlapped: u64,
+    /// Time the streaming thread waited for the worker's batches ahead.
+    pub ahead_wait: Duration,
     /// How much pasted faces changed from frame to frame against the input.
     pub flicker: Flicker,
     pub plan: Option<Plan>,
@@ -107,6 +111,8 @@ impl Stats {
             .field("generator-batches", self.generator_runs.batches)
             .field("generator-faces", self.generator_runs.faces)
             .field("generator-ms", self.generator_runs.time.as_secs_f64() * 1e3)
+            .field("frames-overlapped", self.frames_overlapped)
+            .field("ahead-wait-ms", self.ahead_wait.as_secs_f64() * 1e3)
             // NaN until a pair of consecutive frames with pasted faces was measured.
             .field("flicker-amplification", self.flicker.amplification().unwrap_or(f64::NAN))
             .field("flicker-pairs", self.flicker.pairs)

@@ -10,10 +10,20 @@ use tch::TchError;
 /// element, or `NAME:N[,NAME:N…]` for the elements of those names only.
 pub const FAIL_EVERY_ENV: &str = "GST_GPEN_FAIL_EVERY";
 
+/// Environment variable that makes every generator forward of an element take that many more
+/// milliseconds (a testing switch, read when the element starts, in the syntax of
+/// [`FAIL_EVERY_ENV`]): forwards long enough to be caught in flight.
+pub const SLOW_FORWARD_ENV: &str = "GST_GPEN_SLOW_FORWARD_MS";
+
 /// What [`FAIL_EVERY_ENV`] asks of the element named `element` (0 when unset, not for it, or
 /// not a number).
 pub fn fail_every_from_env(element: &str) -> u64 {
     std::env::var(FAIL_EVERY_ENV).map(|v| fail_every_for(&v, element)).unwrap_or(0)
+}
+
+/// What [`SLOW_FORWARD_ENV`] asks of the element named `element`, in milliseconds.
+pub fn slow_forward_from_env(element: &str) -> u64 {
+    std::env::var(SLOW_FORWARD_ENV).map(|v| fail_every_for(&v, element)).unwrap_or(0)
 }
 
 fn fail_every_for(spec: &str, element: &str) -> u64 {

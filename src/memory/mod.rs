@@ -12,7 +12,7 @@ use tch::{Device, TchError};
 
 pub use estimate::Estimator;
 #[cfg(feature = "fault-injection")]
-pub use fault::{fail_every_from_env, injected_fault, FAIL_EVERY_ENV};
+pub use fault::{fail_every_from_env, injected_fault, slow_forward_from_env, FAIL_EVERY_ENV, SLOW_FORWARD_ENV};
 pub use plan::{MemoryPolicy, MemorySettings, Plan};
 
 pub use crate::sys::release_cached;

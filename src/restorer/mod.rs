@@ -15,10 +15,10 @@ pub mod settings;
 pub mod temporal;
 pub mod video;
 mod work;
+pub mod worker;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +31,8 @@ use crate::parse::ParseNet;
 use crate::upscale::Upscaler;
 use crate::{registry, Error, Setting};
 
-pub use ahead::GeneratorCounts;
-use ahead::{Ahead, GeneratorRuns};
+use ahead::{Ahead, AheadSlot, Faults, GeneratorRuns};
+pub use ahead::{AheadDone, AheadJob, GeneratorCounts};
 pub use frame::PackedLayout;
 pub use given::{FaceSource, GivenFace};
 use ladder::Ladder;
@@ -96,7 +96,7 @@ pub struct Detections {
     /// The frame's number in its stream (video), for the state its tracks carry to the next.
     serial: Option<u64>,
     /// The faces restored ahead in a batch with other frames' ([`Restorer::restore_ahead`]).
-    ahead: Option<Ahead>,
+    ahead: AheadSlot,
 }
 
 impl std::fmt::Debug for Detections {
@@ -108,7 +108,7 @@ impl std::fmt::Debug for Detections {
             .field("scene_cut", &self.scene_cut)
             .field("decided", &self.decided)
             .field("serial", &self.serial)
-            .field("ahead", &self.ahead.is_some())
+            .field("restored_ahead", &self.restored_ahead())
             .finish()
     }
 }
@@ -195,13 +195,13 @@ pub struct Restorer {
     estimator: Estimator,
     mode: Mode,
     tile_overlap: i64,
-    /// Generator forwards, counted for the testing switch.
+    /// Generator forwards, counted for the testing switches.
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
-    forwards: AtomicU64,
+    faults: Arc<Faults>,
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     fail_every: u64,
     /// Generator batches run, and the faces in them.
-    runs: GeneratorRuns,
+    runs: Arc<GeneratorRuns>,
 }
 
 impl Restorer {
@@ -282,9 +282,9 @@ impl Restorer {
             estimator: Estimator::default(),
             mode,
             tile_overlap: u.overlap,
-            forwards: AtomicU64::new(0),
+            faults: Arc::default(),
             fail_every: settings.memory.fail_every,
-            runs: GeneratorRuns::default(),
+            runs: Arc::default(),
         };
         restorer.calibrate()?;
         Ok(restorer)
@@ -361,7 +361,7 @@ impl Restorer {
         match found {
             Ok(t) => {
                 let (detected, scene_cut) = (t.detected, t.scene_cut);
-                Ok(Detections { faces: t.faces, ids: t.ids, detected, scene_cut, frame, decided: None, serial, ahead: None })
+                Ok(Detections { faces: t.faces, ids: t.ids, detected, scene_cut, frame, decided: None, serial, ahead: AheadSlot::Open })
             }
             Err(e) if e.is_out_of_memory() => {
                 memory::release_cached();
@@ -441,7 +441,7 @@ impl Restorer {
         match &self.mode {
             Mode::Aligned => self.restore_aligned(&d.frame, data, layout).map(|_| 1),
             Mode::Faces(stage) => {
-                let ahead = d.ahead.as_ref().filter(|a| a.fits(&self.ladder.plan()));
+                let ahead = d.ahead.restored().filter(|a| a.fits(&self.ladder.plan()));
                 self.restore_onto(stage, &d.frame, &d.frame, &d.faces, &d.ids, ahead, Some((data, layout))).map(|r| r.restored)
             }
             Mode::Upscaled(stage, up) => {

@@ -10,8 +10,6 @@ use super::temporal::{self, TrackState};
 use super::{frame, Ahead, FaceStage, PackedLayout, PasteReport, PasteTimings, Restorer};
 use crate::align::{self, Alignment, Border};
 use crate::detect::Face;
-#[cfg(feature = "fault-injection")]
-use crate::memory;
 use crate::{transfer, Error};
 
 /// What a written frame changes in its tracks' state.
@@ -41,37 +39,10 @@ pub struct MaskChange {
 }
 
 impl Restorer {
-    /// Counts a generator forward, failing it when the testing switch (feature
-    /// `fault-injection`) says so.
-    pub(super) fn before_forward(&self) -> Result<(), Error> {
-        #[cfg(feature = "fault-injection")]
-        memory::injected_fault(&self.forwards, self.fail_every)?;
-        Ok(())
-    }
-
     /// The generator on `x` (`N x 3 x size x size`, -1..1) in batches of the plan's face
     /// batch, as float.
     pub(super) fn forward_batches(&self, x: &Tensor) -> Result<Tensor, Error> {
-        self.in_batches(x, |b| {
-            self.before_forward()?;
-            let started = Instant::now();
-            // A non-finite value (float16 overflow) would spoil the whole pasted rectangle, the
-            // background included: it becomes 0 (then black, not garbage).
-            let y = if self.device == Device::Cpu && b.size()[0] > 1 {
-                // On the CPU a batch runs face by face: a forward of one face is already wide
-                // enough for every core, and larger maps only cost cache and memory (GPEN-512
-                // fp32 on 2 cores: 1.8 s a face alone, 2.7 s a face in a batch of 2, more in 4).
-                let faces = (0..b.size()[0])
-                    .map(|i| self.model.forward_with(&b.f_narrow(0, i, 1)?, self.banding))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Tensor::f_cat(&faces, 0)?
-            } else {
-                self.model.forward_with(b, self.banding)?
-            };
-            let y = y.f_nan_to_num(0.0, None, None)?;
-            self.runs.count(b.size()[0], started.elapsed());
-            Ok(y)
-        })
+        self.generator_forward().run(x)
     }
 
     /// Parsing masks follow their track: each is blended in aligned space with the track's
