@@ -252,6 +252,7 @@ fn push_until_waiting(
 }
 
 /// Runs `f` on a thread of its own, failing when it takes more than `limit` (a deadlock).
+#[cfg(feature = "fault-injection")]
 fn within<T: Send + 'static>(limit: std::time::Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(f()).unwrap());

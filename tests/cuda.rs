@@ -295,7 +295,7 @@ fn face_parsing_on_cuda_matches_gpen() {
     // A whole frame through the parsing mask, on CUDA in fp32, against GPEN's own output.
     let (photo, pw, ph) = common::decode_image(&common::shared().join("media/images/astronaut.png"));
     let layout = PackedLayout::rgb(pw, ph);
-    let r = Restorer::new(&RestorerSettings {
+    let mut r = Restorer::new(&RestorerSettings {
         model: Some(common::gpen_fixture("gpen-512-tiny.pth")),
         size: 512,
         device: gstgpen::restorer::DeviceSpec::Cuda(0),
