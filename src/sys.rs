@@ -277,8 +277,8 @@ static HEAP_KEPT: AtomicBool = AtomicBool::new(false);
 /// threshold (most feature maps come from the heap, not from fresh mappings) and no automatic
 /// trimming of the heap's top, and [`trim_heap`] becomes a no-op. Without it, every forward
 /// faulted its whole working set in again from zeroed pages: a quarter of a GPEN-512 forward
-/// on CPU went to the kernel (page faults, page clearing), and the forward took 1.45 times as
-/// long, for a peak only 2 % lower (`docs/profile.md`). The resident size then stays at its
+/// on CPU went to the kernel (page faults, page clearing), and the forward took 1.38 times as
+/// long, for a peak 12 % lower (`docs/profile.md`). The resident size then stays at its
 /// peak between forwards, until [`release_heap`]. Process-wide (it is the C library's
 /// allocator), set once, on the first model built for the CPU; `GST_GPEN_KEEP_HEAP=0` in the
 /// environment keeps glibc's defaults and the trims between phases. A no-op elsewhere.
