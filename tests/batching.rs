@@ -34,13 +34,10 @@ fn run(segments: &[(u32, u32, Vec<Vec<u8>>)], props: &str) -> (Vec<Out>, gst::St
     common::init();
     // `props` may name the element otherwise (for the testing switches).
     let name = if props.contains("name=") { "" } else { "name=g" };
-    let pipeline =
-        gst::parse::launch(&format!("appsrc name=src format=time ! gpenfilter {name} {} {props} ! appsink name=sink sync=false", models()))
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    let (pipeline, src, sink) = common::app_pipeline(&format!(
+        "appsrc name=src format=time ! gpenfilter {name} {} {props} ! appsink name=sink sync=false",
+        models()
+    ));
     let outs = Arc::new(Mutex::new(Vec::new()));
     let o = outs.clone();
     sink.set_callbacks(

@@ -414,17 +414,12 @@ fn no_panic_when_a_frame_cannot_be_restored() {
 fn a_buffer_smaller_than_its_caps_passes_through_counted_and_said() {
     init();
     // RGB rows are padded to 4 bytes: a 6x4 frame needs 4 rows of 20 bytes, not 72 bytes.
-    let pipeline = gst::parse::launch(&format!(
+    let (pipeline, src, sink) = common::app_pipeline(&format!(
         "appsrc name=src format=time caps=video/x-raw,format=RGB,width=6,height=4,framerate=30/1 ! gpenfilter name=g size=256 \
          model={} detector-model={} device=cpu ! appsink name=sink sync=false wait-on-eos=false",
         fixture("gpen-256-tiny.pth").display(),
         common::detector().display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    ));
     pipeline.set_state(gst::State::Playing).unwrap();
     let short: Vec<u8> = (0..72).map(|i| i as u8).collect();
     for i in 0..3 {

@@ -21,12 +21,8 @@ fn element() -> String {
 /// Pushes one frame of `caps` with the given bytes through `gpenfilter`; returns the output.
 fn through(caps: &gst::Caps, bytes: Vec<u8>) -> (Vec<u8>, gst::Structure) {
     init();
-    let pipeline = gst::parse::launch(&format!("appsrc name=src format=time ! {} ! appsink name=sink sync=false", element()))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    let (pipeline, src, sink) =
+        common::app_pipeline(&format!("appsrc name=src format=time ! {} ! appsink name=sink sync=false", element()));
     src.set_caps(Some(caps));
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut b = gst::Buffer::from_slice(bytes);

@@ -84,14 +84,9 @@ fn props() -> String {
 /// its gpenfilters, whose statistics are collected. An error on the bus panics.
 fn run(middle: &str, frames: Vec<gst::Buffer>, (w, h): (usize, usize), names: &[&str]) -> Run {
     common::init();
-    let pipeline = gst::parse::launch(&format!(
+    let (pipeline, src, sink) = common::app_pipeline(&format!(
         "appsrc name=src format=time caps=video/x-raw,format=RGB,width={w},height={h},framerate=30/1 ! {middle} ! appsink name=sink sync=false"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    ));
     let out = Arc::new(Mutex::new(Vec::new()));
     let o = out.clone();
     sink.set_callbacks(

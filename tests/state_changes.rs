@@ -158,15 +158,10 @@ fn astronaut(w: i64, h: i64) -> Vec<u8> {
 /// An appsrc → gpenfilter → appsink pipeline; returns it, the source and the received samples.
 fn app_pipeline() -> (gst::Pipeline, gst_app::AppSrc, Arc<Mutex<Vec<gst::Sample>>>) {
     init();
-    let pipeline = gst::parse::launch(&format!(
+    let (pipeline, src, sink) = common::app_pipeline(&format!(
         "appsrc name=src format=time ! gpenfilter name=g size=256 {} ! appsink name=sink sync=false",
         models()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    ));
     let samples = Arc::new(Mutex::new(Vec::new()));
     let s = samples.clone();
     sink.set_callbacks(

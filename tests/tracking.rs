@@ -56,18 +56,13 @@ fn faces_until_eos(pipeline: &gst::Pipeline) -> Vec<FrameFaces> {
 /// the faces message of every frame, the output frames and the final statistics.
 fn run_frames(frames: &[Vec<u8>], w: usize, h: usize, props: &str) -> (Vec<FrameFaces>, Vec<Vec<u8>>, gst::Structure) {
     init();
-    let pipeline = gst::parse::launch(&format!(
+    let (pipeline, src, sink) = common::app_pipeline(&format!(
         "appsrc name=src format=time caps=video/x-raw,format=RGB,width={w},height={h},framerate=30/1 \
          ! gpenfilter name=g size=256 model={} detector-model={} device=cpu post-faces=true {props} \
          ! appsink name=sink sync=false",
         common::gpen_fixture("gpen-256-tiny.pth").display(),
         detector().display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    ));
     let outputs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let o = outputs.clone();
     sink.set_callbacks(

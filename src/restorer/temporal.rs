@@ -71,13 +71,11 @@ pub fn moved(image: &Tensor, grid: &Tensor, offset: &Tensor) -> Result<Tensor, E
     Ok(moved_parts(&[image], grid, offset)?.remove(0))
 }
 
-/// Each of `parts` (`1 x C x H x W`, the same `H x W`) moved as [`moved`] moves one image: in
-/// one resampling, the offset staying on the device. (A separable translation on the CPU,
-/// padding and two lerps over views, took a tenth of the time and agreed with this to 2e-3
-/// levels per call, yet the Hamilton closing shot's flicker figure went from 2.53 to 3.60 with
-/// it, for reasons not found yet: not kept.)
+/// Each of `parts` (`1 x C x H x W`, the same `H x W`) moved as [`moved`] moves one image, in
+/// one resampling; the offset stays on the device (reading it would wait for the queue).
 pub fn moved_parts(parts: &[&Tensor], grid: &Tensor, offset: &Tensor) -> Result<Vec<Tensor>, Error> {
-    let image = Tensor::f_cat(parts, 1)?;
+    // One part (the thumbnails) needs no concatenated copy.
+    let image = if let [one] = parts { one.shallow_clone() } else { Tensor::f_cat(parts, 1)? };
     let sampled = image.f_grid_sampler(&grid.f_add(offset)?, 0, 1, false)?;
     let moving = offset.f_abs()?.f_sum(Kind::Float)?.f_gt(0.0)?.f_to_kind(image.kind())?;
     let all = image.f_lerp_tensor(&sampled, &moving)?;

@@ -201,3 +201,12 @@ pub fn count_buffers(description: &str) -> u64 {
     run_to_eos(&p);
     n.load(std::sync::atomic::Ordering::SeqCst)
 }
+
+/// The pipeline `description` with its `appsrc name=src` and `appsink name=sink`.
+pub fn app_pipeline(description: &str) -> (gst::Pipeline, gst_app::AppSrc, gst_app::AppSink) {
+    use gst::prelude::*;
+    let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    (pipeline, src, sink)
+}
