@@ -1,6 +1,6 @@
 //! Flicker: how much restored faces change from frame to frame against the input
 //! (`flicker-amplification`: above 1 the restorer adds flicker), for each setting of
-//! `temporal-smoothing` and `temporal-consistency`, and what the blending costs per face.
+//! `temporal-smoothing` and `temporal-consistency`, and what registration and blending cost per face.
 //!
 //! ```text
 //! cargo run --release --example bench_flicker -- [--frames N] [--threads 2] [--model tiny256|tiny512] [--sigma 0.3] [--shot K]
@@ -73,7 +73,7 @@ fn run(model: &std::path::Path, size: i64, frames: &[Vec<u8>], w: usize, h: usiz
         let d = r.begin(f, &layout, 1.0 / 25.0).expect("detect");
         let report = r.restore_faces(&d, &mut out, &layout).expect("restore");
         faces += report.restored;
-        temporal += report.timings.temporal;
+        temporal += report.timings.temporal + report.timings.registration;
     }
     Run { flicker: r.flicker().unwrap(), faces, temporal }
 }
@@ -121,7 +121,7 @@ fn main() {
     );
     let settings: [(f64, f64); 5] = [(0.0, 0.0), (0.5, 0.0), (0.5, 0.5), (0.5, 0.8), (0.5, 1.0)];
     println!(
-        "| temporal-smoothing | temporal-consistency | {} | Hamilton, all shots | still + noise | drift | blending, ms a face |",
+        "| temporal-smoothing | temporal-consistency | {} | Hamilton, all shots | still + noise | drift | registration and blending, ms a face |",
         shots.iter().map(|(a, b)| format!("shot {a}..{b}")).collect::<Vec<_>>().join(" | ")
     );
     println!("|---|---|{}---|---|---|---|", "---|".repeat(shots.len()));

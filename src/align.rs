@@ -44,6 +44,17 @@ impl Similarity {
         [self.a * x - self.b * y + self.tx, self.b * x + self.a * y + self.ty]
     }
 
+    /// `self` after `first`: `p` goes to `self(first(p))`. The identity on either side leaves
+    /// the other bit for bit.
+    pub fn after(&self, first: &Similarity) -> Similarity {
+        Similarity {
+            a: self.a * first.a - self.b * first.b,
+            b: self.a * first.b + self.b * first.a,
+            tx: self.a * first.tx - self.b * first.ty + self.tx,
+            ty: self.b * first.tx + self.a * first.ty + self.ty,
+        }
+    }
+
     /// The exact inverse (what `cv2.warpAffine` samples with).
     pub fn inverse(&self) -> Similarity {
         let d = self.a * self.a + self.b * self.b;
@@ -274,6 +285,19 @@ pub fn soft_mask(size: i64, device: Device) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn similarities_compose_and_the_identity_changes_nothing() {
+        let s = Similarity { a: 0.8, b: 0.3, tx: 5.5, ty: -2.25 };
+        let t = Similarity { a: 1.1, b: -0.2, tx: -1.0, ty: 3.0 };
+        let p = [3.0, -7.0];
+        let (got, want) = (s.after(&t).apply(p), s.apply(t.apply(p)));
+        assert!((got[0] - want[0]).abs() < 1e-12 && (got[1] - want[1]).abs() < 1e-12);
+        let one = Similarity { a: 1.0, b: 0.0, tx: 0.0, ty: 0.0 };
+        assert_eq!((one.after(&s), s.after(&one)), (s, s));
+        let back = s.inverse().after(&s).apply(p);
+        assert!((back[0] - p[0]).abs() < 1e-12 && (back[1] - p[1]).abs() < 1e-12);
+    }
+
     #[test]
     fn fixed_point_crops_follow_opencv_arithmetic() {
         let frame = Tensor::arange(3 * 6 * 8, (Kind::Float, Device::Cpu)).remainder(251).reshape([1, 3, 6, 8]);

@@ -208,7 +208,18 @@ impl AheadDone {
 impl Detections {
     /// A frame with no faces (yet), `decided` or not, numbered `serial` in its stream.
     pub(super) fn empty(frame: Tensor, decided: Option<super::Outcome>, serial: Option<u64>) -> Self {
-        Detections { faces: Vec::new(), ids: Vec::new(), detected: false, scene_cut: false, frame, decided, serial, ahead: AheadSlot::Open }
+        Detections {
+            faces: Vec::new(),
+            ids: Vec::new(),
+            detected: false,
+            scene_cut: false,
+            frame,
+            decided,
+            serial,
+            ahead: AheadSlot::Open,
+            registration: std::time::Duration::ZERO,
+            thumbs: Vec::new(),
+        }
     }
 
     /// Whether the frame's faces were restored ahead, in a batch with other frames' faces.

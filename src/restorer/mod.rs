@@ -10,6 +10,7 @@ mod ahead;
 pub mod frame;
 mod given;
 pub mod ladder;
+mod lock;
 pub mod paste;
 pub mod settings;
 pub mod temporal;
@@ -37,6 +38,7 @@ pub use frame::PackedLayout;
 pub use given::{FaceSource, GivenFace};
 use ladder::Ladder;
 pub use ladder::RECOVER_AFTER;
+use lock::Lock;
 use paste::Paster;
 pub use settings::*;
 pub use temporal::Flicker;
@@ -97,6 +99,10 @@ pub struct Detections {
     serial: Option<u64>,
     /// The faces restored ahead in a batch with other frames' ([`Restorer::restore_ahead`]).
     ahead: AheadSlot,
+    /// Wall time of registering the tracked faces' crops onto the previous frame's.
+    pub registration: Duration,
+    /// Each face's thumbnail as registered (empty when nothing was registered).
+    thumbs: Vec<Option<Tensor>>,
 }
 
 impl std::fmt::Debug for Detections {
@@ -136,6 +142,9 @@ pub struct PasteTimings {
     pub generator: Duration,
     /// Blending each tracked face with its previous restoration.
     pub temporal: Duration,
+    /// Registering the tracked faces' crops onto the previous frame's (done as the frame
+    /// began; see [`Detections::registration`]).
+    pub registration: Duration,
     /// Smoothing, blending, warping back and writing the frame.
     pub paste: Duration,
 }
@@ -152,6 +161,8 @@ struct FaceStage {
     parser: Option<Arc<ParseNet>>,
     /// What each live track kept of the last written frame, in aligned space.
     tracks: RefCell<TrackMemory>,
+    /// Each live track's crop, registered onto the previous frame's while blending is on.
+    lock: Lock,
     /// The flicker of the stream's pasted regions.
     flicker: RefCell<FlickerMeter>,
     /// Summed change of parsing masks between consecutive frames of a track, before and after
@@ -236,6 +247,7 @@ impl Restorer {
                 parse_path,
                 parser,
                 tracks: RefCell::default(),
+                lock: Lock::default(),
                 flicker: RefCell::default(),
                 mask_change: RefCell::default(),
                 settings: f.clone(),
@@ -359,9 +371,18 @@ impl Restorer {
             }
         };
         match found {
-            Ok(t) => {
+            Ok(mut t) => {
+                let started = std::time::Instant::now();
+                let thumbs = match stage.settings.live.consistency > 0.0 {
+                    true => stage.lock.follow(&frame, &mut t.faces, &t.ids, stage.arrived, stage.paster.size())?,
+                    false => {
+                        stage.lock.clear();
+                        Vec::new()
+                    }
+                };
                 let (detected, scene_cut) = (t.detected, t.scene_cut);
-                Ok(Detections { faces: t.faces, ids: t.ids, detected, scene_cut, frame, decided: None, serial, ahead: AheadSlot::Open })
+                let (faces, ids, registration) = (t.faces, t.ids, started.elapsed());
+                Ok(Detections { faces, ids, detected, scene_cut, registration, thumbs, ..Detections::empty(frame, None, serial) })
             }
             Err(e) if e.is_out_of_memory() => {
                 memory::release_cached();
@@ -442,7 +463,7 @@ impl Restorer {
             Mode::Aligned => self.restore_aligned(&d.frame, data, layout).map(|_| 1),
             Mode::Faces(stage) => {
                 let ahead = d.ahead.restored().filter(|a| a.fits(&self.ladder.plan()));
-                self.restore_onto(stage, &d.frame, &d.frame, &d.faces, &d.ids, ahead, Some((data, layout))).map(|r| r.restored)
+                self.restore_onto(stage, &d.frame, &d.frame, (&d.faces, &d.ids, &d.thumbs), ahead, Some((data, layout))).map(|r| r.restored)
             }
             Mode::Upscaled(stage, up) => {
                 let background = up.upscale(&d.frame, self.ladder.plan().tile.unwrap_or(0), self.tile_overlap)?;
@@ -464,7 +485,7 @@ impl Restorer {
                     // are composed into the upscaled frame, which then comes down once.
                     let (h, w) = (d.frame.size()[2], d.frame.size()[3]);
                     let crops_from = d.frame.f_upsample_bilinear2d([h * f, w * f], false, None, None)?.f_round()?.f_clamp(0.0, 255.0)?;
-                    restored = self.restore_onto(stage, &crops_from, &background, &faces, &d.ids, None, None)?.restored;
+                    restored = self.restore_onto(stage, &crops_from, &background, (&faces, &d.ids, &d.thumbs), None, None)?.restored;
                 }
                 frame::write_frame(&background, data, layout)?;
                 Ok(restored)
@@ -627,7 +648,10 @@ impl Restorer {
     pub fn restore_faces(&mut self, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<PasteReport, Error> {
         // The frame's tracks take up the state its predecessor left (blending, flicker meter).
         self.take_up(d);
-        self.restore_onto(self.face_stage()?, &d.frame, &d.frame, &d.faces, &d.ids, None, Some((data, layout)))
+        let mut report =
+            self.restore_onto(self.face_stage()?, &d.frame, &d.frame, (&d.faces, &d.ids, &d.thumbs), None, Some((data, layout)))?;
+        report.timings.registration = d.registration;
+        Ok(report)
     }
 
     fn face_stage(&self) -> Result<&FaceStage, Error> {
@@ -653,6 +677,7 @@ impl Restorer {
     pub fn reset_tracks(&mut self) {
         if let Mode::Faces(stage) | Mode::Upscaled(stage, _) = &mut self.mode {
             stage.video.reset();
+            stage.lock.clear();
             stage.tracks.get_mut().clear();
             stage.flicker.get_mut().forget();
         }

@@ -60,11 +60,6 @@ impl Paster {
         Ok(Paster { size, mask: align::soft_mask(size, device)?, smooth, blur: align::gaussian_kernels(device)?, replaced })
     }
 
-    /// The soft rectangle faces are pasted through without parsing (`1 x 1 x size x size`).
-    pub fn rectangle(&self) -> &Tensor {
-        &self.mask
-    }
-
     /// GPEN's face-parsing masks of restored faces (`N x 3 x size x size`, 0..255), as
     /// `face_enhancement.py` makes them, all faces at once on the device: each face truncated to
     /// 8 bits (GPEN's `tensor2img`), resized to 512 (rounded, as `cv2.resize` on 8-bit images),

@@ -1,11 +1,11 @@
 //! Faces that add no flicker: each track's restoration is blended, in aligned space, with the
 //! track's previous one where the aligned input is still, and the flicker left is measured.
 //!
-//! Faces are aligned to one template, so a track's consecutive aligned crops are nearly
-//! registered: a part of the face that did not change in the input (compared on a coarse grid,
-//! so that noise and sub-pixel shifts do not count) takes mostly the previous restoration, and a
-//! part that moved (a mouth opening, a turn) takes the new one. A still input therefore gives
-//! a still output, bit for bit, and motion is never smeared across frames.
+//! A track's consecutive crops are registered onto each other ([`super::lock`]): a part of the
+//! face that did not change in the input (compared on a coarse grid, so that noise does not
+//! count) takes mostly the previous restoration, and a part that changed (a mouth opening, a
+//! turn) takes the new one. A still input therefore gives a still output, bit for bit, and
+//! motion is never smeared across frames.
 
 use std::collections::HashMap;
 
@@ -28,66 +28,121 @@ pub fn thumbnails(crops: &Tensor) -> Result<Tensor, Error> {
 }
 
 /// How still each part of a face is between two thumbnails (`1 x 3 x GRID x GRID`), from 1
-/// (still) to 0 (moving), as a `1 x 1 x size x size` map.
-pub fn stillness(now: &Tensor, before: &Tensor, size: i64) -> Result<Tensor, Error> {
+/// (still) to 0 (moving), per cell (`1 x 1 x GRID x GRID`).
+pub fn stillness(now: &Tensor, before: &Tensor) -> Result<Tensor, Error> {
     let change = now.f_sub(before)?.f_abs()?.f_mean_dim(1, true, Kind::Float)?;
-    let still = change.f_sub_scalar(MOVING)?.f_div_scalar(STILL - MOVING)?.f_clamp(0.0, 1.0)?;
-    Ok(still.f_upsample_bilinear2d([size, size], false, None, None)?)
+    Ok(change.f_sub_scalar(MOVING)?.f_div_scalar(STILL - MOVING)?.f_clamp(0.0, 1.0)?)
 }
 
-/// How far the face's content moved in aligned space since the previous thumbnail (`1 x 3 x
-/// GRID x GRID` each): the landmarks' jitter between two frames shifts the aligned crops by a
-/// fraction of a pixel, which blending must undo or it would mix two misregistered faces. One
-/// Lucas-Kanade step on grey thumbnails, solved on the device (nothing is read back); the
-/// result is a grid offset (`1 x 1 x 1 x 2`, normalised coordinates, x then y) to add to an
-/// identity sampling grid, clamped to two cells (more is motion, which stillness catches).
-pub fn registration(now: &Tensor, before: &Tensor) -> Result<Tensor, Error> {
-    let (c, p) = (now.f_mean_dim(1, true, Kind::Float)?, before.f_mean_dim(1, true, Kind::Float)?);
-    let inner = |t: &Tensor, dy: i64, dx: i64| t.f_narrow(2, 1 + dy, GRID - 2)?.f_narrow(3, 1 + dx, GRID - 2);
-    let gx = inner(&c, 0, 1)?.f_sub(&inner(&c, 0, -1)?)?.f_mul_scalar(0.5)?;
-    let gy = inner(&c, 1, 0)?.f_sub(&inner(&c, -1, 0)?)?.f_mul_scalar(0.5)?;
-    let e = inner(&p, 0, 0)?.f_sub(&inner(&c, 0, 0)?)?;
-    let sum = |a: &Tensor, b: &Tensor| a.f_mul(b)?.f_sum(Kind::Float);
-    let (a, b, d) = (sum(&gx, &gx)?, sum(&gx, &gy)?, sum(&gy, &gy)?);
-    let (r1, r2) = (sum(&gx, &e)?, sum(&gy, &e)?);
-    let det = a.f_mul(&d)?.f_sub(&b.f_mul(&b)?)?.f_add_scalar(1e-6)?;
-    let dx = d.f_mul(&r1)?.f_sub(&b.f_mul(&r2)?)?.f_div(&det)?;
-    let dy = a.f_mul(&r2)?.f_sub(&b.f_mul(&r1)?)?.f_div(&det)?;
-    // Content at u before is at u + d now: the previous face is sampled at v - d.
-    let shift = Tensor::f_stack(&[dx, dy], 0)?.f_clamp(-2.0, 2.0)?.f_mul_scalar(-2.0 / GRID as f64)?;
-    Ok(shift.f_reshape([1, 1, 1, 2])?)
+/// A per-cell map (`1 x 1 x GRID x GRID`) spread over `size x size` pixels: bilinear to twice
+/// the grid, then each value over a square of pixels (a bilinear resampling of every pixel
+/// would cost half as much as the whole blending; the squares are 4 pixels at 512).
+pub fn spread(map: &Tensor, size: i64) -> Result<Tensor, Error> {
+    let fine = map.f_upsample_bilinear2d([2 * GRID, 2 * GRID], false, None, None)?;
+    Ok(if size > 2 * GRID {
+        fine.f_upsample_nearest2d([size, size], None, None)?
+    } else {
+        fine.f_upsample_bilinear2d([size, size], false, None, None)?
+    })
 }
 
-/// An identity sampling grid for `size x size` images (`1 x size x size x 2`).
-pub fn identity_grid(size: i64, device: tch::Device) -> Result<Tensor, Error> {
-    let theta = Tensor::f_from_slice(&[1.0f32, 0.0, 0.0, 0.0, 1.0, 0.0])?.f_reshape([1, 2, 3])?.f_to_device(device)?;
-    Ok(Tensor::f_affine_grid_generator(&theta, [1, 1, size, size], false)?)
+/// Lucas-Kanade registration of faces' thumbnails onto their previous ones (`N x 3 x GRID x
+/// GRID`), over the face's part of the crop (its surroundings may stand still while it moves).
+/// The unknowns are a small similarity about the grid's centre (a shift, a change of scale, a
+/// turn); the gradients are the previous thumbnails', so that the normal matrix is made once
+/// and each step costs one product ([`Motion::solve`] solves on the host).
+pub struct Registration {
+    /// `N x 4 x M`: the change of each of the M cells per unit of each unknown.
+    jacobian: Tensor,
+    /// The previous thumbnails' grey levels over the face (`N x 1 x h x w`).
+    before: Tensor,
+    /// `N x 16` on the device: each face's 4 x 4 normal matrix.
+    pub normal: Tensor,
 }
 
-/// `image` (`1 x C x H x W`) moved by a [`registration`] offset on `grid` (its identity grid);
-/// edges are replicated. No offset gives `image` exactly (resampling on the identity grid is
-/// not exact in floating point, and a still face must stay bit for bit).
-pub fn moved(image: &Tensor, grid: &Tensor, offset: &Tensor) -> Result<Tensor, Error> {
-    Ok(moved_parts(&[image], grid, offset)?.remove(0))
+/// The face in GPEN's template, in cells: its middle three fifths across, from a fifth to nine
+/// tenths down.
+const FACE: (i64, i64, i64, i64) = (GRID / 5, GRID * 4 / 5, GRID / 5, GRID * 9 / 10);
+
+fn grey_part(t: &Tensor, dy: i64, dx: i64) -> Result<Tensor, Error> {
+    let (x0, x1, y0, y1) = FACE;
+    Ok(t.f_mean_dim(1, true, Kind::Float)?.f_narrow(2, y0 + dy, y1 - y0)?.f_narrow(3, x0 + dx, x1 - x0)?)
 }
 
-/// Each of `parts` (`1 x C x H x W`, the same `H x W`) moved as [`moved`] moves one image, in
-/// one resampling; the offset stays on the device (reading it would wait for the queue).
-pub fn moved_parts(parts: &[&Tensor], grid: &Tensor, offset: &Tensor) -> Result<Vec<Tensor>, Error> {
-    // One part (the thumbnails) needs no concatenated copy.
-    let image = if let [one] = parts { one.shallow_clone() } else { Tensor::f_cat(parts, 1)? };
-    let sampled = image.f_grid_sampler(&grid.f_add(offset)?, 0, 1, false)?;
-    let moving = offset.f_abs()?.f_sum(Kind::Float)?.f_gt(0.0)?.f_to_kind(image.kind())?;
-    let all = image.f_lerp_tensor(&sampled, &moving)?;
-    let mut at = 0;
-    parts
-        .iter()
-        .map(|p| {
-            let c = p.size()[1];
-            at += c;
-            Ok(all.f_narrow(1, at - c, c)?)
-        })
-        .collect()
+impl Registration {
+    pub fn new(before: &Tensor) -> Result<Self, Error> {
+        let (x0, x1, y0, y1) = FACE;
+        let gx = grey_part(before, 0, 1)?.f_sub(&grey_part(before, 0, -1)?)?.f_mul_scalar(0.5)?;
+        let gy = grey_part(before, 1, 0)?.f_sub(&grey_part(before, -1, 0)?)?.f_mul_scalar(0.5)?;
+        // Cell positions from the grid's centre, in half grids (scale and turn per half grid).
+        let half = GRID as f64 / 2.0;
+        let axis = |from: i64, to: i64| {
+            Tensor::f_arange_start(from, to, (Kind::Float, before.device()))?.f_sub_scalar(half - 0.5)?.f_div_scalar(half)
+        };
+        let (xs, ys) = (axis(x0, x1)?.f_reshape([1, 1, 1, x1 - x0])?, axis(y0, y1)?.f_reshape([1, 1, y1 - y0, 1])?);
+        let scale = gx.f_mul(&xs)?.f_add(&gy.f_mul(&ys)?)?;
+        let turn = gy.f_mul(&xs)?.f_sub(&gx.f_mul(&ys)?)?;
+        let n = before.size()[0];
+        let jacobian = Tensor::f_cat(&[gx, gy, scale, turn], 1)?.f_reshape([n, 4, -1])?;
+        let normal = jacobian.f_matmul(&jacobian.f_transpose(1, 2)?)?.f_reshape([n, 16])?;
+        Ok(Registration { jacobian, before: grey_part(before, 0, 0)?, normal })
+    }
+
+    /// The right-hand sides (`N x 4`) for the thumbnails `now` (as many as before, in order).
+    pub fn rhs(&self, now: &Tensor) -> Result<Tensor, Error> {
+        let n = now.size()[0];
+        let e = self.before.f_sub(&grey_part(now, 0, 0)?)?.f_reshape([n, -1, 1])?;
+        Ok(self.jacobian.f_matmul(&e)?.f_reshape([n, 4])?)
+    }
+}
+
+/// A small motion of a face's content in its crop: content at cell `u` before is at
+/// `u + shift + scale * r + turn * perp(r)` now, `r` being `u` from the grid's centre.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Motion {
+    /// Cells, x then y.
+    pub shift: [f64; 2],
+    /// Relative change of size.
+    pub scale: f64,
+    /// Radians.
+    pub turn: f64,
+}
+
+impl Motion {
+    /// The motion from one face's normal matrix (16 values of [`Registration::normal`]) and
+    /// right-hand side (4 of [`Registration::rhs`]); `None` when the face's part of the crop is
+    /// flat (nothing to register on).
+    pub fn solve(normal: &[f32], rhs: &[f32]) -> Option<Motion> {
+        let mut m = [[0.0f64; 5]; 4];
+        for (i, row) in m.iter_mut().enumerate() {
+            for (k, v) in row.iter_mut().take(4).enumerate() {
+                *v = f64::from(normal[4 * i + k]);
+            }
+            row[4] = f64::from(rhs[i]);
+        }
+        // Gaussian elimination with partial pivoting on the 4 x 4 system.
+        let size = (0..4).map(|i| m[i][i].abs()).fold(0.0, f64::max);
+        for col in 0..4 {
+            let pivot = (col..4).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))?;
+            if m[pivot][col].abs() <= 1e-9 * size.max(f64::MIN_POSITIVE) {
+                return None;
+            }
+            m.swap(col, pivot);
+            let pivot_row = m[col];
+            for (r, row) in m.iter_mut().enumerate() {
+                if r != col {
+                    let f = row[col] / pivot_row[col];
+                    for (v, p) in row.iter_mut().zip(pivot_row).skip(col) {
+                        *v -= f * p;
+                    }
+                }
+            }
+        }
+        let x: [f64; 4] = std::array::from_fn(|i| m[i][4] / m[i][i]);
+        let half = GRID as f64 / 2.0;
+        let motion = Motion { shift: [x[0], x[1]], scale: x[2] / half, turn: x[3] / half };
+        (x.iter().all(|v| v.is_finite())).then_some(motion)
+    }
 }
 
 /// What a track kept of the last frame it was pasted in, in aligned space.
@@ -111,21 +166,9 @@ pub struct TrackMemory {
     /// state is used only by the very next frame (a gap, a dropped or passed-through frame, ends
     /// the blending).
     pub serial: u64,
-    /// Identity sampling grids by size, made once.
-    grids: HashMap<i64, Tensor>,
 }
 
 impl TrackMemory {
-    /// The identity grid of `size x size` images on `device`.
-    pub fn grid(&mut self, size: i64, device: tch::Device) -> Result<Tensor, Error> {
-        if let Some(g) = self.grids.get(&size).filter(|g| g.device() == device) {
-            return Ok(g.shallow_clone());
-        }
-        let g = identity_grid(size, device)?;
-        self.grids.insert(size, g.shallow_clone());
-        Ok(g)
-    }
-
     /// What track `id` kept from the frame just before this one.
     pub fn previous(&self, id: u64) -> Option<&TrackState> {
         self.tracks.get(&id).filter(|s| s.serial + 1 == self.serial)
@@ -283,40 +326,83 @@ mod tests {
     #[test]
     fn stillness_is_one_when_still_and_zero_when_moving() {
         let a = image(100.0, GRID, GRID);
-        let still = stillness(&a, &a, 128).unwrap();
-        assert_eq!(still.size(), [1, 1, 128, 128]);
+        let still = stillness(&a, &a).unwrap();
+        assert_eq!(still.size(), [1, 1, GRID, GRID]);
         assert_eq!(still.min().double_value(&[]), 1.0);
         // Half the face moved by 20 levels: that half is not blended, the other half is.
         let b = a.copy();
         let _ = b.narrow(3, 0, GRID / 2).fill_(120.0);
-        let s = stillness(&b, &a, GRID).unwrap();
-        assert_eq!(s.narrow(3, 0, GRID / 2 - 1).max().double_value(&[]), 0.0);
-        assert_eq!(s.narrow(3, GRID / 2 + 1, GRID / 2 - 1).min().double_value(&[]), 1.0);
+        let s = stillness(&b, &a).unwrap();
+        assert_eq!(s.narrow(3, 0, GRID / 2).max().double_value(&[]), 0.0);
+        assert_eq!(s.narrow(3, GRID / 2, GRID / 2).min().double_value(&[]), 1.0);
         // Between still and moving, the weight falls linearly: 5 levels is halfway.
-        let c = stillness(&image(105.0, GRID, GRID), &a, GRID).unwrap();
+        let c = stillness(&image(105.0, GRID, GRID), &a).unwrap();
         assert!((c.mean(Kind::Float).double_value(&[]) - 0.5).abs() < 1e-6);
     }
 
     #[test]
-    fn registration_finds_a_sub_pixel_shift_and_none_between_equal_faces() {
-        // A smooth pattern and the same moved right by 0.3 and down by 0.2 cells.
-        let pattern = |dx: f64, dy: f64| {
-            let x = Tensor::arange(GRID, (Kind::Float, Device::Cpu)).view([1, 1, 1, GRID]) - dx;
-            let y = Tensor::arange(GRID, (Kind::Float, Device::Cpu)).view([1, 1, GRID, 1]) - dy;
-            ((&x * 0.2).sin() * 40.0 + (&y * 0.15).cos() * 30.0 + 100.0).repeat([1, 3, 1, 1])
+    fn spreading_a_map_is_close_to_bilinear_upsampling() {
+        let map = Tensor::rand([1, 1, GRID, GRID], (Kind::Float, Device::Cpu));
+        for size in [128, 256, 512, 1024] {
+            let want = map.upsample_bilinear2d([size, size], false, None, None);
+            let got = spread(&map, size).unwrap();
+            assert_eq!(got.size(), [1, 1, size, size]);
+            // Squares of a quarter cell: a weight is at most a quarter of a cell's step away.
+            let steps = (map.narrow(3, 1, GRID - 1) - map.narrow(3, 0, GRID - 1)).abs().max().double_value(&[]);
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err <= 0.5 * steps, "{size}: {err} against steps of {steps}");
+        }
+    }
+
+    #[test]
+    fn motion_finds_a_sub_pixel_shift_a_zoom_and_a_turn_and_none_between_equal_faces() {
+        // A smooth pattern sampled where the motion takes each cell (about the grid's centre).
+        let pattern = |m: Motion| {
+            let c = (GRID as f64 - 1.0) / 2.0;
+            let mut v = vec![0f32; (GRID * GRID) as usize];
+            for y in 0..GRID {
+                for x in 0..GRID {
+                    // The point that moved to (x, y): invert the small motion to first order.
+                    let (rx, ry) = (x as f64 - c - m.shift[0], y as f64 - c - m.shift[1]);
+                    let (sx, sy) = (rx - m.scale * rx + m.turn * ry, ry - m.scale * ry - m.turn * rx);
+                    v[(y * GRID + x) as usize] =
+                        ((sx * 0.2).sin() * 40.0 + (sy * 0.15).cos() * 30.0 + (sx * sy * 0.004).sin() * 20.0 + 100.0) as f32;
+                }
+            }
+            Tensor::from_slice(&v).reshape([1, 1, GRID, GRID]).repeat([1, 3, 1, 1])
         };
-        let (before, now) = (pattern(0.0, 0.0), pattern(0.3, 0.2));
-        let offset = registration(&now, &before).unwrap();
-        let cells: Vec<f64> = Vec::try_from(offset.view([2]).to_kind(Kind::Double) * (-(GRID as f64) / 2.0)).unwrap();
-        assert!((cells[0] - 0.3).abs() < 0.03 && (cells[1] - 0.2).abs() < 0.03, "{cells:?}");
-        // The previous face moved by it lands on the new one.
-        let grid = identity_grid(GRID, Device::Cpu).unwrap();
-        let err = |a: &Tensor, b: &Tensor| (a - b).narrow(2, 4, GRID - 8).narrow(3, 4, GRID - 8).abs().mean(Kind::Float).double_value(&[]);
-        assert!(err(&moved(&before, &grid, &offset).unwrap(), &now) < 0.2 * err(&before, &now));
-        // Equal faces: no offset, and moving by it changes nothing, bit for bit.
-        let none = registration(&before, &before).unwrap();
-        assert_eq!(none.abs().sum(Kind::Float).double_value(&[]), 0.0);
-        assert!(moved(&before, &grid, &none).unwrap().equal(&before));
+        let still = Motion { shift: [0.0, 0.0], scale: 0.0, turn: 0.0 };
+        let cases = [
+            Motion { shift: [0.3, 0.2], scale: 0.0, turn: 0.0 },
+            Motion { shift: [-0.5, 0.1], scale: 0.01, turn: 0.0 },
+            Motion { shift: [0.0, 0.0], scale: 0.0, turn: 0.01 },
+        ];
+        let before = Tensor::cat(&cases.iter().map(|_| pattern(still)).collect::<Vec<_>>(), 0);
+        let now = Tensor::cat(&cases.iter().map(|m| pattern(*m)).collect::<Vec<_>>(), 0);
+        let solve = |now: &Tensor, before: &Tensor| -> Vec<Option<Motion>> {
+            let r = Registration::new(before).unwrap();
+            let normal: Vec<f32> = Vec::try_from(r.normal.flatten(0, -1)).unwrap();
+            let rhs: Vec<f32> = Vec::try_from(r.rhs(now).unwrap().flatten(0, -1)).unwrap();
+            (0..now.size()[0] as usize).map(|i| Motion::solve(&normal[16 * i..16 * (i + 1)], &rhs[4 * i..4 * (i + 1)])).collect()
+        };
+        let found = solve(&now, &before);
+        for (i, want) in cases.iter().enumerate() {
+            let got = found[i].unwrap();
+            let close = (got.shift[0] - want.shift[0]).abs() < 0.05
+                && (got.shift[1] - want.shift[1]).abs() < 0.05
+                && (got.scale - want.scale).abs() < 0.002
+                && (got.turn - want.turn).abs() < 0.002;
+            assert!(close, "case {i}: {got:?} for {want:?}");
+        }
+        // Equal faces: no motion at all (a still face's crop does not move); a flat face: none
+        // to be found.
+        assert_eq!(solve(&before, &before)[0], Some(still));
+        let flat = Tensor::full([1, 3, GRID, GRID], 50.0, (Kind::Float, Device::Cpu));
+        assert_eq!(solve(&flat, &flat)[0], None);
+        // Only the face's part counts: a change in the corners moves nothing.
+        let corner = pattern(still);
+        let _ = corner.narrow(2, 0, 4).narrow(3, 0, 4).fill_(0.0);
+        assert_eq!(solve(&corner, &pattern(still))[0], Some(still));
     }
 
     #[test]

@@ -21,11 +21,20 @@ pub(super) struct TrackUpdate {
 }
 
 /// What a tracked face carries over from the previous frame: its restored face and masks, and
-/// how still each part of it is (`1 x 1 x S x S`, 1 = still).
+/// how still each part of it is (per cell, 1 = still).
 struct Prior {
     face: Option<Tensor>,
     mask: Option<(Tensor, Tensor)>,
     stillness: Tensor,
+    /// The crop's side.
+    size: i64,
+}
+
+impl Prior {
+    /// How much of the previous frame each pixel takes at `strength` (`1 x 1 x S x S`).
+    fn weight(&self, strength: f64) -> Result<Tensor, Error> {
+        temporal::spread(&self.stillness.f_mul_scalar(strength)?, self.size)
+    }
 }
 
 /// How much the parsing masks of tracked faces change from frame to frame (mean absolute change
@@ -55,9 +64,9 @@ impl Restorer {
         let mut out = Vec::with_capacity(priors.len());
         for (i, prior) in priors.iter().enumerate() {
             let raw = masks.f_narrow(0, i as i64, 1)?;
-            let pasted = match prior.as_ref().and_then(|p| p.mask.as_ref().map(|m| (m, &p.stillness))) {
-                Some(((last_raw, last_pasted), still)) => {
-                    let pasted = raw.f_lerp_tensor(last_pasted, &still.f_mul_scalar(strength)?)?;
+            let pasted = match prior.as_ref().and_then(|p| p.mask.as_ref().map(|m| (m, p))) {
+                Some(((last_raw, last_pasted), prior)) => {
+                    let pasted = raw.f_lerp_tensor(last_pasted, &prior.weight(strength)?)?;
                     // Frame-to-frame change as parsed and as pasted, summed on the device: nothing
                     // is read back per frame.
                     let change = |a: &Tensor, b: &Tensor| a.f_sub(b)?.f_abs()?.f_mean(Kind::Float);
@@ -81,19 +90,20 @@ impl Restorer {
     /// What each face's track carries over from the previous frame, and the update of the
     /// tracks' state with this frame's thumbnails (the faces and masks are added as they are
     /// made). `faces`: whether restored faces are blended (and so kept); `masks`: whether
-    /// parsing masks are. With neither, only the thumbnails are kept.
+    /// parsing masks are (they are kept only then). With neither, only the thumbnails are kept:
+    /// the registered ones, else those of `crops`.
     fn priors(
         &self,
         stage: &FaceStage,
         crops: &Tensor,
-        tracks: &[Option<u64>],
+        (tracks, registered): (&[Option<u64>], &[Option<&Tensor>]),
         faces: bool,
         masks: bool,
     ) -> Result<(Vec<Option<Prior>>, TrackUpdate), Error> {
-        let mut memory = stage.tracks.borrow_mut();
-        let thumbs = temporal::thumbnails(crops)?;
+        let memory = stage.tracks.borrow();
         let size = crops.size()[2];
-        let (small, large) = (memory.grid(temporal::GRID, self.device)?, memory.grid(size, self.device)?);
+        let unregistered = tracks.iter().zip(registered).any(|(t, r)| t.is_some() && r.is_none());
+        let thumbs = if unregistered { Some(temporal::thumbnails(crops)?) } else { None };
         let mut priors = Vec::with_capacity(tracks.len());
         let mut update = TrackUpdate { states: Vec::with_capacity(tracks.len()), mask_change: None };
         for (i, track) in tracks.iter().enumerate() {
@@ -102,56 +112,25 @@ impl Restorer {
                 update.states.push(None);
                 continue;
             };
-            let thumb = thumbs.f_narrow(0, i as i64, 1)?;
+            let thumb = match (registered.get(i).copied().flatten(), &thumbs) {
+                (Some(t), _) => t.shallow_clone(),
+                (None, Some(all)) => all.f_narrow(0, i as i64, 1)?,
+                (None, None) => return Err(Error::Frame("a tracked face without a thumbnail".into())),
+            };
             priors.push(match memory.previous(id).filter(|_| faces || masks) {
-                Some(last) => {
-                    // The previous face, moved to where the face's content is in this frame's
-                    // aligned crop; what still differs after that is change, not jitter.
-                    let offset = temporal::registration(&thumb, &last.thumb)?;
-                    // The face and its masks move by the same offset: the mask as parsed and as
-                    // pasted with face parsing, only as pasted without (the other is the fixed
-                    // rectangle).
-                    let face = last.face.as_ref().filter(|_| faces);
-                    let mut parts: Vec<&Tensor> = face.into_iter().collect();
-                    if let Some((raw, pasted)) = &last.mask {
-                        parts.extend(if masks { vec![raw, pasted] } else { vec![pasted] });
-                    }
-                    let mut moved = temporal::moved_parts(&parts, &large, &offset)?.into_iter();
-                    let face = face.and_then(|_| moved.next());
-                    let mask = match &last.mask {
-                        Some((raw, _)) if !masks => moved.next().map(|p| (raw.shallow_clone(), p)),
-                        Some(_) => moved.next().zip(moved.next()),
-                        None => None,
-                    };
-                    Some(Prior {
-                        face,
-                        mask,
-                        stillness: temporal::stillness(&thumb, &temporal::moved(&last.thumb, &small, &offset)?, size)?,
-                    })
-                }
+                // With blending the crops are registered onto each other ([`super::lock`]): the
+                // previous face and masks lie where this frame's do, and what differs is change.
+                Some(last) => Some(Prior {
+                    face: last.face.as_ref().filter(|_| faces).map(Tensor::shallow_clone),
+                    mask: last.mask.as_ref().map(|(raw, pasted)| (raw.shallow_clone(), pasted.shallow_clone())),
+                    stillness: temporal::stillness(&thumb, &last.thumb)?,
+                    size,
+                }),
                 None => None,
             });
             update.states.push(Some((id, TrackState { serial: memory.serial, thumb, face: None, mask: None })));
         }
         Ok((priors, update))
-    }
-
-    /// The soft rectangle of each face, blended for tracked faces with the track's last pasted
-    /// one by `strength` where the face is still, as faces are. The states in `update` keep them.
-    fn rectangles(&self, stage: &FaceStage, strength: f64, priors: &[Option<Prior>], update: &mut TrackUpdate) -> Result<Tensor, Error> {
-        let rect = stage.paster.rectangle();
-        let mut out = Vec::with_capacity(priors.len());
-        for (i, prior) in priors.iter().enumerate() {
-            let pasted = match prior.as_ref().and_then(|p| p.mask.as_ref().map(|m| (&m.1, &p.stillness))) {
-                Some((last, still)) => rect.f_lerp_tensor(last, &still.f_mul_scalar(strength)?)?,
-                None => rect.shallow_clone(),
-            };
-            if let Some(Some((_, state))) = update.states.get_mut(i) {
-                state.mask = Some((rect.shallow_clone(), pasted.shallow_clone()));
-            }
-            out.push(pasted);
-        }
-        Ok(Tensor::f_cat(&out, 0)?)
     }
 
     /// Keeps the state of a written frame's tracks; tracks that are gone are forgotten.
@@ -206,15 +185,15 @@ impl Restorer {
     /// the pasted region into `data`. Pixels outside the pasted masks keep their value.
     /// With `out`, the pasted region is written into the frame's memory; without, it is
     /// composed into `background` on the device (which the caller writes whole). `ahead`: the
-    /// faces' crops and generator outputs, made in a batch with other frames' faces.
-    #[allow(clippy::too_many_arguments)]
+    /// faces' crops and generator outputs, made in a batch with other frames' faces. `faces`:
+    /// the faces, their tracks (none for a still image) and their registered thumbnails (none
+    /// without blending).
     pub(super) fn restore_onto(
         &self,
         stage: &FaceStage,
         crops_from: &Tensor,
         background: &Tensor,
-        faces: &[Face],
-        ids: &[u64],
+        (faces, ids, thumbs): (&[Face], &[u64], &[Option<Tensor>]),
         ahead: Option<&Ahead>,
         out: Option<(&mut [u8], &PackedLayout)>,
     ) -> Result<PasteReport, Error> {
@@ -228,16 +207,17 @@ impl Restorer {
                 return Err(Error::Frame(format!("faces of a {w}x{h} frame pasted into a {}x{} one", layout.width, layout.height)));
             }
         }
-        // Each face with its track (none for still images) and its alignment.
+        // Each face with its track (none for still images), its alignment and its thumbnail.
         let mut aligned = Vec::with_capacity(faces.len());
         for (i, f) in faces.iter().enumerate() {
             if let Some(a) = align::align(&f.landmarks, size) {
-                aligned.push((f, ids.get(i).copied(), a));
+                aligned.push((f, ids.get(i).copied(), a, thumbs.get(i).and_then(Option::as_ref)));
             }
         }
         let faces: Vec<&Face> = aligned.iter().map(|x| x.0).collect();
         let tracks: Vec<Option<u64>> = aligned.iter().map(|x| x.1).collect();
         let alignments: Vec<Alignment> = aligned.iter().map(|x| x.2).collect();
+        let thumbs: Vec<Option<&Tensor>> = aligned.iter().map(|x| x.3).collect();
         if faces.is_empty() {
             return Ok(report);
         }
@@ -271,12 +251,12 @@ impl Restorer {
         let live = stage.settings.live;
         // The previous frame matters to blending and to parsing masks only.
         let parse = stage.parser.is_some() && self.ladder.plan().parse;
-        let (priors, mut update) = self.priors(stage, &crops, &tracks, live.consistency > 0.0, parse)?;
+        let (priors, mut update) = self.priors(stage, &crops, (&tracks, &thumbs), live.consistency > 0.0, parse)?;
         // Each tracked face takes its previous restoration where the face is still.
         for (i, prior) in priors.iter().enumerate() {
-            if let Some(Prior { face: Some(face), stillness, .. }) = prior {
+            if let Some(prior @ Prior { face: Some(face), .. }) = prior {
                 // In place on the face's part of the batch.
-                let _ = restored.f_narrow(0, i as i64, 1)?.f_lerp_tensor_(face, &stillness.f_mul_scalar(live.consistency)?)?;
+                let _ = restored.f_narrow(0, i as i64, 1)?.f_lerp_tensor_(face, &prior.weight(live.consistency)?)?;
             }
         }
         if live.consistency > 0.0 {
@@ -295,8 +275,6 @@ impl Restorer {
                 let classes = |x: &Tensor| self.in_batches(x, |b| Ok(net.forward(b)?.f_argmax(1, false)?));
                 Some(self.smooth_masks(live.smoothing, stage.paster.parse_masks(&restored, classes)?, &priors, &mut update)?)
             }
-            // The rectangle follows its track too (it would breathe with the landmarks' jitter).
-            _ if live.consistency > 0.0 => Some(self.rectangles(stage, live.consistency, &priors, &mut update)?),
             _ => None,
         };
         drop(_pause);
