@@ -47,8 +47,8 @@ struct Locked {
     crop: Similarity,
     /// How the crop moved from the frame before (crop to crop): the next frame's first guess.
     motion: Similarity,
-    /// The crop's thumbnail (`1 x 3 x GRID x GRID`).
-    thumb: Tensor,
+    /// The crop's thumbnail in grey levels (`GRID x GRID`, on the host).
+    grey: Vec<f32>,
 }
 
 /// The locked crops of a stream's live tracks.
@@ -68,8 +68,8 @@ struct Step {
     guess: Similarity,
     /// The crop as registered so far.
     crop: Similarity,
-    /// The track's thumbnail and crop of the frame before; `None` for a new track.
-    previous: Option<(Tensor, Similarity)>,
+    /// The track's grey thumbnail and crop of the frame before; `None` for a new track.
+    previous: Option<(Vec<f32>, Similarity)>,
     done: bool,
 }
 
@@ -97,7 +97,7 @@ impl Lock {
             let last = self.tracks.get(&id).filter(|p| p.serial + 1 == serial);
             // The content is expected to move as it did: the crop goes with it.
             let crop = last.map_or(fit, |p| p.motion.after(&p.crop));
-            let previous = last.map(|p| (p.thumb.shallow_clone(), p.crop));
+            let previous = last.map(|p| (p.grey.clone(), p.crop));
             steps.push(Step { index, fit, guess: crop, crop, done: previous.is_none(), previous });
         }
         let centre = (size as f64 - 1.0) / 2.0;
@@ -113,57 +113,41 @@ impl Lock {
                 c
             }
         };
-        let guessed = thumbnails(frame, &cells, &steps, size)?;
-        let mut thumbs = guessed.shallow_clone();
-        // The faces with a previous crop are registered, all in one batch.
-        let known: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].previous.is_some()).collect();
-        if !known.is_empty() {
-            let pick = |all: &Tensor| -> Result<Tensor, Error> {
-                Ok(Tensor::f_cat(&known.iter().map(|&i| all.f_narrow(0, i as i64, 1)).collect::<Result<Vec<_>, _>>()?, 0)?)
-            };
-            let before = Tensor::f_cat(&known.iter().filter_map(|&i| steps[i].previous.as_ref().map(|p| &p.0)).collect::<Vec<_>>(), 0)?;
-            let registration = temporal::Registration::new(&before)?;
-            let mut normal = None;
-            for _ in 0..STEPS {
-                if known.iter().all(|&i| steps[i].done) {
-                    break;
-                }
-                let rhs = registration.rhs(&pick(&thumbs)?)?;
-                // The normal matrices travel with the first step's right-hand sides.
-                let mut read = match &normal {
-                    None => crate::transfer::download_f32(&[&rhs, &registration.normal])?,
-                    Some(_) => crate::transfer::download_f32(&[&rhs])?,
-                };
-                if normal.is_none() {
-                    normal = read.pop();
-                }
-                let (rhs, normal) = (&read[0], normal.as_deref().unwrap_or_default());
-                for (j, &i) in known.iter().enumerate() {
-                    let s = &mut steps[i];
-                    if s.done {
+        // The frame is sampled once, at the first guesses, and the thumbnails come to the host:
+        // each step moves a thumbnail there, and solves there.
+        let guessed = crate::transfer::download_f32(&[&thumbnails(frame, &cells, &steps, size)?])?.remove(0);
+        let one = (3 * GRID * GRID) as usize;
+        let mut thumbs: Vec<Vec<f32>> = guessed.chunks(one).map(<[f32]>::to_vec).collect();
+        for _ in 0..STEPS {
+            let mut moved = false;
+            for (i, s) in steps.iter_mut().enumerate() {
+                let Some((before, _)) = s.previous.as_ref().filter(|_| !s.done) else { continue };
+                match temporal::motion(before, &temporal::grey(&thumbs[i])) {
+                    // Nothing moved (a still face in identical frames): the crop stays, bit for bit.
+                    Some(m) if reach(&m) == 0.0 => {
+                        s.done = true;
                         continue;
                     }
-                    match Motion::solve(&normal[16 * j..16 * (j + 1)], &rhs[4 * j..4 * (j + 1)]) {
-                        // Nothing moved (a still face in identical frames): the crop stays, bit for bit.
-                        Some(m) if reach(&m) == 0.0 => s.done = true,
-                        Some(m) if reach(&m) <= MAX_STEP && m.scale.abs().max(m.turn.abs()) <= MAX_STEP_TURN => {
-                            // Content at u in the last crop is at moved(u) in this one: the crop that
-                            // holds it at u again is moved⁻¹ after this one. Even a motion below
-                            // CONVERGED is followed: left out, it would bias the next frame's guess.
-                            let moved = about(centre, [m.shift[0] * cell, m.shift[1] * cell], m.scale, m.turn);
-                            s.crop = moved.inverse().after(&s.crop);
-                            s.done = reach(&m) < CONVERGED;
-                        }
-                        // Not a small motion, or nothing to register on: the landmarks place the crop.
-                        _ => (s.crop, s.done) = (s.fit, true),
+                    Some(m) if reach(&m) <= MAX_STEP && m.scale.abs().max(m.turn.abs()) <= MAX_STEP_TURN => {
+                        // Content at u in the last crop is at moved(u) in this one: the crop that
+                        // holds it at u again is moved⁻¹ after this one. Even a motion below
+                        // CONVERGED is followed: left out, it would bias the next frame's guess.
+                        let m_crop = about(centre, [m.shift[0] * cell, m.shift[1] * cell], m.scale, m.turn);
+                        s.crop = m_crop.inverse().after(&s.crop);
+                        s.done = reach(&m) < CONVERGED;
                     }
+                    // Not a small motion, or nothing to register on: the landmarks place the crop.
+                    _ => (s.crop, s.done) = (s.fit, true),
                 }
-                thumbs = moved_thumbnails(&guessed, &cells, &steps, size)?;
+                thumbs[i] = moved_thumbnail(&guessed[i * one..(i + 1) * one], s, size);
+                moved = true;
+            }
+            if !moved {
+                break;
             }
         }
         // Drawn back towards the landmarks beyond the free range.
-        let mut pulled = false;
-        for s in &mut steps {
+        for (i, s) in steps.iter_mut().enumerate() {
             let off = s.crop.after(&s.fit.inverse());
             let at = off.apply([centre, centre]);
             let shift = [(at[0] - centre) / cell, (at[1] - centre) / cell];
@@ -174,12 +158,13 @@ impl Lock {
                 let kept = if length > FREE_SHIFT { back(length, FREE_SHIFT) / length } else { 1.0 };
                 let off = about(centre, shift.map(|v| v * kept * cell), back(scale, FREE_SCALE).exp() - 1.0, back(turn, FREE_TURN));
                 s.crop = off.after(&s.fit);
-                pulled = true;
+                thumbs[i] = moved_thumbnail(&guessed[i * one..(i + 1) * one], s, size);
             }
         }
-        if pulled {
-            thumbs = moved_thumbnails(&guessed, &cells, &steps, size)?;
-        }
+        // Blending compares the thumbnails on the device: one copy for all faces.
+        let all: Vec<f32> = thumbs.concat();
+        let n = steps.len() as i64;
+        let on_device = crate::transfer::upload(&Tensor::f_from_slice(&all)?.f_reshape([n, 3, GRID, GRID])?, frame.device())?;
         let mut tracks = HashMap::with_capacity(steps.len());
         let mut out: Vec<Option<Tensor>> = faces.iter().map(|_| None).collect();
         for (j, s) in steps.iter().enumerate() {
@@ -195,9 +180,8 @@ impl Lock {
                 Some((_, last)) if *last != s.crop => s.crop.after(&last.inverse()),
                 _ => IDENTITY,
             };
-            let thumb = thumbs.f_narrow(0, j as i64, 1)?;
-            out[s.index] = Some(thumb.shallow_clone());
-            tracks.insert(ids[s.index], Locked { serial, crop: s.crop, motion, thumb });
+            out[s.index] = Some(on_device.f_narrow(0, j as i64, 1)?);
+            tracks.insert(ids[s.index], Locked { serial, crop: s.crop, motion, grey: temporal::grey(&thumbs[j]) });
         }
         self.tracks = tracks;
         Ok(out)
@@ -233,26 +217,36 @@ fn thumbnails(frame: &Tensor, cells: &Tensor, steps: &[Step], size: i64) -> Resu
     Ok(align::warp(frame, &grid, Border::Replicate)?.f_reshape([3, n, GRID, GRID])?.f_permute([1, 0, 2, 3])?)
 }
 
-/// The thumbnails of the faces' crops as registered so far, moved from those at the first
-/// guesses (`guessed`): a thumbnail is resampled, not the frame. Faces whose crop is still the
-/// guess keep theirs bit for bit.
-fn moved_thumbnails(guessed: &Tensor, cells: &Tensor, steps: &[Step], size: i64) -> Result<Tensor, Error> {
-    if steps.iter().all(|s| s.crop == s.guess) {
-        return Ok(guessed.shallow_clone());
+/// The thumbnail (`3 x GRID x GRID`) of a face's crop as registered so far, moved on the host
+/// from the one at the first guess (`from`): bilinear, edges replicated, as `grid_sample`
+/// would. A face whose crop is still the guess keeps it bit for bit.
+fn moved_thumbnail(from: &[f32], s: &Step, size: i64) -> Vec<f32> {
+    if s.crop == s.guess {
+        return from.to_vec();
     }
+    let g = GRID as usize;
     // Cell v of a thumbnail is crop pixel (v + 0.5) k - 0.5; the new crop's pixel u is the
     // guess's pixel guess(crop⁻¹(u)).
     let k = size as f64 / GRID as f64;
     let to_crop = Similarity { a: k, b: 0.0, tx: 0.5 * k - 0.5, ty: 0.5 * k - 0.5 };
-    let maps: Vec<Similarity> = steps.iter().map(|s| to_crop.inverse().after(&s.guess).after(&s.crop.inverse()).after(&to_crop)).collect();
-    let grid = grids(cells, &maps, (GRID, GRID))?;
-    let moved = align::warp(guessed, &grid, Border::Replicate)?;
-    let parts = steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| if s.crop == s.guess { guessed.f_narrow(0, i as i64, 1) } else { moved.f_narrow(0, i as i64, 1) })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Tensor::f_cat(&parts, 0)?)
+    let map = to_crop.inverse().after(&s.guess).after(&s.crop.inverse()).after(&to_crop);
+    let top = (g - 1) as f64;
+    let mut out = vec![0f32; 3 * g * g];
+    for y in 0..g {
+        for x in 0..g {
+            let [sx, sy] = map.apply([x as f64, y as f64]).map(|v| v.clamp(0.0, top));
+            let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+            let (x1, y1) = ((x0 + 1).min(g - 1), (y0 + 1).min(g - 1));
+            let (fx, fy) = ((sx - x0 as f64) as f32, (sy - y0 as f64) as f32);
+            for c in 0..3 {
+                let p = &from[c * g * g..(c + 1) * g * g];
+                let upper = p[y0 * g + x0] * (1.0 - fx) + p[y0 * g + x1] * fx;
+                let lower = p[y1 * g + x0] * (1.0 - fx) + p[y1 * g + x1] * fx;
+                out[c * g * g + y * g + x] = upper * (1.0 - fy) + lower * fy;
+            }
+        }
+    }
+    out
 }
 
 /// Sampling grids (`N x GRID x GRID x 2`) that read, for cell `v` of face `i`, source pixel

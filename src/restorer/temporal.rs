@@ -34,66 +34,69 @@ pub fn stillness(now: &Tensor, before: &Tensor) -> Result<Tensor, Error> {
     Ok(change.f_sub_scalar(MOVING)?.f_div_scalar(STILL - MOVING)?.f_clamp(0.0, 1.0)?)
 }
 
-/// A per-cell map (`1 x 1 x GRID x GRID`) spread over `size x size` pixels: bilinear to twice
-/// the grid, then each value over a square of pixels (a bilinear resampling of every pixel
-/// would cost half as much as the whole blending; the squares are 4 pixels at 512).
-pub fn spread(map: &Tensor, size: i64) -> Result<Tensor, Error> {
-    let fine = map.f_upsample_bilinear2d([2 * GRID, 2 * GRID], false, None, None)?;
-    Ok(if size > 2 * GRID {
+/// `a` (`1 x C x S x S`) moved towards `b` by `strength` times `still` (`1 x 1 x GRID x
+/// GRID`), a per-cell map spread over the pixels: bilinear to twice the grid, then each value
+/// over a square of pixels, a quarter cell (a bilinear weight for every pixel costs half as
+/// much as the whole blending). In place when `in_place`.
+pub fn blend(a: &Tensor, b: &Tensor, still: &Tensor, strength: f64, in_place: bool) -> Result<Tensor, Error> {
+    let size = a.size()[2];
+    let fine = still.f_mul_scalar(strength)?.f_upsample_bilinear2d([2 * GRID, 2 * GRID], false, None, None)?;
+    let weight = if size > 2 * GRID {
         fine.f_upsample_nearest2d([size, size], None, None)?
     } else {
         fine.f_upsample_bilinear2d([size, size], false, None, None)?
-    })
-}
-
-/// Lucas-Kanade registration of faces' thumbnails onto their previous ones (`N x 3 x GRID x
-/// GRID`), over the face's part of the crop (its surroundings may stand still while it moves).
-/// The unknowns are a small similarity about the grid's centre (a shift, a change of scale, a
-/// turn); the gradients are the previous thumbnails', so that the normal matrix is made once
-/// and each step costs one product ([`Motion::solve`] solves on the host).
-pub struct Registration {
-    /// `N x 4 x M`: the change of each of the M cells per unit of each unknown.
-    jacobian: Tensor,
-    /// The previous thumbnails' grey levels over the face (`N x 1 x h x w`).
-    before: Tensor,
-    /// `N x 16` on the device: each face's 4 x 4 normal matrix.
-    pub normal: Tensor,
+    };
+    if in_place {
+        let mut a = a.shallow_clone();
+        let _ = a.f_lerp_tensor_(b, &weight)?;
+        Ok(a)
+    } else {
+        Ok(a.f_lerp_tensor(b, &weight)?)
+    }
 }
 
 /// The face in GPEN's template, in cells: its middle three fifths across, from a fifth to nine
 /// tenths down.
-const FACE: (i64, i64, i64, i64) = (GRID / 5, GRID * 4 / 5, GRID / 5, GRID * 9 / 10);
+const FACE: (usize, usize, usize, usize) = (GRID as usize / 5, GRID as usize * 4 / 5, GRID as usize / 5, GRID as usize * 9 / 10);
 
-fn grey_part(t: &Tensor, dy: i64, dx: i64) -> Result<Tensor, Error> {
-    let (x0, x1, y0, y1) = FACE;
-    Ok(t.f_mean_dim(1, true, Kind::Float)?.f_narrow(2, y0 + dy, y1 - y0)?.f_narrow(3, x0 + dx, x1 - x0)?)
+/// The grey levels (`GRID x GRID`, row by row) of a thumbnail's three channels (`3 x GRID x
+/// GRID`).
+pub fn grey(thumb: &[f32]) -> Vec<f32> {
+    let n = (GRID * GRID) as usize;
+    (0..n).map(|i| (thumb[i] + thumb[n + i] + thumb[2 * n + i]) / 3.0).collect()
 }
 
-impl Registration {
-    pub fn new(before: &Tensor) -> Result<Self, Error> {
-        let (x0, x1, y0, y1) = FACE;
-        let gx = grey_part(before, 0, 1)?.f_sub(&grey_part(before, 0, -1)?)?.f_mul_scalar(0.5)?;
-        let gy = grey_part(before, 1, 0)?.f_sub(&grey_part(before, -1, 0)?)?.f_mul_scalar(0.5)?;
-        // Cell positions from the grid's centre, in half grids (scale and turn per half grid).
-        let half = GRID as f64 / 2.0;
-        let axis = |from: i64, to: i64| {
-            Tensor::f_arange_start(from, to, (Kind::Float, before.device()))?.f_sub_scalar(half - 0.5)?.f_div_scalar(half)
-        };
-        let (xs, ys) = (axis(x0, x1)?.f_reshape([1, 1, 1, x1 - x0])?, axis(y0, y1)?.f_reshape([1, 1, y1 - y0, 1])?);
-        let scale = gx.f_mul(&xs)?.f_add(&gy.f_mul(&ys)?)?;
-        let turn = gy.f_mul(&xs)?.f_sub(&gx.f_mul(&ys)?)?;
-        let n = before.size()[0];
-        let jacobian = Tensor::f_cat(&[gx, gy, scale, turn], 1)?.f_reshape([n, 4, -1])?;
-        let normal = jacobian.f_matmul(&jacobian.f_transpose(1, 2)?)?.f_reshape([n, 16])?;
-        Ok(Registration { jacobian, before: grey_part(before, 0, 0)?, normal })
+/// How a face's content moved from `before` to `now` (grey thumbnails, [`grey`]): one
+/// Lucas-Kanade step over the face's cells (its surroundings may stand still while it moves),
+/// on the host: the thumbnails are small, and a few thousand multiplications cost less than
+/// launching the tensor operations that would do them. `None` when the face is flat (nothing
+/// to register on).
+pub fn motion(before: &[f32], now: &[f32]) -> Option<Motion> {
+    let g = GRID as usize;
+    let (x0, x1, y0, y1) = FACE;
+    let at = |t: &[f32], x: usize, y: usize| f64::from(t[y * g + x]);
+    // Cell positions from the grid's centre, in half grids (scale and turn per half grid).
+    let half = GRID as f64 / 2.0;
+    let (mut normal, mut rhs) = ([[0.0f64; 4]; 4], [0.0f64; 4]);
+    for y in y0..y1 {
+        let ys = (y as f64 - (half - 0.5)) / half;
+        for x in x0..x1 {
+            let xs = (x as f64 - (half - 0.5)) / half;
+            // Gradients of the previous thumbnail: content at u before is at u + d(u) now, so
+            // now(u) = before(u - d(u)), and to first order grad(before) . d = before - now.
+            let gx = (at(before, x + 1, y) - at(before, x - 1, y)) * 0.5;
+            let gy = (at(before, x, y + 1) - at(before, x, y - 1)) * 0.5;
+            let j = [gx, gy, gx * xs + gy * ys, gy * xs - gx * ys];
+            let e = at(before, x, y) - at(now, x, y);
+            for a in 0..4 {
+                rhs[a] += j[a] * e;
+                for b in 0..4 {
+                    normal[a][b] += j[a] * j[b];
+                }
+            }
+        }
     }
-
-    /// The right-hand sides (`N x 4`) for the thumbnails `now` (as many as before, in order).
-    pub fn rhs(&self, now: &Tensor) -> Result<Tensor, Error> {
-        let n = now.size()[0];
-        let e = self.before.f_sub(&grey_part(now, 0, 0)?)?.f_reshape([n, -1, 1])?;
-        Ok(self.jacobian.f_matmul(&e)?.f_reshape([n, 4])?)
-    }
+    Motion::solve(normal, rhs)
 }
 
 /// A small motion of a face's content in its crop: content at cell `u` before is at
@@ -109,16 +112,13 @@ pub struct Motion {
 }
 
 impl Motion {
-    /// The motion from one face's normal matrix (16 values of [`Registration::normal`]) and
-    /// right-hand side (4 of [`Registration::rhs`]); `None` when the face's part of the crop is
-    /// flat (nothing to register on).
-    pub fn solve(normal: &[f32], rhs: &[f32]) -> Option<Motion> {
+    /// The motion that solves the normal equations `normal x = rhs` of [`motion`]; `None` when
+    /// they are singular.
+    fn solve(normal: [[f64; 4]; 4], rhs: [f64; 4]) -> Option<Motion> {
         let mut m = [[0.0f64; 5]; 4];
         for (i, row) in m.iter_mut().enumerate() {
-            for (k, v) in row.iter_mut().take(4).enumerate() {
-                *v = f64::from(normal[4 * i + k]);
-            }
-            row[4] = f64::from(rhs[i]);
+            row[..4].copy_from_slice(&normal[i]);
+            row[4] = rhs[i];
         }
         // Gaussian elimination with partial pivoting on the 4 x 4 system.
         let size = (0..4).map(|i| m[i][i].abs()).fold(0.0, f64::max);
@@ -341,16 +341,21 @@ mod tests {
     }
 
     #[test]
-    fn spreading_a_map_is_close_to_bilinear_upsampling() {
-        let map = Tensor::rand([1, 1, GRID, GRID], (Kind::Float, Device::Cpu));
-        for size in [128, 256, 512, 1024] {
-            let want = map.upsample_bilinear2d([size, size], false, None, None);
-            let got = spread(&map, size).unwrap();
-            assert_eq!(got.size(), [1, 1, size, size]);
-            // Squares of a quarter cell: a weight is at most a quarter of a cell's step away.
-            let steps = (map.narrow(3, 1, GRID - 1) - map.narrow(3, 0, GRID - 1)).abs().max().double_value(&[]);
+    fn blending_spreads_the_map_in_squares_close_to_bilinear() {
+        let still = Tensor::rand([1, 1, GRID, GRID], (Kind::Float, Device::Cpu));
+        // Squares of a quarter cell: a weight is at most half a cell's step from bilinear.
+        let steps = (still.narrow(3, 1, GRID - 1) - still.narrow(3, 0, GRID - 1)).abs().max().double_value(&[]);
+        for size in [256, 512, 1024] {
+            let a = Tensor::zeros([1, 3, size, size], (Kind::Float, Device::Cpu));
+            let b = Tensor::ones([1, 3, size, size], (Kind::Float, Device::Cpu));
+            let got = blend(&a, &b, &still, 0.8, false).unwrap();
+            assert_eq!(got.size(), [1, 3, size, size]);
+            let want = still.upsample_bilinear2d([size, size], false, None, None) * 0.8;
             let err = (&got - &want).abs().max().double_value(&[]);
-            assert!(err <= 0.5 * steps, "{size}: {err} against steps of {steps}");
+            assert!(err <= 0.5 * 0.8 * steps + 1e-6, "{size}: {err} against steps of {steps}");
+            // In place gives the same, into `a`.
+            let _ = blend(&a, &b, &still, 0.8, true).unwrap();
+            assert!(a.equal(&got));
         }
     }
 
@@ -380,10 +385,10 @@ mod tests {
         let before = Tensor::cat(&cases.iter().map(|_| pattern(still)).collect::<Vec<_>>(), 0);
         let now = Tensor::cat(&cases.iter().map(|m| pattern(*m)).collect::<Vec<_>>(), 0);
         let solve = |now: &Tensor, before: &Tensor| -> Vec<Option<Motion>> {
-            let r = Registration::new(before).unwrap();
-            let normal: Vec<f32> = Vec::try_from(r.normal.flatten(0, -1)).unwrap();
-            let rhs: Vec<f32> = Vec::try_from(r.rhs(now).unwrap().flatten(0, -1)).unwrap();
-            (0..now.size()[0] as usize).map(|i| Motion::solve(&normal[16 * i..16 * (i + 1)], &rhs[4 * i..4 * (i + 1)])).collect()
+            let (now, before): (Vec<f32>, Vec<f32>) =
+                (Vec::try_from(now.flatten(0, -1)).unwrap(), Vec::try_from(before.flatten(0, -1)).unwrap());
+            let one = (3 * GRID * GRID) as usize;
+            (0..now.len() / one).map(|i| motion(&grey(&before[i * one..(i + 1) * one]), &grey(&now[i * one..(i + 1) * one]))).collect()
         };
         let found = solve(&now, &before);
         for (i, want) in cases.iter().enumerate() {

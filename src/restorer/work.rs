@@ -26,15 +26,6 @@ struct Prior {
     face: Option<Tensor>,
     mask: Option<(Tensor, Tensor)>,
     stillness: Tensor,
-    /// The crop's side.
-    size: i64,
-}
-
-impl Prior {
-    /// How much of the previous frame each pixel takes at `strength` (`1 x 1 x S x S`).
-    fn weight(&self, strength: f64) -> Result<Tensor, Error> {
-        temporal::spread(&self.stillness.f_mul_scalar(strength)?, self.size)
-    }
 }
 
 /// How much the parsing masks of tracked faces change from frame to frame (mean absolute change
@@ -66,7 +57,7 @@ impl Restorer {
             let raw = masks.f_narrow(0, i as i64, 1)?;
             let pasted = match prior.as_ref().and_then(|p| p.mask.as_ref().map(|m| (m, p))) {
                 Some(((last_raw, last_pasted), prior)) => {
-                    let pasted = raw.f_lerp_tensor(last_pasted, &prior.weight(strength)?)?;
+                    let pasted = temporal::blend(&raw, last_pasted, &prior.stillness, strength, false)?;
                     // Frame-to-frame change as parsed and as pasted, summed on the device: nothing
                     // is read back per frame.
                     let change = |a: &Tensor, b: &Tensor| a.f_sub(b)?.f_abs()?.f_mean(Kind::Float);
@@ -101,7 +92,6 @@ impl Restorer {
         masks: bool,
     ) -> Result<(Vec<Option<Prior>>, TrackUpdate), Error> {
         let memory = stage.tracks.borrow();
-        let size = crops.size()[2];
         let unregistered = tracks.iter().zip(registered).any(|(t, r)| t.is_some() && r.is_none());
         let thumbs = if unregistered { Some(temporal::thumbnails(crops)?) } else { None };
         let mut priors = Vec::with_capacity(tracks.len());
@@ -124,7 +114,6 @@ impl Restorer {
                     face: last.face.as_ref().filter(|_| faces).map(Tensor::shallow_clone),
                     mask: last.mask.as_ref().map(|(raw, pasted)| (raw.shallow_clone(), pasted.shallow_clone())),
                     stillness: temporal::stillness(&thumb, &last.thumb)?,
-                    size,
                 }),
                 None => None,
             });
@@ -254,9 +243,9 @@ impl Restorer {
         let (priors, mut update) = self.priors(stage, &crops, (&tracks, &thumbs), live.consistency > 0.0, parse)?;
         // Each tracked face takes its previous restoration where the face is still.
         for (i, prior) in priors.iter().enumerate() {
-            if let Some(prior @ Prior { face: Some(face), .. }) = prior {
+            if let Some(Prior { face: Some(face), stillness, .. }) = prior {
                 // In place on the face's part of the batch.
-                let _ = restored.f_narrow(0, i as i64, 1)?.f_lerp_tensor_(face, &prior.weight(live.consistency)?)?;
+                let _ = temporal::blend(&restored.f_narrow(0, i as i64, 1)?, face, stillness, live.consistency, true)?;
             }
         }
         if live.consistency > 0.0 {
