@@ -403,7 +403,9 @@ pub fn specs() -> Vec<glib::ParamSpec> {
                 "Strength (0 = off, 1 = strongest) of the blending of each tracked face's restoration \
                  with its previous one in aligned space, weighted by how still the face is (moving \
                  parts, such as a mouth opening, are not blended); it keeps the restorer from adding \
-                 flicker. Lower it for fast action or heavy occlusion",
+                 flicker. Above 0, each tracked face's crop is also registered onto the previous \
+                 frame's, and the faces posted carry the registered landmarks. Lower it for fast \
+                 action or heavy occlusion",
             )
             .minimum(0.0)
             .maximum(1.0)

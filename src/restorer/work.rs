@@ -240,7 +240,11 @@ impl Restorer {
         let live = stage.settings.live;
         // The previous frame matters to blending and to parsing masks only.
         let parse = stage.parser.is_some() && self.ladder.plan().parse;
-        let (priors, mut update) = self.priors(stage, &crops, (&tracks, &thumbs), live.consistency > 0.0, parse)?;
+        let (priors, mut update) = match live.consistency > 0.0 || parse {
+            true => self.priors(stage, &crops, (&tracks, &thumbs), live.consistency > 0.0, parse)?,
+            // Nothing carries over: no thumbnails to make, no state to keep.
+            false => (tracks.iter().map(|_| None).collect(), TrackUpdate::default()),
+        };
         // Each tracked face takes its previous restoration where the face is still.
         for (i, prior) in priors.iter().enumerate() {
             if let Some(Prior { face: Some(face), stillness, .. }) = prior {
