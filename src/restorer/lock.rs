@@ -71,6 +71,8 @@ struct Step {
     /// The track's grey thumbnail and crop of the frame before; `None` for a new track.
     previous: Option<(Vec<f32>, Similarity)>,
     done: bool,
+    /// Registration failed and the crop went back to the landmarks.
+    reset: bool,
 }
 
 impl Lock {
@@ -98,11 +100,14 @@ impl Lock {
             // The content is expected to move as it did: the crop goes with it.
             let crop = last.map_or(fit, |p| p.motion.after(&p.crop));
             let previous = last.map(|p| (p.grey.clone(), p.crop));
-            steps.push(Step { index, fit, guess: crop, crop, done: previous.is_none(), previous });
+            steps.push(Step { index, fit, guess: crop, crop, done: previous.is_none(), previous, reset: false });
+        }
+        if steps.is_empty() {
+            self.tracks.clear();
+            return Ok(faces.iter().map(|_| None).collect());
         }
         let centre = (size as f64 - 1.0) / 2.0;
         let cell = size as f64 / GRID as f64;
-        // The frame is sampled once, at the first guess; each step moves that thumbnail.
         let cells = match self.cells.as_ref().filter(|c| c.device() == frame.device()) {
             Some(c) => c.shallow_clone(),
             None => {
@@ -137,7 +142,7 @@ impl Lock {
                         s.done = reach(&m) < CONVERGED;
                     }
                     // Not a small motion, or nothing to register on: the landmarks place the crop.
-                    _ => (s.crop, s.done) = (s.fit, true),
+                    _ => (s.crop, s.done, s.reset) = (s.fit, true, true),
                 }
                 thumbs[i] = moved_thumbnail(&guessed[i * one..(i + 1) * one], s, size);
                 moved = true;
@@ -176,8 +181,9 @@ impl Lock {
             let moved = |k: usize| (0..5).map(|i| face.landmarks[i][k] - before[i][k]).sum::<f32>() / 5.0;
             let (dx, dy) = (moved(0), moved(1));
             face.bbox = [face.bbox[0] + dx, face.bbox[1] + dy, face.bbox[2] + dx, face.bbox[3] + dy];
+            // A crop given back to the landmarks did not move with the face: no motion to expect.
             let motion = match &s.previous {
-                Some((_, last)) if *last != s.crop => s.crop.after(&last.inverse()),
+                Some((_, last)) if *last != s.crop && !s.reset => s.crop.after(&last.inverse()),
                 _ => IDENTITY,
             };
             out[s.index] = Some(on_device.f_narrow(0, j as i64, 1)?);
@@ -265,4 +271,70 @@ fn grids(cells: &Tensor, to_src: &[Similarity], src: (i64, i64)) -> Result<Tenso
     }
     let maps = crate::transfer::upload(&Tensor::f_from_slice(&maps)?.f_reshape([3, 2 * n])?, cells.device())?;
     Ok(cells.f_matmul(&maps)?.f_reshape([GRID, GRID, n, 2])?.f_permute([2, 0, 1, 3])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// A smooth textured frame, its content moved by `(dx, dy)` pixels.
+    fn frame(dx: f64, dy: f64) -> Tensor {
+        let (h, w) = (240i64, 320i64);
+        let x = Tensor::arange(w, (Kind::Float, Device::Cpu)).view([1, 1, 1, w]) - dx;
+        let y = Tensor::arange(h, (Kind::Float, Device::Cpu)).view([1, 1, h, 1]) - dy;
+        let v = (&x * 0.11).sin() * 50.0 + (&y * 0.07).cos() * 40.0 + (&x * 0.05 + &y * 0.09).sin() * 30.0 + 120.0;
+        v.expand([1, 3, h, w], false).contiguous()
+    }
+
+    /// GPEN's template of a 256 crop placed in the frame at half size, moved by `(dx, dy)`.
+    fn face(dx: f32, dy: f32) -> Face {
+        let landmarks = align::template(256).map(|[x, y]| [(100.0 + 0.5 * x) as f32 + dx, (60.0 + 0.5 * y) as f32 + dy]);
+        Face { bbox: [110.0 + dx, 70.0 + dy, 210.0 + dx, 180.0 + dy], score: 0.99, landmarks }
+    }
+
+    fn centroid(f: &Face) -> [f32; 2] {
+        [0, 1].map(|k| f.landmarks.iter().map(|p| p[k]).sum::<f32>() / 5.0)
+    }
+
+    #[test]
+    fn crops_follow_the_content_not_the_landmarks_jitter() {
+        let mut lock = Lock::default();
+        let mut first = vec![face(0.0, 0.0)];
+        let thumbs = lock.follow(&frame(0.0, 0.0), &mut first, &[1], 1, 256).unwrap();
+        assert_eq!(first[0].landmarks, face(0.0, 0.0).landmarks, "a new track keeps its landmarks");
+        assert_eq!(thumbs[0].as_ref().unwrap().size(), [1, 3, GRID, GRID]);
+        // The content moves by (0.6, -0.3) px; the detector says (0.2, 0.4).
+        let mut second = vec![face(0.2, 0.4)];
+        lock.follow(&frame(0.6, -0.3), &mut second, &[1], 2, 256).unwrap();
+        let (a, b) = (centroid(&first[0]), centroid(&second[0]));
+        let moved = [b[0] - a[0], b[1] - a[1]];
+        assert!((moved[0] - 0.6).abs() < 0.05 && (moved[1] + 0.3).abs() < 0.05, "the crop moved by {moved:?}");
+        // The same picture again, the detector elsewhere: the crop stays where the face is.
+        let mut third = vec![face(-0.3, 0.1)];
+        lock.follow(&frame(0.6, -0.3), &mut third, &[1], 3, 256).unwrap();
+        let c = centroid(&third[0]);
+        assert!((c[0] - b[0]).abs() < 0.05 && (c[1] - b[1]).abs() < 0.05, "{c:?} against {b:?}");
+        // A gap (a frame without the track): it starts afresh from its landmarks.
+        let mut later = vec![face(0.0, 0.0)];
+        lock.follow(&frame(5.0, 5.0), &mut later, &[1], 5, 256).unwrap();
+        assert_eq!(later[0].landmarks, face(0.0, 0.0).landmarks);
+    }
+
+    #[test]
+    fn identical_frames_keep_the_crop_bit_for_bit_and_a_new_picture_resets_it() {
+        let mut lock = Lock::default();
+        let still = frame(0.0, 0.0);
+        let mut seen = Vec::new();
+        for serial in 1..4 {
+            let mut faces = vec![face(0.0, 0.0)];
+            lock.follow(&still, &mut faces, &[7], serial, 256).unwrap();
+            seen.push(faces[0].landmarks);
+        }
+        assert!(seen.iter().all(|l| *l == seen[0]));
+        // Another picture in the box (not a small motion): the landmarks place the crop.
+        let mut faces = vec![face(0.0, 0.0)];
+        lock.follow(&frame(0.0, 0.0).flip([3]), &mut faces, &[7], 4, 256).unwrap();
+        assert_eq!(faces[0].landmarks, face(0.0, 0.0).landmarks);
+    }
 }
