@@ -142,8 +142,7 @@ pub struct PasteTimings {
     pub generator: Duration,
     /// Blending each tracked face with its previous restoration.
     pub temporal: Duration,
-    /// Registering the tracked faces' crops onto the previous frame's (done as the frame
-    /// began; see [`Detections::registration`]).
+    /// Registering the faces' crops as the frame began ([`Detections::registration`]).
     pub registration: Duration,
     /// Smoothing, blending, warping back and writing the frame.
     pub paste: Duration,
@@ -372,16 +371,8 @@ impl Restorer {
         };
         match found {
             Ok(mut t) => {
-                let started = std::time::Instant::now();
-                let thumbs = match stage.settings.live.consistency > 0.0 {
-                    true => stage.lock.follow(&frame, &mut t.faces, &t.ids, stage.arrived, stage.paster.size())?,
-                    false => {
-                        stage.lock.clear();
-                        Vec::new()
-                    }
-                };
-                let (detected, scene_cut) = (t.detected, t.scene_cut);
-                let (faces, ids, registration) = (t.faces, t.ids, started.elapsed());
+                let (thumbs, registration) = stage.register(&frame, &mut t.faces, &t.ids)?;
+                let (faces, ids, detected, scene_cut) = (t.faces, t.ids, t.detected, t.scene_cut);
                 Ok(Detections { faces, ids, detected, scene_cut, registration, thumbs, ..Detections::empty(frame, None, serial) })
             }
             Err(e) if e.is_out_of_memory() => {
