@@ -2,14 +2,17 @@
 //! counts every copy of the data path whatever the device): a frame with faces waits for the
 //! device twice (its detections, read with the scene change, and the restored frame) and is
 //! copied up twice (the frame, and one table of every face's transforms); upscaled in tiles, once
-//! more (the tiles' blending windows). One test per process: the counters are global.
+//! more (the tiles' blending windows). Registering tracked faces' crops (with
+//! `temporal-consistency`, the default) adds one wait (their thumbnails) and two copies up (the
+//! thumbnails' sampling grids, the registered thumbnails). One test per process: the counters
+//! are global.
 
 mod common;
 
 use gstgpen::restorer::{DeviceSpec, FaceSettings, LiveSettings, Outcome, PackedLayout, Restorer, RestorerSettings, UpscaleSettings};
 use gstgpen::transfer::{transfers, Transfers};
 
-fn restorer(aligned: bool, detection_interval: u32) -> Restorer {
+fn restorer(aligned: bool, detection_interval: u32, consistency: f64) -> Restorer {
     Restorer::new(&RestorerSettings {
         model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
         size: 256,
@@ -17,7 +20,7 @@ fn restorer(aligned: bool, detection_interval: u32) -> Restorer {
         aligned,
         faces: FaceSettings {
             detector_model: Some(common::detector()),
-            live: LiveSettings { detection_interval, ..Default::default() },
+            live: LiveSettings { detection_interval, consistency, ..Default::default() },
             ..Default::default()
         },
         ..Default::default()
@@ -40,8 +43,9 @@ fn each_frame_waits_for_the_device_twice() {
     let layout = PackedLayout::rgb(w, h);
     let two_each = Transfers { uploads: 2, downloads: 2 };
 
-    // Whole frames, detector on every frame. The first frame has no scene change to read.
-    let mut r = restorer(false, 1);
+    // Whole frames, detector on every frame, no registration. The first frame has no scene
+    // change to read.
+    let mut r = restorer(false, 1, 0.0);
     let (first, outcome) = frame(&mut r, &input, &layout);
     assert!(matches!(outcome, Outcome::Restored { faces, .. } if faces >= 20), "{outcome:?}");
     assert_eq!(first, two_each, "first frame");
@@ -52,13 +56,19 @@ fn each_frame_waits_for_the_device_twice() {
     }
 
     // Detector every third frame: between runs the scene change is read alone.
-    let mut r = restorer(false, 3);
+    let mut r = restorer(false, 3, 0.0);
     let counts: Vec<Transfers> = (0..6).map(|_| frame(&mut r, &input, &layout).0).collect();
     assert_eq!(counts, vec![two_each; 6], "detection-interval=3");
 
+    // By default the tracked faces' crops are registered: their thumbnails come down together
+    // (all faces in one copy), their sampling grids and the registered thumbnails go up.
+    let mut r = restorer(false, 1, 0.8);
+    let counts: Vec<Transfers> = (0..3).map(|_| frame(&mut r, &input, &layout).0).collect();
+    assert_eq!(counts, vec![Transfers { uploads: 4, downloads: 3 }; 3], "registration");
+
     // Aligned faces: the frame up, the frame down.
     let (face, fw, fh) = common::decode_image(&common::gpen_fixture("gpen-256-tiny.input0.png"));
-    let mut r = restorer(true, 1);
+    let mut r = restorer(true, 1, 0.8);
     let (t, outcome) = frame(&mut r, &face, &PackedLayout::rgb(fw, fh));
     assert!(matches!(outcome, Outcome::Restored { faces: 1, .. }), "{outcome:?}");
     assert_eq!(t, Transfers { uploads: 1, downloads: 1 }, "aligned");
@@ -70,7 +80,11 @@ fn each_frame_waits_for_the_device_twice() {
         model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
         size: 256,
         device: DeviceSpec::Cpu,
-        faces: FaceSettings { detector_model: Some(common::detector()), ..Default::default() },
+        faces: FaceSettings {
+            detector_model: Some(common::detector()),
+            live: LiveSettings { consistency: 0.0, ..Default::default() },
+            ..Default::default()
+        },
         upscale: UpscaleSettings {
             factor: 2,
             model: Some(common::shared().join("fixtures/rrdbnet/rrdbnet-x2-tiny.pth")),

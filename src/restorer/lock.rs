@@ -167,10 +167,10 @@ impl Lock {
                 thumbs[i] = moved_thumbnail(&guessed[i * one..(i + 1) * one], s, size);
             }
         }
-        // Blending compares the thumbnails on the device: one copy for all faces.
+        // Blending compares the thumbnails on the device: one copy for all faces, page-locked.
         let all: Vec<f32> = thumbs.concat();
         let n = steps.len() as i64;
-        let on_device = crate::transfer::upload(&Tensor::f_from_slice(&all)?.f_reshape([n, 3, GRID, GRID])?, frame.device())?;
+        let on_device = crate::transfer::upload_pinned(&Tensor::f_from_slice(&all)?.f_reshape([n, 3, GRID, GRID])?, frame.device())?;
         let mut tracks = HashMap::with_capacity(steps.len());
         let mut out: Vec<Option<Tensor>> = faces.iter().map(|_| None).collect();
         for (j, s) in steps.iter().enumerate() {
@@ -284,7 +284,8 @@ fn grids(cells: &Tensor, to_src: &[Similarity], src: (i64, i64)) -> Result<Tenso
             maps[r * 2 * n as usize + 2 * i + 1] = m[2 * r + 1];
         }
     }
-    let maps = crate::transfer::upload(&Tensor::f_from_slice(&maps)?.f_reshape([3, 2 * n])?, cells.device())?;
+    // Page-locked: a plain copy would wait for the device to finish the frame's work so far.
+    let maps = crate::transfer::upload_pinned(&Tensor::f_from_slice(&maps)?.f_reshape([3, 2 * n])?, cells.device())?;
     Ok(cells.f_matmul(&maps)?.f_reshape([GRID, GRID, n, 2])?.f_permute([2, 0, 1, 3])?)
 }
 
