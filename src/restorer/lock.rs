@@ -94,17 +94,19 @@ impl Lock {
         size: i64,
     ) -> Result<Vec<Option<Tensor>>, Error> {
         let _guard = tch::no_grad_guard();
+        // The last frame's states are taken, not copied: this frame's replace them (a frame
+        // that fails here leaves none, and the next starts from its landmarks).
+        let mut last_frame = std::mem::take(&mut self.tracks);
         let mut steps = Vec::new();
         for (index, (face, &id)) in faces.iter().zip(ids).enumerate() {
             let Some(fit) = align::align(&face.landmarks, size).map(|a| a.tfm) else { continue };
-            let last = self.tracks.get(&id).filter(|p| p.serial + 1 == serial);
+            let last = last_frame.remove(&id).filter(|p| p.serial + 1 == serial);
             // The content is expected to move as it did: the crop goes with it.
-            let crop = last.map_or(fit, |p| p.motion.after(&p.crop));
-            let previous = last.map(|p| (p.grey.clone(), p.crop));
+            let crop = last.as_ref().map_or(fit, |p| p.motion.after(&p.crop));
+            let previous = last.map(|p| (p.grey, p.crop));
             steps.push(Step { index, fit, guess: crop, crop, done: previous.is_none(), previous, reset: false });
         }
         if steps.is_empty() {
-            self.tracks.clear();
             return Ok(faces.iter().map(|_| None).collect());
         }
         let centre = (size as f64 - 1.0) / 2.0;
