@@ -13,44 +13,16 @@ use std::path::Path;
 
 use tch::{Device, Kind, TchError, Tensor};
 
+use super::config::{GpenConfig, LR_MLP};
 use super::format::{as_format_of, empty_as, reshape, to_channels_last};
+use super::loader::Loader;
 use super::strips::{ceil_div, Banding, Strips};
 use super::upfirdn::{up_conv_blur, Blur, Upsample};
-use super::{GpenConfig, LR_MLP};
 use crate::checkpoint::StateDict;
 use crate::Error;
 
 const SQRT_2: f64 = std::f64::consts::SQRT_2;
 type Result<T, E = TchError> = std::result::Result<T, E>;
-
-/// Moves checkpoint tensors to the model's device and precision.
-pub(super) struct Loader<'a> {
-    sd: &'a StateDict,
-    device: Device,
-    pub(super) kind: Kind,
-}
-
-impl Loader<'_> {
-    /// The tensor in fp32 on the CPU, where the constant folding happens.
-    pub(super) fn raw(&self, name: &str) -> Result<Tensor> {
-        let t = self.sd.get(name).ok_or_else(|| TchError::TensorNameNotFound(name.to_owned(), self.sd.path.display().to_string()))?;
-        t.f_to_kind(Kind::Float)
-    }
-
-    /// In the compute precision, on the device.
-    pub(super) fn put(&self, t: &Tensor) -> Result<Tensor> {
-        t.f_to_kind(self.kind)?.f_to_device(self.device)?.f_contiguous()
-    }
-
-    /// In fp32, on the device (for the parts kept in full precision).
-    pub(super) fn put_f32(&self, t: &Tensor) -> Result<Tensor> {
-        t.f_to_device(self.device)?.f_contiguous()
-    }
-
-    pub(super) fn get(&self, name: &str) -> Result<Tensor> {
-        self.put(&self.raw(name)?)
-    }
-}
 
 /// `FusedLeakyReLU`: `sqrt(2) * leaky_relu(x + bias, 0.2)`.
 #[derive(Debug)]
