@@ -56,14 +56,14 @@ fn face_entries(buffer: &gst::BufferRef) -> Vec<Found> {
 
 /// Adds one `face` entry per face of `faces` to `buffer`, each related to a tracking entry with
 /// its track id, first seen at `seen` (the frame's timestamp: the element keeps no start time
-/// per track). Where a `face` entry with the face's rectangle is already there, it is not
+/// per track). Where a `face` entry of the same face ([`same_face`]) is already there, it is not
 /// doubled: it gets the tracking entry if it has none. A refused entry (the meta failed to
 /// grow) is logged and the other faces are still written.
 pub fn attach(buffer: &mut gst::BufferRef, faces: &[Entry], seen: gst::ClockTime) {
     let there = face_entries(buffer);
     let todo: Vec<(&Entry, Option<u32>)> = faces
         .iter()
-        .filter_map(|f| match there.iter().find(|t| t.rect == signed(f.rect)) {
+        .filter_map(|f| match there.iter().find(|t| unsigned(t.rect).is_some_and(|r| same_face(r, f.rect))) {
             Some(t) if t.tracked => None,
             Some(t) => Some((f, Some(t.id))),
             None => Some((f, None)),
@@ -105,6 +105,21 @@ pub fn face_rects(buffer: &gst::BufferRef, (width, height): (u32, u32)) -> Vec<R
             (x1 > x0 && y1 > y0).then_some((x0, y0, x1 - x0, y1 - y0))
         })
         .collect()
+}
+
+/// Whether two rectangles describe the same face: intersection over union at least 0.8 (two
+/// metas of one face, one of them rounded or scaled by another element, nearly coincide; two
+/// faces that close would be one face to the restorer anyway).
+pub fn same_face(a: Rect, b: Rect) -> bool {
+    let span = |a0: u32, al: u32, b0: u32, bl: u32| (a0 + al).min(b0 + bl).saturating_sub(a0.max(b0)) as u64;
+    let inter = span(a.0, a.2, b.0, b.2) * span(a.1, a.3, b.1, b.3);
+    let union = a.2 as u64 * a.3 as u64 + b.2 as u64 * b.3 as u64 - inter;
+    union > 0 && inter * 5 >= union * 4
+}
+
+/// A rectangle of the analytics library inside the positive quadrant, as ours; else none.
+fn unsigned((x, y, w, h): (i32, i32, i32, i32)) -> Option<Rect> {
+    Some((x.try_into().ok()?, y.try_into().ok()?, w.try_into().ok()?, h.try_into().ok()?))
 }
 
 /// A rectangle in the analytics library's signed coordinates (saturating past `i32::MAX`).
@@ -154,6 +169,15 @@ mod tests {
         attach(b, &[entry(300, 9)], gst::ClockTime::from_seconds(3));
         assert_eq!(described(b)[3], ((300, 10, 40, 50), 0.5, vec![9]));
         assert_eq!(b.iter_meta::<AnalyticsRelationMeta>().count(), 1, "one relation meta");
+    }
+
+    #[test]
+    fn rectangles_that_nearly_coincide_are_one_face() {
+        assert!(same_face((10, 10, 100, 100), (10, 10, 100, 100)));
+        assert!(same_face((10, 10, 100, 100), (12, 11, 99, 101)));
+        assert!(!same_face((10, 10, 100, 100), (30, 10, 100, 100)));
+        assert!(!same_face((10, 10, 100, 100), (200, 10, 100, 100)));
+        assert!(!same_face((10, 10, 0, 0), (10, 10, 0, 0)));
     }
 
     #[test]

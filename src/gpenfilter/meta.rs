@@ -103,7 +103,7 @@ pub fn attach(buffer: &mut gst::BufferRef, faces: &[Face], ids: &[u64], restored
 
 /// The `face` metas of a `size` frame, as faces for the core.
 /// With the `analytics` feature, also the boxes of the `face` object-detection entries, except
-/// those whose rectangle a `face` meta has (the same face, as gpenfilter writes both).
+/// those of a face that a `face` meta already gives (gpenfilter writes both).
 pub fn given_faces(buffer: &gst::BufferRef, size: (u32, u32)) -> Vec<GivenFace> {
     let faces = buffer.iter_meta::<VideoRegionOfInterestMeta>().filter(|m| m.roi_type() == ROI_TYPE);
     #[allow(unused_mut)]
@@ -111,7 +111,8 @@ pub fn given_faces(buffer: &gst::BufferRef, size: (u32, u32)) -> Vec<GivenFace> 
     #[cfg(feature = "analytics")]
     {
         let rois: Vec<_> = buffer.iter_meta::<VideoRegionOfInterestMeta>().filter(|m| m.roi_type() == ROI_TYPE).map(|m| m.rect()).collect();
-        let boxes = super::analytics::face_rects(buffer, size).into_iter().filter(|r| !rois.contains(r));
+        let known = |r: &(u32, u32, u32, u32)| rois.iter().any(|m| super::analytics::same_face(*m, *r));
+        let boxes = super::analytics::face_rects(buffer, size).into_iter().filter(|r| !known(r));
         given.extend(boxes.map(boxed));
     }
     given
