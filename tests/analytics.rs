@@ -138,10 +138,10 @@ mod on {
 
     #[test]
     fn objectdetectionoverlay_draws_the_faces() {
+        let (rgb, size) = two_people();
         let Ok(_) = gst::ElementFactory::make("objectdetectionoverlay").build() else {
             panic!("objectdetectionoverlay (gst-plugins-bad 1.24 or later, analyticsoverlay) is not installed");
         };
-        let (rgb, size) = two_people();
         let (w, h) = size;
         let caps = format!("video/x-raw,format=RGB,width={w},height={h}");
         // restore=false: the pixels stay the photograph's, so any change is the overlay's.
