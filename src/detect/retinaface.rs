@@ -323,7 +323,7 @@ impl RetinaFace {
     /// Loads a detector checkpoint. `variant` overrides recognition: without it, a ResNet-50
     /// file is taken as standard, and a MobileNet-0.25 file must be one of the known files.
     pub fn load(path: &Path, variant: Option<DetectorVariant>, device: Device) -> std::result::Result<Self, Error> {
-        let bytes = std::fs::read(path).map_err(|source| crate::checkpoint::CheckpointError::Io { path: path.into(), source })?;
+        let bytes = crate::checkpoint::read_sized(path)?;
         let sd = crate::checkpoint::load_bytes(path, &bytes, None)?;
         let sd = strip_prefix(sd, "module.");
         let resnet = sd.get("body.conv1.weight").is_some();
