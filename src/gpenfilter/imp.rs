@@ -565,6 +565,10 @@ impl GpenFilter {
         let flow = match &outcome {
             Outcome::Dropped { reason } => {
                 gst::warning!(CAT, imp = self, "dropped frame {:?}: {reason}", times.pts);
+                let warning = self.stats.lock().unwrap().drop_warning(reason, Instant::now());
+                if let Some(text) = warning {
+                    gst::element_imp_warning!(self, gst::StreamError::Failed, ("{}", text));
+                }
                 self.post_drop(times);
                 gst_base::BASE_TRANSFORM_FLOW_DROPPED
             }
