@@ -170,13 +170,21 @@ fn run(args: Args) -> Result<i32, (i32, String)> {
     let Some(s) = stats else {
         return Err((1, format!("{}: no video stream was found", args.input.display())));
     };
+    let dropped = stat(&s, "frames-dropped") + stat(&s, "frames-late-dropped");
+    if stat(&s, "frames-out") == 0 {
+        let why = if dropped > 0 {
+            format!("all {dropped} frames were dropped by the memory policy: give more memory (--vram-budget), a smaller --size, or --memory-policy degrade")
+        } else {
+            "no frame came out of the filter".to_owned()
+        };
+        return Err((if dropped > 0 { DROPPED } else { 1 }, format!("{}: nothing written: {why}", args.output.display())));
+    }
     // Renamed only when it reads back with video frames in it.
     let written = plan::scan(&partial.path).map(|w| w.frames()).map_err(|(_, e)| (1, format!("the output does not read back: {e}")))?;
     if written == 0 {
         return Err((1, format!("{}: no frame was written", args.output.display())));
     }
     partial.commit()?;
-    let dropped = stat(&s, "frames-dropped") + stat(&s, "frames-late-dropped");
     eprintln!(
         "gst-gpen-restore: {} frames ({dropped} dropped, {} passed through unprocessed, {} without faces), {} faces restored, \
          {:.1} s wall ({:.2} fps), plan {} -> {}",
