@@ -337,15 +337,34 @@ impl RetinaFace {
                     details: "no `body.stage1.0.0.weight` (MobileNet-0.25) nor `body.conv1.weight` (ResNet-50)".into(),
                 })
             }
-            (Some(v), _, _) => v,
-            (None, true, _) => DetectorVariant::Standard,
-            (None, false, true) => {
+            (Some(DetectorVariant::Fd1mb), true, _) => {
+                return Err(Error::invalid(
+                    Setting::DetectorVariant,
+                    format!(
+                        "{}: a ResNet-50 RetinaFace, whose anchors are the standard ones: fd1mb's would find wrong faces",
+                        path.display()
+                    ),
+                    "set detector-variant to auto or standard for this file",
+                ))
+            }
+            (_, true, _) => DetectorVariant::Standard,
+            (forced, false, true) => {
                 use sha2::Digest;
                 let digest = sha2::Sha256::digest(&bytes);
                 let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-                match KNOWN_FILES.iter().find(|(sha, _, _)| *sha == hex) {
-                    Some((_, v, _)) => *v,
-                    None => {
+                match (KNOWN_FILES.iter().find(|(sha, _, _)| *sha == hex), forced) {
+                    // A known file's variant is known: another one forced finds no faces or
+                    // twice the faces.
+                    (Some((_, v, name)), Some(f)) if *v != f => {
+                        return Err(Error::invalid(
+                            Setting::DetectorVariant,
+                            format!("{}: is {name}, of variant {v:?}, not {f:?}: it would find wrong faces", path.display()),
+                            "set detector-variant to auto (or to the file's variant)",
+                        ))
+                    }
+                    (Some((_, v, _)), _) => *v,
+                    (None, Some(f)) => f,
+                    (None, None) => {
                         return Err(Error::invalid(
                             Setting::DetectorVariant,
                             format!(
