@@ -150,8 +150,9 @@ impl Stats {
         };
         self.drop_warned = Some((now, total));
         Some(format!(
-            "{since} frame(s) dropped by memory-policy=drop ({total} in all, of {} in): {reason}; the output has fewer \
-             frames than the input. Set a larger vram-budget, a smaller size, fp16=true, or memory-policy=degrade",
+            "{since} frame(s) dropped by the memory policy ({total} in all, of {} in): {reason}; the output has fewer \
+             frames than the input. Set a larger vram-budget, a smaller size, fp16=true, or memory-policy=passthrough \
+             to keep every frame",
             self.frames_in
         ))
     }

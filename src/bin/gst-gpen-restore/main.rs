@@ -173,14 +173,30 @@ fn run(args: Args) -> Result<i32, (i32, String)> {
     let dropped = stat(&s, "frames-dropped") + stat(&s, "frames-late-dropped");
     if stat(&s, "frames-out") == 0 {
         let why = if dropped > 0 {
-            format!("all {dropped} frames were dropped by the memory policy: give more memory (--vram-budget), a smaller --size, or --memory-policy degrade")
+            format!(
+                "all {dropped} frames were dropped by the memory policy: give more memory (--vram-budget), a smaller --size, \
+                 --fp16, or --memory-policy passthrough to keep every frame unrestored"
+            )
         } else {
             "no frame came out of the filter".to_owned()
         };
         return Err((if dropped > 0 { DROPPED } else { 1 }, format!("{}: nothing written: {why}", args.output.display())));
     }
     // Renamed only when it reads back with video frames in it.
-    let written = plan::scan(&partial.path).map(|w| w.frames()).map_err(|(_, e)| (1, format!("the output does not read back: {e}")))?;
+    let written = plan::scan(&partial.path).map(|w| w.frames()).map_err(|(_, e)| match dropped {
+        0 => (1, format!("the output does not read back: {e}")),
+        // qtdemux, for one, skips a video track under a fifth of the file's duration as a preview.
+        _ => (
+            DROPPED,
+            format!(
+                "{}: nothing written: {dropped} of {} frames were dropped by the memory policy, and what is left does not \
+                 read back as video ({e}); give more memory (--vram-budget), a smaller --size, --fp16, or --memory-policy \
+                 passthrough",
+                args.output.display(),
+                stat(&s, "frames-in")
+            ),
+        ),
+    })?;
     if written == 0 {
         return Err((1, format!("{}: no frame was written", args.output.display())));
     }
@@ -210,8 +226,8 @@ fn run(args: Args) -> Result<i32, (i32, String)> {
         return Ok(130);
     }
     if dropped > 0 {
-        let advice = "the output is shorter than the input; give more memory (--vram-budget), a smaller --size, or \
-                      --memory-policy degrade";
+        let advice = "the output is shorter than the input; give more memory (--vram-budget), a smaller --size, --fp16, \
+                      or --memory-policy passthrough to keep every frame unrestored";
         if args.allow_drops {
             eprintln!("gst-gpen-restore: {dropped} of {} frames dropped (--allow-drops): {advice}", stat(&s, "frames-in"));
         } else {
