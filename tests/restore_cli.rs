@@ -79,6 +79,8 @@ fn restore_and_compare(input: &Path, output: &Path) -> String {
     let log = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{log}");
     assert!(log.contains("video encoder x264enc"), "says which encoder it picked: {log}");
+    // The progress counts the video's frames, not its duration times the frame rate.
+    assert!(log.contains(&format!(", {frames_in} frames to restore")), "{log}");
     assert!(log.contains(&format!(" {frames_in} frames (0 dropped")), "summary counts every frame: {log}");
     assert!(log.contains("faces restored"), "{log}");
     let out = discover(output);
