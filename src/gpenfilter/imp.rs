@@ -115,6 +115,9 @@ impl ObjectImpl for GpenFilter {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if properties::refused_while_running(&*self.obj(), pspec) {
+            return;
+        }
         self.settings.lock().unwrap().set(pspec.name(), value);
         if properties::is_live(pspec.name()) {
             self.live_changed.store(true, Ordering::Release);
@@ -562,6 +565,10 @@ impl GpenFilter {
         let flow = match &outcome {
             Outcome::Dropped { reason } => {
                 gst::warning!(CAT, imp = self, "dropped frame {:?}: {reason}", times.pts);
+                let warning = self.stats.lock().unwrap().drop_warning(reason, Instant::now());
+                if let Some(text) = warning {
+                    gst::element_imp_warning!(self, gst::StreamError::Failed, ("{}", text));
+                }
                 self.post_drop(times);
                 gst_base::BASE_TRANSFORM_FLOW_DROPPED
             }
