@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # meson → cargo.  cargo_wrapper.sh build SRC BUILD PROFILE OUTPUT | test SRC BUILD PROFILE
+# GST_GPEN_FEATURES: the cargo features meson chose (analytics where GStreamer has it).
 # Uses the project's .venv libtorch (scripts/setup.sh makes it); cargo's own target dir keeps
 # incremental builds warm between meson and plain cargo use.
 set -euo pipefail
@@ -10,14 +11,16 @@ cd "$src"
 export PATH="$HOME/.cargo/bin:$PATH"
 flags=()
 [ "$profile" = release ] && flags+=(--release)
+features=()
+[ -n "${GST_GPEN_FEATURES:-}" ] && features+=(--features "$GST_GPEN_FEATURES")
 case "$action" in
   build)
-    cargo build --lib "${flags[@]}"
+    cargo build --lib "${flags[@]}" "${features[@]}"
     cp "target/$profile/libgstgpen.so" "$output"
     ;;
   test)
-    cargo build --lib
-    cargo test --no-fail-fast
+    cargo build --lib "${features[@]}"
+    cargo test --no-fail-fast "${features[@]}"
     ;;
   *) echo "unknown action $action" >&2; exit 2 ;;
 esac

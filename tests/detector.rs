@@ -122,6 +122,9 @@ fn resnet50_detector_loads_and_runs_with_random_weights() {
     Tensor::write_safetensors(&tensors, &path).unwrap();
     let det = RetinaFace::load(&path, None, Device::Cpu).unwrap();
     assert_eq!(det.variant(), DetectorVariant::Standard);
+    // fd1mb's anchors on a ResNet-50 file would find wrong faces: refused, saying what to set.
+    let e = RetinaFace::load(&path, Some(DetectorVariant::Fd1mb), Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("ResNet-50") && e.contains("detector-variant"), "{e}");
     let (h, w) = (120i64, 200i64);
     let x = Tensor::randn([1, 3, h, w], (tch::Kind::Float, Device::Cpu)) * 50.0;
     let raw = det.forward_raw(&x).unwrap();
@@ -140,4 +143,18 @@ fn resnet50_detector_loads_and_runs_with_random_weights() {
     let e = e.to_string();
     assert!(e.contains("does not match the RetinaFace detector (ResNet-50 body)"), "{e}");
     assert!(e.contains("1 missing: body.layer2.1.conv2.weight"), "{e}");
+}
+
+#[test]
+fn a_forced_variant_that_contradicts_a_known_file_is_refused() {
+    for (file, right, wrong) in [
+        ("retinaface-mnet025-fd1mb.pth", DetectorVariant::Fd1mb, DetectorVariant::Standard),
+        ("retinaface-mnet025-std.pth", DetectorVariant::Standard, DetectorVariant::Fd1mb),
+    ] {
+        let e = RetinaFace::load(&weights(file), Some(wrong), Device::Cpu).unwrap_err();
+        assert!(matches!(e, gstgpen::Error::InvalidSetting { setting: gstgpen::Setting::DetectorVariant, .. }), "{file}: {e:?}");
+        let m = e.to_string();
+        assert!(m.contains(file) && m.contains("wrong faces") && m.contains("detector-variant"), "what, why and the fix: {m}");
+        assert_eq!(RetinaFace::load(&weights(file), Some(right), Device::Cpu).unwrap().variant(), right);
+    }
 }

@@ -277,3 +277,34 @@ fn integer_and_non_finite_weights_are_reported_by_name() {
     let msg = gstgpen::detect::RetinaFace::load(&path, Some(gstgpen::detect::DetectorVariant::Fd1mb), Device::Cpu).unwrap_err().to_string();
     assert!(msg.contains("NaN or infinite"), "{msg}");
 }
+
+#[test]
+fn files_that_are_no_checkpoint_are_refused_before_reading() {
+    // /dev/zero would be read forever: not a regular file.
+    match checkpoint::load(Path::new("/dev/zero"), None) {
+        Err(e @ CheckpointError::Refused { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains("/dev/zero") && m.contains("not a regular file"), "{m}");
+        }
+        other => panic!("/dev/zero: {other:?}"),
+    }
+    let dir = common::scratch("huge-checkpoint");
+    match checkpoint::load(&dir, None) {
+        Err(e @ CheckpointError::Refused { .. }) => assert!(e.to_string().contains("a folder"), "{e}"),
+        other => panic!("a folder: {other:?}"),
+    }
+    // A sparse file larger than any checkpoint: refused by its size, naming it, without reading
+    // (or allocating) its 3 GiB.
+    let huge = dir.join("GPEN-BFR-512.pth");
+    std::fs::File::create(&huge).unwrap().set_len(3 << 30).unwrap();
+    let t = std::time::Instant::now();
+    match checkpoint::load(&huge, None) {
+        Err(e @ CheckpointError::Refused { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains(huge.to_str().unwrap()) && m.contains("3221225472 bytes"), "{m}");
+        }
+        other => panic!("{}: {other:?}", huge.display()),
+    }
+    assert!(t.elapsed().as_secs() < 2, "refused before reading");
+    std::fs::remove_dir_all(dir).ok();
+}

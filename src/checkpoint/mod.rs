@@ -75,8 +75,40 @@ impl StateDict {
 /// Reads a checkpoint. `key` selects a wrapped state dict (`g_ema`, …); with `None`, a top-level
 /// dict holding tensors is taken as is, and otherwise the first of [`WRAPPER_KEYS`] present.
 pub fn load(path: &Path, key: Option<&str>) -> Result<StateDict, CheckpointError> {
-    let data = std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.into(), source })?;
+    let data = read_sized(path)?;
     load_bytes(path, &data, key)
+}
+
+/// Largest checkpoint file read: several times the largest known one (GPEN-BFR-2048, 285 MB of
+/// fp32 tensors), room for a training checkpoint's extra copies.
+pub const MAX_CHECKPOINT_BYTES: u64 = 2 << 30;
+
+/// The bytes of a checkpoint file, refused before reading when it is not a regular file (a
+/// device such as /dev/zero, a pipe, a folder) or larger than [`MAX_CHECKPOINT_BYTES`]; the
+/// error names the file and its size.
+pub fn read_sized(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    use std::io::Read;
+    let io = |source| CheckpointError::Io { path: path.into(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    let refused = |reason: String| CheckpointError::Refused { path: path.into(), reason };
+    if !meta.is_file() {
+        let kind = if meta.is_dir() { "a folder" } else { "a device, pipe or socket" };
+        return Err(refused(format!("{kind}, not a regular file: give a .pth or .safetensors checkpoint file")));
+    }
+    if meta.len() > MAX_CHECKPOINT_BYTES {
+        return Err(refused(format!(
+            "{} bytes, more than any checkpoint (at most {MAX_CHECKPOINT_BYTES} bytes are read): not a model file",
+            meta.len()
+        )));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    // The file may grow while it is read: never more than the limit.
+    file.take(MAX_CHECKPOINT_BYTES + 1).read_to_end(&mut data).map_err(io)?;
+    if data.len() as u64 > MAX_CHECKPOINT_BYTES {
+        return Err(refused(format!("grew past {MAX_CHECKPOINT_BYTES} bytes while being read: not a model file")));
+    }
+    Ok(data)
 }
 
 /// As [`load`], on bytes already read; `path` is only used in messages.

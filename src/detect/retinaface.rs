@@ -324,7 +324,7 @@ impl RetinaFace {
     /// Loads a detector checkpoint. `variant` overrides recognition: without it, a ResNet-50
     /// file is taken as standard, and a MobileNet-0.25 file must be one of the known files.
     pub fn load(path: &Path, variant: Option<DetectorVariant>, device: Device) -> std::result::Result<Self, Error> {
-        let bytes = std::fs::read(path).map_err(|source| crate::checkpoint::CheckpointError::Io { path: path.into(), source })?;
+        let bytes = crate::checkpoint::read_sized(path)?;
         let sd = crate::checkpoint::load_bytes(path, &bytes, None)?;
         let sd = strip_prefix(sd, "module.");
         let resnet = sd.get("body.conv1.weight").is_some();
@@ -338,15 +338,34 @@ impl RetinaFace {
                     details: "no `body.stage1.0.0.weight` (MobileNet-0.25) nor `body.conv1.weight` (ResNet-50)".into(),
                 })
             }
-            (Some(v), _, _) => v,
-            (None, true, _) => DetectorVariant::Standard,
-            (None, false, true) => {
+            (Some(DetectorVariant::Fd1mb), true, _) => {
+                return Err(Error::invalid(
+                    Setting::DetectorVariant,
+                    format!(
+                        "{}: a ResNet-50 RetinaFace, whose anchors are the standard ones: fd1mb's would find wrong faces",
+                        path.display()
+                    ),
+                    "set detector-variant to auto or standard for this file",
+                ))
+            }
+            (_, true, _) => DetectorVariant::Standard,
+            (forced, false, true) => {
                 use sha2::Digest;
                 let digest = sha2::Sha256::digest(&bytes);
                 let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-                match KNOWN_FILES.iter().find(|(sha, _, _)| *sha == hex) {
-                    Some((_, v, _)) => *v,
-                    None => {
+                match (KNOWN_FILES.iter().find(|(sha, _, _)| *sha == hex), forced) {
+                    // A known file's variant is known: another one forced finds no faces or
+                    // twice the faces.
+                    (Some((_, v, name)), Some(f)) if *v != f => {
+                        return Err(Error::invalid(
+                            Setting::DetectorVariant,
+                            format!("{}: is {name}, of variant {v:?}, not {f:?}: it would find wrong faces", path.display()),
+                            "set detector-variant to auto (or to the file's variant)",
+                        ))
+                    }
+                    (Some((_, v, _)), _) => *v,
+                    (None, Some(f)) => f,
+                    (None, None) => {
                         return Err(Error::invalid(
                             Setting::DetectorVariant,
                             format!(

@@ -95,6 +95,9 @@ impl ObjectImpl for GpenFilterImp {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if properties::refused_while_running(&*self.obj(), pspec) {
+            return;
+        }
         self.settings.lock().unwrap().set(pspec.name(), value);
         if properties::is_live(pspec.name()) {
             self.live_changed.store(true, Ordering::Release);

@@ -13,8 +13,9 @@
 //! In: the `face` metas of a frame become faces for the core; their landmarks are taken only
 //! when the meta's rectangle is still the one `box` gives on this frame (an element that moved
 //! or scaled the rectangle without the parameters would leave them wrong), else the face is a
-//! box whose landmarks the detector finds. The analytics metadata of GStreamer 1.24 would be
-//! written and read beside these, from the same faces.
+//! box whose landmarks the detector finds. Built with the `analytics` feature (GStreamer 1.24 or
+//! later), the same faces are also written as GstAnalytics entries, and upstream `face`
+//! object-detection entries are read as boxes (`analytics.rs`).
 
 use gst_video::VideoRegionOfInterestMeta;
 
@@ -88,17 +89,42 @@ pub fn attach(buffer: &mut gst::BufferRef, faces: &[Face], ids: &[u64], restored
                 .build(),
         );
     }
+    #[cfg(feature = "analytics")]
+    {
+        use super::analytics::{self, Entry};
+        let entries: Vec<Entry> = faces
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Entry { rect: rect_of(&f.bbox, size), confidence: f.score, track: ids.get(i).copied().unwrap_or(0) })
+            .collect();
+        analytics::attach(buffer, &entries, buffer.pts().unwrap_or(gst::ClockTime::ZERO));
+    }
 }
 
 /// The `face` metas of a `size` frame, as faces for the core.
+/// With the `analytics` feature, also the boxes of the `face` object-detection entries, except
+/// those of a face that a `face` meta already gives (gpenfilter writes both).
 pub fn given_faces(buffer: &gst::BufferRef, size: (u32, u32)) -> Vec<GivenFace> {
-    buffer.iter_meta::<VideoRegionOfInterestMeta>().filter(|m| m.roi_type() == ROI_TYPE).map(|m| given_face(&m, size)).collect()
+    let faces = buffer.iter_meta::<VideoRegionOfInterestMeta>().filter(|m| m.roi_type() == ROI_TYPE);
+    #[allow(unused_mut)]
+    let mut given: Vec<GivenFace> = faces.map(|m| given_face(&m, size)).collect();
+    #[cfg(feature = "analytics")]
+    {
+        let rois: Vec<_> = buffer.iter_meta::<VideoRegionOfInterestMeta>().filter(|m| m.roi_type() == ROI_TYPE).map(|m| m.rect()).collect();
+        let known = |r: &(u32, u32, u32, u32)| rois.iter().any(|m| super::analytics::same_face(*m, *r));
+        let boxes = super::analytics::face_rects(buffer, size).into_iter().filter(|r| !known(r));
+        given.extend(boxes.map(boxed));
+    }
+    given
+}
+
+/// Another detector's box: a score is not known, and the landmarks are found in it.
+fn boxed((x, y, w, h): (u32, u32, u32, u32)) -> GivenFace {
+    GivenFace { bbox: [x as f32, y as f32, (x + w) as f32, (y + h) as f32], score: 1.0, landmarks: None }
 }
 
 fn given_face(m: &VideoRegionOfInterestMeta, size: (u32, u32)) -> GivenFace {
-    let (x, y, w, h) = m.rect();
-    // Another detector's box: a score is not known, and the landmarks are found in it.
-    let boxed = GivenFace { bbox: [x as f32, y as f32, (x + w) as f32, (y + h) as f32], score: 1.0, landmarks: None };
+    let boxed = boxed(m.rect());
     let Some(p) = m.param(PARAMS) else { return boxed };
     let doubles = |field: &str| -> Option<Vec<f32>> {
         let a = p.get::<gst::Array>(field).ok()?;

@@ -9,6 +9,8 @@
 use gst::glib;
 use gst::prelude::*;
 
+#[cfg(feature = "analytics")]
+mod analytics;
 mod caps;
 mod enums;
 mod frames;

@@ -143,6 +143,39 @@ pub fn is_live(name: &str) -> bool {
     )
 }
 
+/// Whether `pspec` is read only when the element starts: flagged `GST_PARAM_MUTABLE_READY`
+/// (changeable only in NULL or READY, as gst-inspect says) and not changeable while paused or
+/// playing.
+pub fn is_start_only(pspec: &glib::ParamSpec) -> bool {
+    let flags = pspec.flags();
+    flags.contains(glib::ParamFlags::WRITABLE)
+        && flags.contains(gst::PARAM_FLAG_MUTABLE_READY)
+        && !flags.intersects(gst::PARAM_FLAG_MUTABLE_PAUSED | gst::PARAM_FLAG_MUTABLE_PLAYING)
+}
+
+/// Refuses, as GStreamer elements do, a start-only property ([`is_start_only`]) set while the
+/// element is PAUSED or PLAYING (or on its way there): the value stays as it is and reads back
+/// so, and a WARNING message names the property and when a new value takes effect. True when
+/// refused; the caller then leaves the setting alone.
+pub fn refused_while_running(element: &impl IsA<gst::Element>, pspec: &glib::ParamSpec) -> bool {
+    if !is_start_only(pspec) {
+        return false;
+    }
+    let element = element.upcast_ref::<gst::Element>();
+    let (current, pending) = (element.current_state(), element.pending_state());
+    let state = if pending > current { pending } else { current };
+    if state < gst::State::Paused {
+        return false;
+    }
+    let text = format!(
+        "{} cannot change while the element is {state:?}: it is read when the element starts, so the new value is \
+         refused and the old one kept. Set it in the NULL or READY state; it takes effect at the next start",
+        pspec.name()
+    );
+    gst::element_warning!(element, gst::LibraryError::Settings, ("{}", text));
+    true
+}
+
 impl Settings {
     /// The core's settings; `fail_every` is the testing switch's value for this element.
     pub fn to_restorer(&self, fail_every: u64) -> Result<RestorerSettings, Error> {
@@ -633,6 +666,14 @@ mod tests {
             Setting::MaskRegions,
         ] {
             assert!(names.iter().any(|n| n == property_of(s)), "{s:?} -> {}", property_of(s));
+        }
+        for spec in specs() {
+            // A property is either start-only (refused while running) or read as it changes.
+            assert!(
+                is_start_only(&spec) != spec.flags().contains(gst::PARAM_FLAG_MUTABLE_PLAYING) || spec.name() == "stats",
+                "{}",
+                spec.name()
+            );
         }
         for n in &names {
             if is_live(n) {

@@ -98,6 +98,11 @@ pub fn conclude(
     Ok(match &outcome {
         Outcome::Dropped { reason } => {
             gst::warning!(CAT, obj = element, "dropped frame {:?}: {reason}", times.pts);
+            // Taken before posting: a bus handler may read the statistics.
+            let warning = stats.lock().unwrap().drop_warning(reason, Instant::now());
+            if let Some(text) = warning {
+                gst::element_warning!(element, gst::StreamError::Failed, ("{}", text));
+            }
             post_drop(element, stats, times);
             gst_base::BASE_TRANSFORM_FLOW_DROPPED
         }

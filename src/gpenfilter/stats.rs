@@ -1,7 +1,8 @@
 //! The element's statistics: counters kept from what became of each frame, the `stats`
-//! structure and `gpenfilter-stats` message, and the QoS message of a dropped frame.
+//! structure and `gpenfilter-stats` message, the QoS message of a dropped frame, and when a
+//! policy drop is told as a WARNING.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::memory::{self, Plan};
 use crate::restorer::{Flicker, GeneratorCounts, Outcome, VideoCounters};
@@ -45,7 +46,12 @@ pub struct Stats {
     pub timed_frames: u64,
     pub total_time: Duration,
     pub worst_time: Duration,
+    /// When the last drop warning was posted, and the drops counted then.
+    pub drop_warned: Option<(Instant, u64)>,
 }
+
+/// Least time between two WARNING messages about policy drops.
+pub const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Stats {
     /// Counts what became of a frame that took `took`.
@@ -134,6 +140,25 @@ impl Stats {
         b.build()
     }
 
+    /// The text of a WARNING message for the memory policy's drop of a frame (already counted,
+    /// for `reason`), or None while the last one is under [`DROP_WARNING_INTERVAL`] old: the
+    /// first drop is told at once, later ones at most every few seconds, with their count.
+    pub fn drop_warning(&mut self, reason: &str, now: Instant) -> Option<String> {
+        let total = self.frames_dropped;
+        let since = match self.drop_warned {
+            Some((at, _)) if now.saturating_duration_since(at) < DROP_WARNING_INTERVAL => return None,
+            Some((_, then)) => total - then,
+            None => total,
+        };
+        self.drop_warned = Some((now, total));
+        Some(format!(
+            "{since} frame(s) dropped by the memory policy ({total} in all, of {} in): {reason}; the output has fewer \
+             frames than the input. Set a larger vram-budget, a smaller size, fp16=true, or memory-policy=passthrough \
+             to keep every frame",
+            self.frames_in
+        ))
+    }
+
     /// `(processed, dropped)` for a QoS message: late and policy drops together.
     pub fn qos_counts(&self) -> (u64, u64) {
         let dropped = self.frames_dropped + self.frames_late_dropped;
@@ -168,6 +193,23 @@ mod tests {
         s.frames_in += 2;
         s.flushed();
         assert_eq!(s.frames_flushed, 2);
+    }
+
+    #[test]
+    fn drops_are_warned_once_then_at_most_every_few_seconds() {
+        let t0 = Instant::now();
+        let mut s = Stats { frames_in: 10, ..Default::default() };
+        let drop = |s: &mut Stats, at: Duration| {
+            s.frames_dropped += 1;
+            s.drop_warning("no room", t0 + at)
+        };
+        let first = drop(&mut s, Duration::ZERO).expect("the first drop is told at once");
+        assert!(first.starts_with("1 frame(s) dropped") && first.contains("no room"), "{first}");
+        assert_eq!(drop(&mut s, Duration::from_secs(1)), None);
+        assert_eq!(drop(&mut s, Duration::from_secs(4)), None);
+        let later = drop(&mut s, DROP_WARNING_INTERVAL).expect("told again after the interval");
+        assert!(later.starts_with("3 frame(s) dropped") && later.contains("4 in all"), "{later}");
+        assert_eq!(drop(&mut s, DROP_WARNING_INTERVAL + Duration::from_secs(1)), None);
     }
 
     #[test]

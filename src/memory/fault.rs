@@ -15,6 +15,11 @@ pub const FAIL_EVERY_ENV: &str = "GST_GPEN_FAIL_EVERY";
 /// [`FAIL_EVERY_ENV`]): forwards long enough to be caught in flight.
 pub const SLOW_FORWARD_ENV: &str = "GST_GPEN_SLOW_FORWARD_MS";
 
+/// Environment variable giving the text of the injected failures (a testing switch; unset: the
+/// CUDA caching allocator's "CUDA out of memory" message), so that tests inject what each
+/// backend says when an allocation fails.
+pub const FAIL_MESSAGE_ENV: &str = "GST_GPEN_FAIL_MESSAGE";
+
 /// What [`FAIL_EVERY_ENV`] asks of the element named `element` (0 when unset, not for it, or
 /// not a number).
 pub fn fail_every_from_env(element: &str) -> u64 {
@@ -39,10 +44,13 @@ fn fail_every_for(spec: &str, element: &str) -> u64 {
 }
 
 /// Counts a generator forward in `counter` and, every `every` forwards (0 = never), fails it
-/// the way CUDA does when memory runs out.
+/// the way CUDA does when memory runs out (or with the text of [`FAIL_MESSAGE_ENV`]).
 pub fn injected_fault(counter: &AtomicU64, every: u64) -> Result<(), TchError> {
     let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
     if every > 0 && n.is_multiple_of(every) {
+        if let Ok(text) = std::env::var(FAIL_MESSAGE_ENV) {
+            return Err(TchError::Torch(format!("{text} (injected by {FAIL_EVERY_ENV}={every}, forward {n})")));
+        }
         return Err(TchError::Torch(format!(
             "CUDA out of memory. Tried to allocate 2.00 GiB (injected by {FAIL_EVERY_ENV}={every}, forward {n})"
         )));

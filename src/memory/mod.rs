@@ -12,7 +12,7 @@ use tch::{Device, TchError};
 
 pub use estimate::Estimator;
 #[cfg(feature = "fault-injection")]
-pub use fault::{fail_every_from_env, injected_fault, slow_forward_from_env, FAIL_EVERY_ENV, SLOW_FORWARD_ENV};
+pub use fault::{fail_every_from_env, injected_fault, slow_forward_from_env, FAIL_EVERY_ENV, FAIL_MESSAGE_ENV, SLOW_FORWARD_ENV};
 pub use plan::{MemoryPolicy, MemorySettings, Plan};
 
 pub use crate::sys::release_cached;
@@ -87,17 +87,37 @@ pub fn reset_peak(device: Device) {
     }
 }
 
-/// Whether a libtorch error is an out-of-memory condition (CUDA or host allocator).
-/// cuBLAS and cuDNN report their own allocation failures (a workspace they could not get), which
-/// are out-of-memory conditions too.
+/// What libtorch's backends say when an allocation fails, as they say it (matched case-blind):
+/// the CUDA, HIP and MPS caching allocators and the CUDA runtime ("out of memory" in its
+/// variants), the host allocator (`DefaultCPUAllocator: can't allocate memory`, `std::bad_alloc`),
+/// oneDNN (a primitive it could not create, for want of its scratch memory), and cuBLAS, cuDNN,
+/// cuFFT, cuSOLVER and cuSPARSE allocation statuses. Only allocation failures: a status such as
+/// `CUDNN_STATUS_NOT_SUPPORTED` or `CUBLAS_STATUS_EXECUTION_FAILED` is another error.
+pub const OUT_OF_MEMORY_MARKERS: [&str; 12] = [
+    "out of memory",
+    "can't allocate memory",
+    "not enough memory",
+    "std::bad_alloc",
+    "cudaerrormemoryallocation",
+    "could not create a primitive",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "cufft_alloc_failed",
+    "cusolver_status_alloc_failed",
+    "cusparse_status_alloc_failed",
+    "failed to allocate memory",
+];
+
+/// Whether a libtorch error is an out-of-memory condition, on any backend
+/// ([`OUT_OF_MEMORY_MARKERS`]).
 pub fn is_out_of_memory(e: &TchError) -> bool {
-    let text = e.to_string();
+    is_out_of_memory_text(&e.to_string())
+}
+
+/// Whether a libtorch error's text tells of an allocation failure.
+pub fn is_out_of_memory_text(text: &str) -> bool {
     let lower = text.to_lowercase();
-    lower.contains("out of memory")
-        || lower.contains("can't allocate memory")
-        || lower.contains("not enough memory")
-        || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
-        || text.contains("CUDNN_STATUS_ALLOC_FAILED")
+    OUT_OF_MEMORY_MARKERS.iter().any(|m| lower.contains(m))
 }
 
 /// `bytes` in MiB, rounded up.
@@ -119,6 +139,8 @@ mod tests {
         assert!(is_out_of_memory(&TchError::Torch("cuDNN error: CUDNN_STATUS_ALLOC_FAILED".into())));
         assert!(!is_out_of_memory(&TchError::Torch("Expected 4-dimensional input".into())));
         assert!(!is_out_of_memory(&TchError::Torch("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED".into())));
+        assert!(is_out_of_memory(&TchError::Torch("could not create a primitive".into())));
+        assert!(!is_out_of_memory(&TchError::Torch("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED".into())));
     }
 
     #[test]

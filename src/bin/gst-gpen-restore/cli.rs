@@ -14,7 +14,17 @@ use clap::{CommandFactory, Parser};
 ///   gst-gpen-restore --plan N INPUT                                   the cut points, as JSON
 ///
 /// Exit codes: 0 done; 1 the pipeline failed (the message says why); 2 bad arguments or an
-/// input/output that cannot be handled; 130 interrupted by Ctrl-C.
+/// input/output that cannot be handled (an output that is one of the inputs, a missing folder,
+/// a still image, mixed segments); 3 frames were dropped by the memory policy (the output is
+/// kept; --allow-drops gives 0); 130 interrupted by Ctrl-C.
+///
+/// Files: an output is written to NAME.partial-PID.EXT beside it and renamed when complete, so a
+/// failure leaves no file. One Ctrl-C finishes a shorter, playable OUTPUT (exit 130; a segment
+/// keeps nothing); a second Ctrl-C quits at once and leaves no file. A killed run may leave the
+/// partial file, which the next run for that output removes.
+///
+/// Output video: H.264 4:2:0 8-bit (High profile) unless --keep-chroma. Still images are refused:
+/// use the gpenfilter element with imagefreeze for a picture.
 #[derive(Parser, Debug)]
 #[command(name = "gst-gpen-restore", version, verbatim_doc_comment, max_term_width = 110)]
 pub struct Cli {
@@ -26,7 +36,7 @@ pub struct Cli {
     /// input's keyframes, about equal in duration, the same for every worker; there are at most as
     /// many segments as keyframes (more is an error). OUTPUT (.mkv or .mp4) gets the video only.
     /// A finished OUTPUT with the segment's frame count is not redone [default: the whole file]
-    #[arg(long, value_name = "I/N", value_parser = parse_segment)]
+    #[arg(long, value_name = "I/N", value_parser = parse_segment, allow_hyphen_values = true)]
     pub segment: Option<(u32, u32)>,
 
     /// Seconds before the segment's start that are decoded and run through detection and tracking,
@@ -50,6 +60,16 @@ pub struct Cli {
     #[arg(long, value_name = "N", conflicts_with = "segment", value_parser = clap::value_parser!(u32).range(1..))]
     pub plan: Option<u32>,
 
+    /// Keep the source's chroma format (4:2:2, 4:4:4, 10-bit) where the encoder takes it, instead
+    /// of 4:2:0 8-bit, which every player decodes [default: off]
+    #[arg(long, conflicts_with_all = ["join", "plan"])]
+    pub keep_chroma: bool,
+
+    /// Exit 0 even when the memory policy dropped frames (the summary still counts them)
+    /// [default: exit 3 on drops]
+    #[arg(long, conflicts_with_all = ["join", "plan"])]
+    pub allow_drops: bool,
+
     /// GPEN model size: 256, 512, 1024 or 2048 [default: 512]
     #[arg(long, value_name = "PX")]
     pub size: Option<String>,
@@ -72,6 +92,10 @@ pub struct Cli {
     /// Input pixels per side of the upscaler's tiles; 0 = the whole frame at once [default: 0]
     #[arg(long, value_name = "PX")]
     pub tile_size: Option<String>,
+    /// Input pixels by which neighbouring upscaler tiles overlap; --tile-size must be at least
+    /// twice this [default: the element's, see gst-inspect-1.0 gpenfilter]
+    #[arg(long, value_name = "PX")]
+    pub tile_overlap: Option<String>,
     /// Landmark smoothing along each face track, 0..1 [default: 0.5]
     #[arg(long, value_name = "0..1")]
     pub temporal_smoothing: Option<String>,
@@ -120,6 +144,7 @@ impl Cli {
             ("upscale", &self.upscale),
             ("upscaler-model", &self.upscaler_model),
             ("tile-size", &self.tile_size),
+            ("tile-overlap", &self.tile_overlap),
             ("temporal-smoothing", &self.temporal_smoothing),
             ("temporal-consistency", &self.temporal_consistency),
             ("detection-interval", &self.detection_interval),
@@ -143,7 +168,11 @@ impl Cli {
         let paths = self.paths.clone();
         if let Some(output) = &self.join {
             let Some(input) = self.audio_from.clone() else {
-                fail("--join needs --audio-from INPUT (the file the segments come from)".into())
+                fail(
+                    "--join needs --audio-from INPUT: the file the segments were restored from, whose sound and frame times \
+                     the joined file takes. Add --audio-from INPUT"
+                        .into(),
+                )
             };
             if !self.properties().is_empty() {
                 fail("--join copies the restored video: restoring options do not apply to it".into());
@@ -155,6 +184,9 @@ impl Cli {
                 paths.try_into().unwrap_or_else(|p: Vec<PathBuf>| fail(format!("--plan takes one INPUT, not {}", p.len())));
             return Mode::Plan { input, count };
         }
+        if self.upscaler_model.is_some() && self.upscale.as_deref().is_none_or(|u| u.trim() == "1") {
+            fail("--upscaler-model is only used with --upscale 2 or 4: add --upscale with the model's factor, or leave it out".into());
+        }
         let [input, output]: [PathBuf; 2] =
             paths.try_into().unwrap_or_else(|p: Vec<PathBuf>| fail(format!("INPUT and OUTPUT are needed, {} path(s) given", p.len())));
         match self.segment {
@@ -165,7 +197,7 @@ impl Cli {
 }
 
 fn parse_segment(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{s:?} is not I/N (segment I of N, 0 <= I < N, e.g. 0/4)");
+    let bad = || format!("{s:?} is not I/N: segment I of N counts from 0, so 0 <= I < N (e.g. --segment 0/4 is the first of 4)");
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
     let (i, n): (u32, u32) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
     if n == 0 || i >= n {

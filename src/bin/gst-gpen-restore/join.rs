@@ -11,6 +11,7 @@ use gst::prelude::*;
 
 use crate::plan::{self, Segment};
 use crate::streams::{discard, link_audio, make, output_elements};
+use crate::{files, identity};
 
 pub fn run(output: &Path, segments: &[PathBuf], input: &Path) -> Result<i32, (i32, String)> {
     let usage = |m: String| (2, m);
@@ -18,8 +19,12 @@ pub fn run(output: &Path, segments: &[PathBuf], input: &Path) -> Result<i32, (i3
         return Err(usage("--join needs the segment files, in order".into()));
     }
     let (mux_name, _, audio_enc) = output_elements(output).map_err(usage)?;
+    let inputs: Vec<&Path> = segments.iter().map(PathBuf::as_path).chain([input]).collect();
+    files::check_output(output, &inputs)?;
     let started = Instant::now();
     let scan = plan::scan(input)?;
+    let input_id = identity::of_input(input, &scan)?;
+    let mut first_settings: Option<String> = None;
     let plan = plan::segments(&scan, segments.len() as u32);
     if plan.len() != segments.len() {
         return Err(usage(format!(
@@ -34,7 +39,9 @@ pub fn run(output: &Path, segments: &[PathBuf], input: &Path) -> Result<i32, (i3
     for (i, (path, seg)) in segments.iter().zip(&plan).enumerate() {
         let s = plan::scan(path)?;
         let label = seg.label(i, segments.len(), scan.pts.len());
-        if s.comment.as_deref() != Some(&label) {
+        let comment = s.comment.clone().unwrap_or_default();
+        let said = identity::parse(&comment);
+        if said.label != label {
             return Err(usage(format!(
                 "{}: not segment {i} of {} of {} (it says {:?}, the plan {label:?}): is it out of order, or from another \
                  input or count? Give the segments in order, 0 first",
@@ -43,6 +50,27 @@ pub fn run(output: &Path, segments: &[PathBuf], input: &Path) -> Result<i32, (i3
                 input.display(),
                 s.comment.as_deref().unwrap_or("nothing")
             )));
+        }
+        if said.input != input_id {
+            return Err(usage(format!(
+                "{}: restored from another input than {} (it says {:?}, that file is {input_id:?}): give the segments of \
+                 this input, or the input they come from as --audio-from",
+                path.display(),
+                input.display(),
+                said.input
+            )));
+        }
+        match &first_settings {
+            None => first_settings = Some(said.settings.to_owned()),
+            Some(first) if first != said.settings => {
+                return Err(usage(format!(
+                    "{}: restored with other settings than segment 0 ({:?} against {first:?}): redo it with the same \
+                     options as the others",
+                    path.display(),
+                    said.settings
+                )));
+            }
+            Some(_) => {}
         }
         if s.pts.len() != seg.frames {
             return Err(usage(format!(
@@ -70,7 +98,9 @@ pub fn run(output: &Path, segments: &[PathBuf], input: &Path) -> Result<i32, (i3
     let parse = make("h264parse").map_err(usage)?;
     let mux = make(&mux_name).map_err(usage)?;
     let sink = make("filesink").map_err(usage)?;
-    sink.set_property("location", output.to_str().unwrap_or_default());
+    // Written beside the output and renamed once read back whole; removed on any failure.
+    let partial = files::Partial::new(output);
+    sink.set_property("location", partial.path.to_str().unwrap_or_default());
     let src = make("filesrc").map_err(usage)?;
     src.set_property("location", input.to_str().unwrap_or_default());
     let demux = make("parsebin").map_err(usage)?;
@@ -122,10 +152,11 @@ pub fn run(output: &Path, segments: &[PathBuf], input: &Path) -> Result<i32, (i3
     let pushed = pushed.map_err(|e| (1, e))?;
     ran.map_err(|e| (1, e))?;
     // The output is read back: the count of frames is the join's promise.
-    let out = plan::scan(output)?;
+    let out = plan::scan(&partial.path).map_err(|(_, e)| (1, e))?;
     if out.pts.len() != scan.pts.len() {
         return Err((1, format!("{}: {} frames written where the input has {}", output.display(), out.pts.len(), scan.pts.len())));
     }
+    partial.commit()?;
     eprintln!(
         "gst-gpen-restore: joined {} segments, {pushed} frames (as many as {} has), video copied, {:.1} s wall -> {}",
         segments.len(),

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
 
-use crate::streams::make;
+use crate::files;
+use crate::streams::{is_still, is_video, make};
 
 /// The video packets of a file.
 pub struct Scan {
@@ -21,8 +22,16 @@ pub struct Scan {
     pub last_duration: u64,
     /// Audio streams in the file.
     pub audio_streams: usize,
-    /// The file's comment tag: a segment's says which it is ([`Segment::label`]).
+    /// The file's comment tag: a segment's says which it is ([`Segment::label`]) and where it
+    /// comes from ([`crate::identity`]).
     pub comment: Option<String>,
+}
+
+impl Scan {
+    /// The input's video frames (the packets of its first video stream).
+    pub fn frames(&self) -> usize {
+        self.pts.len()
+    }
 }
 
 /// One segment: the frames with presentation times in `[start, end)`.
@@ -51,9 +60,7 @@ impl Segment {
 
 /// Reads the video packets of `path` (the first video stream); 2 and a message when there are none.
 pub fn scan(path: &Path) -> Result<Scan, (i32, String)> {
-    if !path.is_file() {
-        return Err((2, format!("{}: no such file", path.display())));
-    }
+    files::check_input(path)?;
     let pipeline = gst::Pipeline::new();
     let src = make("filesrc").map_err(|e| (2, e))?;
     src.set_property("location", path.to_str().unwrap_or_default());
@@ -64,13 +71,17 @@ pub fn scan(path: &Path) -> Result<Scan, (i32, String)> {
     let has_video = Arc::new(Mutex::new(false));
     let audio_streams = Arc::new(Mutex::new(0));
     let comment: Arc<Mutex<Option<String>>> = Arc::default();
+    let still = Arc::new(Mutex::new(None));
     {
-        let (pipeline, packets, has_video, audio_streams, comment) =
-            (pipeline.downgrade(), packets.clone(), has_video.clone(), audio_streams.clone(), comment.clone());
+        let (pipeline, packets, has_video, audio_streams, comment, still) =
+            (pipeline.downgrade(), packets.clone(), has_video.clone(), audio_streams.clone(), comment.clone(), still.clone());
         parse.connect_pad_added(move |_, pad| {
             let Some(pipeline) = pipeline.upgrade() else { return };
             let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-            let is_video = caps.structure(0).is_some_and(|s| s.name().starts_with("video/"));
+            let is_video = is_video(&caps);
+            if is_still(&caps) {
+                *still.lock().unwrap() = caps.structure(0).map(|s| s.name().to_string());
+            }
             if caps.structure(0).is_some_and(|s| s.name().starts_with("audio/")) {
                 *audio_streams.lock().unwrap() += 1;
             }
@@ -107,7 +118,21 @@ pub fn scan(path: &Path) -> Result<Scan, (i32, String)> {
     result.map_err(|e| (2, format!("{}: cannot be read ({e})", path.display())))?;
     let packets = std::mem::take(&mut *packets.lock().unwrap());
     if packets.is_empty() {
-        return Err((2, format!("{}: no video stream with timestamps was found", path.display())));
+        if let Some(image) = still.lock().unwrap().take() {
+            return Err((
+                2,
+                format!(
+                    "{}: a still image ({image}), not a video: the command restores video files. For a picture, use the \
+                     element: gst-launch-1.0 filesrc location=IN ! decodebin ! videoconvert ! imagefreeze num-buffers=1 ! \
+                     gpenfilter ! videoconvert ! pngenc ! filesink location=OUT.png",
+                    path.display()
+                ),
+            ));
+        }
+        return Err((
+            2,
+            format!("{}: no video stream with timestamps was found (an audio-only or unknown file?): give a video file", path.display()),
+        ));
     }
     let decode_order: Vec<u64> = packets.iter().map(|p| p.0).collect();
     let mut pts = decode_order.clone();

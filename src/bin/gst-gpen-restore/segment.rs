@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 
 use crate::plan::{self, Segment};
-use crate::streams::{configured_filter, make, output_elements, video_encoder};
+use crate::streams::{chroma_420, configured_filter, is_video, make, output_elements, video_encoder};
+use crate::{files, identity};
 
 pub struct Job {
     pub input: PathBuf,
@@ -60,31 +61,45 @@ pub fn run(job: &Job) -> Result<i32, (i32, String)> {
         // The join copies H.264 from the segments into one stream.
         return Err(usage(format!("segments are H.264, and neither x264enc nor openh264enc is installed (found {video_enc})")));
     }
+    files::check_output(&job.output, &[&job.input])?;
     let scan = plan::scan(&job.input)?;
     let seg = find(&scan, job)?;
-    let range = format!("frames {}..{} of {}", seg.first_frame, seg.first_frame + seg.frames, scan.pts.len());
+    let range = format!("frames {}..{} of {}", seg.first_frame, seg.first_frame + seg.frames, scan.frames());
+    let label = seg.label(job.index as usize, job.count as usize, scan.frames());
+    let input_id = identity::of_input(&job.input, &scan)?;
+    let settings = identity::of_settings(&job.properties, job.preroll);
     if job.output.exists() {
-        // Resuming: a finished segment is not redone. Its file only ever appears whole (renamed
-        // from the partial one), but it is counted anyway: an older or foreign file is redone.
-        let label = seg.label(job.index as usize, job.count as usize, scan.pts.len());
+        // Resuming: a finished segment of this input, made with these settings, is not redone.
+        // Its file only ever appears whole (renamed from the partial one), but it is checked
+        // anyway: an older or foreign file is redone, and the reason said.
         match plan::scan(&job.output) {
-            Ok(s) if s.pts.len() == seg.frames && s.comment.as_deref() == Some(&label) => {
-                eprintln!("gst-gpen-restore: {}: {} is already complete ({range}): not redone", job.name(), job.output.display());
-                return Ok(0);
+            Ok(s) => {
+                let comment = s.comment.clone().unwrap_or_default();
+                let said = identity::parse(&comment);
+                let why = if s.frames() != seg.frames {
+                    Some(format!("has {} frames, not {}", s.frames(), seg.frames))
+                } else if said.label != label {
+                    Some(format!("is {:?}, not {label:?}", said.label))
+                } else if said.input != input_id {
+                    Some(format!("was restored from another input ({:?}; this one is {input_id:?})", said.input))
+                } else if said.settings != settings {
+                    Some(format!("was restored with other settings ({:?}; now {settings:?})", said.settings))
+                } else {
+                    None
+                };
+                match why {
+                    None => {
+                        eprintln!("gst-gpen-restore: {}: {} is already complete ({range}): not redone", job.name(), job.output.display());
+                        return Ok(0);
+                    }
+                    Some(why) => eprintln!("gst-gpen-restore: {}: {} {why}: redone", job.name(), job.output.display()),
+                }
             }
-            Ok(s) => eprintln!(
-                "gst-gpen-restore: {}: {} has {} frames, not {}: redone",
-                job.name(),
-                job.output.display(),
-                s.pts.len(),
-                seg.frames
-            ),
             Err((_, e)) => eprintln!("gst-gpen-restore: {}: {e}: redone", job.name()),
         }
     }
     let filter = configured_filter(&job.properties).map_err(usage)?;
-    let partial = partial_path(&job.output);
-    remove_stale_partials(&job.output);
+    let partial = files::Partial::new(&job.output);
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -92,31 +107,22 @@ pub fn run(job: &Job) -> Result<i32, (i32, String)> {
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
     let started = Instant::now();
-    let label = seg.label(job.index as usize, job.count as usize, scan.pts.len());
-    let target = Target { mux: &mux_name, encoder: &video_enc, partial: &partial, label: &label };
-    let result = restore(job, &seg, filter, &target, &interrupted);
-    let (written, prerolled, stats) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e);
-        }
-    };
+    let comment = identity::comment(&label, &input_id, &settings);
+    let target = Target { mux: &mux_name, encoder: &video_enc, partial: &partial.path, label: &comment };
+    let (written, prerolled, stats) = restore(job, &seg, filter, &target, &interrupted)?;
     if interrupted.load(Ordering::SeqCst) {
-        let _ = std::fs::remove_file(&partial);
         eprintln!("gst-gpen-restore: {}: interrupted; nothing kept, run it again to redo the segment", job.name());
         return Ok(130);
     }
     // What the file holds, not what was pushed, decides that the segment is done.
-    let in_file = plan::scan(&partial).map(|s| s.pts.len()).unwrap_or(0);
+    let in_file = plan::scan(&partial.path).map(|s| s.frames()).unwrap_or(0);
     if written != seg.frames || in_file != seg.frames {
-        let _ = std::fs::remove_file(&partial);
         return Err((
             1,
             format!("{}: {written} frames decoded and {in_file} written where the input has {} ({range})", job.name(), seg.frames),
         ));
     }
-    std::fs::rename(&partial, &job.output).map_err(|e| (1, format!("{}: {e}", job.output.display())))?;
+    partial.commit()?;
     let wall = started.elapsed().as_secs_f64();
     eprintln!(
         "gst-gpen-restore: {}: {written} frames ({range}) and {prerolled} preroll frames analysed, {} faces restored, \
@@ -127,26 +133,6 @@ pub fn run(job: &Job) -> Result<i32, (i32, String)> {
         job.output.display()
     );
     Ok(0)
-}
-
-/// `DIR/NAME.partial-PID.EXT`: what is being written; renamed to the output once complete, so that
-/// a file with the output's name is never a partial one.
-fn partial_path(output: &Path) -> PathBuf {
-    let stem = output.file_stem().unwrap_or_default().to_string_lossy();
-    let ext = output.extension().unwrap_or_default().to_string_lossy();
-    output.with_file_name(format!("{stem}.partial-{}.{ext}", std::process::id()))
-}
-
-/// Partial files an interrupted or killed run of this segment left behind.
-fn remove_stale_partials(output: &Path) {
-    let stem = output.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&format!("{stem}.partial-")) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
 }
 
 /// Waits for the pipeline's preroll; the error's text when it fails.
@@ -175,7 +161,8 @@ fn bus_error(pipeline: &gst::Pipeline) -> Option<String> {
     }
 }
 
-/// Where a segment is written: muxer and encoder names, the partial file, its comment tag.
+/// Where a segment is written: muxer and encoder names, the partial file, its comment tag (label,
+/// input identity and settings).
 struct Target<'a> {
     mux: &'a str,
     encoder: &'a str,
@@ -208,7 +195,7 @@ fn restore(
     {
         let queue_sink = queue.static_pad("sink").unwrap();
         parse.connect_pad_added(move |_, pad| {
-            let is_video = pad.query_caps(None).structure(0).is_some_and(|s| s.name().starts_with("video/"));
+            let is_video = is_video(&pad.current_caps().unwrap_or_else(|| pad.query_caps(None)));
             if is_video && !queue_sink.is_linked() {
                 let _ = pad.link(&queue_sink);
             } else {
@@ -237,7 +224,10 @@ fn restore(
     }
     let filesink = make("filesink").map_err(fail)?;
     filesink.set_property("location", target.partial.to_str().unwrap_or_default());
-    let tail = [appsrc.upcast_ref(), &make("videoconvert").map_err(fail)?, &encoder, &mux, &filesink];
+    // 4:2:0 8-bit, as the one-process command writes by default.
+    let chroma = make("capsfilter").map_err(fail)?;
+    chroma.set_property("caps", chroma_420());
+    let tail = [appsrc.upcast_ref(), &make("videoconvert").map_err(fail)?, &chroma, &encoder, &mux, &filesink];
     encoding.add_many(tail).unwrap();
     gst::Element::link_many(tail).map_err(|e| fail(e.to_string()))?;
 

@@ -47,6 +47,32 @@ pub fn video_encoder(name: &str) -> Result<gst::Element, String> {
     Ok(enc)
 }
 
+/// Whether a stream is moving pictures: `video/*`, or `image/*` with a frame rate (MJPEG).
+/// A still image (PNG, JPEG) has none.
+pub fn is_video(caps: &gst::Caps) -> bool {
+    caps.structure(0).is_some_and(|s| {
+        s.name().starts_with("video/")
+            || (s.name().starts_with("image/") && s.get::<gst::Fraction>("framerate").is_ok_and(|f| f.numer() > 0))
+    })
+}
+
+/// Whether a stream is a still picture (an image file, or a cover).
+pub fn is_still(caps: &gst::Caps) -> bool {
+    caps.structure(0).is_some_and(|s| s.name().starts_with("image/")) && !is_video(caps)
+}
+
+/// Caps for the encoder's input: 4:2:0 8-bit (H.264 High or Main, which every player decodes).
+pub fn chroma_420() -> gst::Caps {
+    gst::Caps::builder("video/x-raw").field("format", "I420").build()
+}
+
+/// The restored video's encoding: the encoder's name, and whether the source's chroma format
+/// is kept (`--keep-chroma`) instead of 4:2:0 8-bit.
+pub struct VideoOut<'a> {
+    pub encoder: &'a str,
+    pub keep_chroma: bool,
+}
+
 /// Links `src` into the pipeline as restored video or audio, as its caps say.
 pub fn on_stream(
     pipeline: &gst::Pipeline,
@@ -54,7 +80,7 @@ pub fn on_stream(
     mux: &gst::Element,
     filter: &std::sync::Mutex<Option<gst::Element>>,
     interrupted: &Arc<AtomicBool>,
-    video_enc: &str,
+    video: &VideoOut,
     audio_enc: Option<&str>,
 ) -> Result<(), String> {
     let caps = src.current_caps().or_else(|| Some(src.query_caps(None))).unwrap();
@@ -63,7 +89,7 @@ pub fn on_stream(
         pipeline.add_many(names).map_err(|e| e.to_string())?;
         gst::Element::link_many(names).map_err(|e| format!("cannot link {name}: {e}"))
     };
-    if name.starts_with("video/") {
+    if is_video(&caps) {
         let Some(filter) = filter.lock().unwrap().take() else {
             eprintln!("gst-gpen-restore: a second video stream ({name}) is left out: only the first is restored");
             return discard(pipeline, src);
@@ -72,14 +98,21 @@ pub fn on_stream(
         add(&chain)?;
         end_on_interrupt(&chain[0], interrupted.clone());
         src.link(&chain[0].static_pad("sink").unwrap()).map_err(|e| format!("video: {e:?}"))?;
-        let tail = [make("videoconvert")?, filter, make("videoconvert")?, video_encoder(video_enc)?, unbounded_queue()?];
+        let chroma = make("capsfilter")?;
+        chroma.set_property("caps", chroma_420());
+        let encoder = video_encoder(video.encoder)?;
+        let tail = [make("videoconvert")?, filter, make("videoconvert")?, chroma.clone(), encoder.clone(), unbounded_queue()?];
         pipeline.add_many(&tail).map_err(|e| e.to_string())?;
         gst::Element::link_many(&tail).map_err(|e| e.to_string())?;
         let sink = tail[0].static_pad("sink").unwrap();
+        let keep = video.keep_chroma;
         chain[1].connect_pad_added(move |_, pad| {
-            if pad.query_caps(None).structure(0).is_some_and(|s| s.name().starts_with("video/")) && !sink.is_linked() {
-                let _ = pad.link(&sink);
+            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+            if !caps.structure(0).is_some_and(|s| s.name().starts_with("video/")) || sink.is_linked() {
+                return;
             }
+            choose_chroma(&caps, &chroma, &encoder, keep);
+            let _ = pad.link(&sink);
         });
         tail.last().unwrap().link(mux).map_err(|e| format!("video into the muxer: {e}"))?;
         for e in chain.iter().chain(tail.iter()) {
@@ -87,11 +120,37 @@ pub fn on_stream(
         }
     } else if name.starts_with("audio/") {
         link_audio(pipeline, src, &caps, mux, interrupted, audio_enc)?;
+    } else if is_still(&caps) {
+        // A cover picture beside the video; a file that is only an image never gets here (main
+        // refuses it before, from the scan).
+        eprintln!("gst-gpen-restore: still picture {name} is left out (only moving video is restored)");
+        return discard(pipeline, src);
     } else {
         eprintln!("gst-gpen-restore: stream {name} is left out (neither video nor audio)");
         return discard(pipeline, src);
     }
     Ok(())
+}
+
+/// Sets the encoder's input format: 4:2:0 8-bit, or with `keep` the decoded source's format
+/// where the encoder takes it; says which.
+fn choose_chroma(decoded: &gst::Caps, chroma: &gst::Element, encoder: &gst::Element, keep: bool) {
+    let source = decoded.structure(0).and_then(|s| s.get::<String>("format").ok()).unwrap_or_default();
+    if keep && !source.is_empty() && source != "I420" {
+        let wanted = gst::Caps::builder("video/x-raw").field("format", &source).build();
+        let takes = encoder.static_pad("sink").is_some_and(|p| p.pad_template_caps().can_intersect(&wanted));
+        if takes {
+            chroma.set_property("caps", wanted);
+            eprintln!("gst-gpen-restore: output chroma {source}, as the source (--keep-chroma; not every player decodes it)");
+            return;
+        }
+        eprintln!("gst-gpen-restore: the encoder does not take the source's {source}: output chroma 4:2:0 8-bit (I420)");
+        return;
+    }
+    eprintln!(
+        "gst-gpen-restore: output chroma 4:2:0 8-bit (I420, H.264 High), which every player decodes (source {}; --keep-chroma keeps the source's)",
+        if source.is_empty() { "unknown" } else { &source }
+    );
 }
 
 /// After Ctrl-C, ends the stream leaving `queue`: what is still queued is dropped and EOS
