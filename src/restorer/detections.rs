@@ -69,6 +69,12 @@ impl Detections {
         matches!(self.ahead, AheadSlot::Restored(_))
     }
 
+    /// Whether the frame's faces may still join a batch ahead: neither restored in one nor
+    /// left, after a failed one, to be restored alone.
+    pub(super) fn open_ahead(&self) -> bool {
+        matches!(self.ahead, AheadSlot::Open)
+    }
+
     /// The frame's fate, when it was decided as it began.
     pub fn decided(&self) -> Option<&Outcome> {
         self.decided.as_ref()

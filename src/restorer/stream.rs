@@ -171,7 +171,7 @@ impl Stream {
     /// The faces the generator would restore for `d` when it is finished, if they can be
     /// restored ahead (whole frames, not upscaled, to be written, not restored ahead yet).
     pub(super) fn faces_ahead(&self, d: &Detections) -> usize {
-        let eligible = matches!(self.mode, Mode::Faces(_)) && !d.restored_ahead() && d.decided.is_none();
+        let eligible = matches!(self.mode, Mode::Faces(_)) && d.open_ahead() && d.decided.is_none();
         if eligible && self.output_of(d) == FrameOutput::Written {
             d.faces.len()
         } else {
