@@ -3,7 +3,6 @@
 //! and everything that follows them from frame to frame belong to a [`Stream`](super::Stream).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
@@ -234,7 +233,7 @@ impl Engine {
     /// Every generator forward from now on takes `ms` milliseconds more (a testing switch).
     #[cfg(feature = "fault-injection")]
     pub fn slow_forwards(&self, ms: u64) {
-        self.faults.delay_ms.store(ms, Ordering::Relaxed);
+        self.faults.delay_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The generator's forwards as the current plan runs them.
