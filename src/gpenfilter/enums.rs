@@ -165,3 +165,18 @@ pub enum FacesFrom {
     )]
     Both = 2,
 }
+
+/// How interlaced frames are restored (`fields`).
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstGpenFields")]
+pub enum Fields {
+    #[default]
+    #[enum_value(
+        name = "As the caps and buffer flags say: each field of an interlaced frame restored as a picture of its own, progressive frames whole",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(name = "Every frame whole, as if progressive (progressive content flagged interlaced, PsF)", nick = "frame")]
+    Frame = 1,
+}

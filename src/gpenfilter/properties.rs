@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use gst::glib;
 use gst::prelude::*;
 
-use super::enums::{DetectorVariant, FacesFrom, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
+use super::enums::{DetectorVariant, FacesFrom, Fields, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
 use crate::memory::MemorySettings;
 use crate::restorer::{
     DeviceSpec, FaceSettings, LiveSettings, MaskMode, MaskSettings, RestorerSettings, UpscaleSettings, MODEL_DIR_ENV, PARSE_FILE,
@@ -52,6 +52,7 @@ pub struct Settings {
     /// Attach a region-of-interest meta per face to the output.
     pub face_metas: bool,
     pub faces_from: FacesFrom,
+    pub fields: Fields,
     /// Restore the faces (false: detect, track and describe them only).
     pub restore: bool,
     pub upscale: Upscale,
@@ -87,6 +88,7 @@ impl Default for Settings {
             post_faces: false,
             face_metas: true,
             faces_from: FacesFrom::Detector,
+            fields: Fields::Auto,
             restore: true,
             upscale: Upscale::X1,
             upscaler_model: None,
@@ -257,6 +259,7 @@ impl Settings {
             "post-faces" => self.post_faces = value.get().expect(CHECKED),
             "face-metas" => self.face_metas = value.get().expect(CHECKED),
             "faces-from" => self.faces_from = value.get().expect(CHECKED),
+            "fields" => self.fields = value.get().expect(CHECKED),
             "restore" => self.restore = value.get().expect(CHECKED),
             "vram-budget" => self.vram_budget = value.get().expect(CHECKED),
             "memory-policy" => self.memory_policy = value.get().expect(CHECKED),
@@ -297,6 +300,7 @@ impl Settings {
             "post-faces" => self.post_faces.to_value(),
             "face-metas" => self.face_metas.to_value(),
             "faces-from" => self.faces_from.to_value(),
+            "fields" => self.fields.to_value(),
             "restore" => self.restore.to_value(),
             "temporal-smoothing" => self.live.smoothing.to_value(),
             "temporal-consistency" => self.live.consistency.to_value(),
@@ -602,6 +606,16 @@ pub fn specs() -> Vec<glib::ParamSpec> {
                  frame, overlapping faces merged). Tracking and smoothing apply to all",
             )
             .mutable_ready()
+            .build(),
+        glib::ParamSpecEnum::builder_with_default("fields", Fields::Auto)
+            .nick("Fields")
+            .blurb(
+                "Interlaced frames (interlace-mode interleaved, or mixed with the buffer's interlaced flag): auto \
+                 restores each field as its own picture, in the order the field order or TFF flag gives, at the \
+                 field rate, its pixels twice as tall, its faces written into its own lines only (a field without \
+                 faces keeps its lines); frame restores whole frames (progressive content flagged interlaced, PsF)",
+            )
+            .mutable_playing()
             .build(),
         glib::ParamSpecBoolean::builder("restore")
             .nick("Restore")

@@ -10,6 +10,7 @@ use super::lock::Lock;
 use super::settings::FaceSettings;
 use super::temporal::{FlickerMeter, TrackMemory};
 use super::video::VideoFaces;
+use crate::align::Stretch;
 use crate::detect::Face;
 use crate::error::Error;
 
@@ -64,10 +65,11 @@ impl FaceStream {
         faces: &mut [Face],
         ids: &[u64],
         size: i64,
+        stretch: Stretch,
     ) -> Result<(Vec<Option<Tensor>>, Duration), Error> {
         let started = Instant::now();
         if self.settings.live.consistency > 0.0 {
-            let thumbs = self.lock.follow(frame, faces, ids, self.arrived, size)?;
+            let thumbs = self.lock.follow(frame, faces, ids, self.arrived, size, stretch)?;
             return Ok((thumbs, started.elapsed()));
         }
         self.lock.clear();

@@ -115,7 +115,7 @@ impl Paster {
     /// The frame rectangle `(x0, y0, width, height)` each face lands in, clipped to a frame of
     /// `height x width`; `None` for a face that misses the frame.
     pub fn regions(&self, alignments: &[Alignment], (height, width): (i64, i64)) -> Vec<Option<Region>> {
-        alignments.iter().map(|a| align::paste_region(&a.tfm_inv, self.size, (height, width))).collect()
+        alignments.iter().map(|a| align::paste_region_stretched(&a.tfm_inv, a.stretch, self.size, (height, width))).collect()
     }
 
     /// The grid maps (6 values per face, see [`align::grid_map`]) that warp each face back into
@@ -126,7 +126,7 @@ impl Paster {
             .iter()
             .zip(regions)
             .flat_map(|(a, r)| match r {
-                Some((x0, y0, _, _)) => align::grid_map(&a.tfm_inv.inverse(), (*x0, *y0), (self.size, self.size)),
+                Some((x0, y0, _, _)) => align::affine_grid_map(a.frame_to_crop_back(), (*x0, *y0), (self.size, self.size)),
                 None => [0.0; 6],
             })
             .collect()

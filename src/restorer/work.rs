@@ -13,7 +13,7 @@ use super::faces::FaceStream;
 use super::frame::{self, PackedLayout};
 use super::paste;
 use super::temporal::{self, TrackState};
-use crate::align::{self, Alignment, Border};
+use crate::align::{self, Alignment, Border, Stretch};
 use crate::detect::Face;
 use crate::error::Error;
 use crate::transfer;
@@ -181,10 +181,10 @@ fn in_batches(engine: &Engine, x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor,
 
 /// The aligned crops (`N x 3 x S x S`, 0..255) of the `faces` of `frame` that align, in
 /// order, as [`restore_onto`] cuts them; `None` when none aligns.
-pub(super) fn crops_of(engine: &Engine, frame: &Tensor, faces: &[Face]) -> Result<Option<Tensor>, Error> {
+pub(super) fn crops_of(engine: &Engine, frame: &Tensor, faces: &[Face], stretch: Stretch) -> Result<Option<Tensor>, Error> {
     let _guard = tch::no_grad_guard();
     let size = engine.face_models()?.paster.size();
-    let alignments: Vec<Alignment> = faces.iter().filter_map(|f| align::align(&f.landmarks, size)).collect();
+    let alignments: Vec<Alignment> = faces.iter().filter_map(|f| align::align_stretched(&f.landmarks, size, stretch)).collect();
     if alignments.is_empty() {
         return Ok(None);
     }
@@ -198,14 +198,14 @@ pub(super) fn crops_of(engine: &Engine, frame: &Tensor, faces: &[Face]) -> Resul
 /// With `out`, the pasted region is written into the frame's memory; without, it is
 /// composed into `background` on the device (which the caller writes whole). `ahead`: the
 /// faces' crops and generator outputs, made in a batch with other frames' faces. `faces`:
-/// the faces, their tracks (none for a still image) and their registered thumbnails (none
-/// without blending).
+/// the faces, their tracks (none for a still image), their registered thumbnails (none
+/// without blending) and how the frame's pixels are displayed.
 pub(super) fn restore_onto(
     engine: &Engine,
     stage: &mut FaceStream,
     crops_from: &Tensor,
     background: &Tensor,
-    (faces, ids, thumbs): (&[Face], &[u64], &[Option<Tensor>]),
+    (faces, ids, thumbs, stretch): (&[Face], &[u64], &[Option<Tensor>], Stretch),
     ahead: Option<&Ahead>,
     out: Option<(&mut [u8], &PackedLayout)>,
 ) -> Result<PasteReport, Error> {
@@ -226,7 +226,7 @@ pub(super) fn restore_onto(
     // Each face with its track (none for still images), its alignment and its thumbnail.
     let mut aligned = Vec::with_capacity(faces.len());
     for (i, f) in faces.iter().enumerate() {
-        if let Some(a) = align::align(&f.landmarks, size) {
+        if let Some(a) = align::align_stretched(&f.landmarks, size, stretch) {
             aligned.push((f, ids.get(i).copied(), a, thumbs.get(i).and_then(Option::as_ref)));
         }
     }
