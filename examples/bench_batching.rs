@@ -13,45 +13,30 @@
 //! (end to end at most 1.1 times the generator); with overlap, the frames analysed while a
 //! forward ran and the time the streaming thread waited for the worker.
 
+#[path = "common/batching.rs"]
+mod batching;
 #[path = "common/clip.rs"]
 mod clip;
 
 use std::path::PathBuf;
+
+use batching::{random_gpen_512, Args};
 use std::time::Instant;
 
 use gst::prelude::*;
-use gstgpen::gpen::{random_state_dict, GpenConfig};
-use tch::Tensor;
 
 fn shared() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
 }
 
 fn main() {
-    let (mut frames, mut latencies, mut face_batch, mut dtype, mut threads) = (16usize, vec![0u32, 3], 4u32, "fp32".to_owned(), 2);
-    let mut overlaps = vec![true, false];
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
-        match a.as_str() {
-            "--frames" => frames = value().parse().expect("--frames N"),
-            "--latency" => latencies = value().split(',').map(|v| v.parse().expect("--latency N,M")).collect(),
-            "--face-batch" => face_batch = value().parse().expect("--face-batch N"),
-            "--dtype" => dtype = value(),
-            "--threads" => threads = value().parse().expect("--threads N"),
-            "--overlap" => overlaps = value().split(',').map(|v| v.parse().expect("--overlap true,false")).collect(),
-            other => panic!("unknown argument {other}"),
-        }
-    }
+    let args = Args::parse();
+    let (frames, face_batch, dtype, threads) = (args.frames, args.face_batch, args.dtype.clone(), args.threads);
     tch::set_num_threads(threads);
     gst::init().unwrap();
     gstgpen::plugin_register_static().unwrap();
-    let dir = std::env::temp_dir().join(format!("gst-gpen-bench-batching-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let model = dir.join("GPEN-BFR-512.safetensors");
-    let sd = random_state_dict(&GpenConfig::official(512), 0);
-    let tensors: Vec<(String, Tensor)> = sd.iter().map(|(n, t)| (n.to_owned(), t.shallow_clone())).collect();
-    Tensor::write_safetensors(&tensors, &model).unwrap();
+    let dir = std::env::temp_dir().join(format!("gst-gpen-bench-{}-{}", env!("CARGO_CRATE_NAME"), std::process::id()));
+    let model = random_gpen_512(&dir);
 
     let t = Instant::now();
     let (all, w, h) = clip::clip_frames(&shared());
@@ -60,7 +45,7 @@ fn main() {
     println!("Hamilton clip: {} frames of {w}x{h} (decode {decode:.2?} a frame), GPEN-512 {dtype}, {threads} threads", clip.len());
     println!("| batch-latency | overlap | face-batch | wall | generator batches / faces | generator time | wall / generator | frames overlapped | waited |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let runs = latencies.iter().flat_map(|&l| if l == 0 { vec![(0, false)] } else { overlaps.iter().map(|&o| (l, o)).collect() });
+    let runs = args.runs();
     for (latency, overlap) in runs {
         let pipeline = gst::parse::launch(&format!(
             "appsrc name=src format=time caps=video/x-raw,format=RGB,width={w},height={h},framerate=30000/1001 \

@@ -1,4 +1,4 @@
-//! The README's memory guidance, from the estimator: for cards of 4, 8, 12 and 24 GB, which
+//! The memory guidance of docs/memory.md, from the estimator: for cards of 4, 8, 12 and 24 GB, which
 //! `size`, `fp16` and `face-batch` fit a 1920x1080 frame with 8 faces, and the `vram-budget`
 //! to set. Prints a Markdown table.
 //!

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Before/after picture of a real restoration for the README: GPEN's own example photo
+# Before/after picture of a real restoration for the manual (docs/performance.md): GPEN's own example photo
 # (../shared/media/images/solvay_conference_1927.png, 1927, public domain) restored by gpenfilter
 # with the official GPEN-BFR-512 weights, original left and restored right, into
 # out/before-after.png.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything the GPU check needs into one folder, on a build machine (this repository
 # with .venv, cargo and GStreamer; no GPU needed), for a GPU machine with no network, cargo or
-# apt: see "GPU check" in README.md. Output: out/device-bundle/ (and out/device-bundle.tar).
+# apt: see "GPU check" in docs/memory.md. Output: out/device-bundle/ (and out/device-bundle.tar).
 #
 #   bin/cuda-tests        tests/cuda.rs built with --features cuda-tests
 #   bin/bench_memory      examples/bench_memory.rs (budgets; 1080p frames per second end to end)

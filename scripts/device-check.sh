@@ -6,14 +6,14 @@
 # Build the bundle on a build machine with scripts/build-device-bundle.sh, copy
 # out/device-bundle.tar over, then: tar xf device-bundle.tar && device-bundle/device-check.sh
 # (or run scripts/device-check.sh in a repository that has out/device-bundle). See "GPU check"
-# in README.md. Steps (each prints its figures):
+# in docs/memory.md. Steps (each prints its figures):
 #   0. Speed, first (they are short, and the figures the GPU is lent for): bench_gpen, GPEN-512
 #      in fp16 with random weights in the official shape, model only, whole maps: faces per
 #      second at batch 1, 4, 16 and 32 after a warm-up, each forward waited for, and the
 #      allocator's peak at each; then bench_memory on 1080p frames with 4 faces end to end
 #      (upload, detection, crops, generator, paste, read back), GPEN-512 fp16, default budget:
-#      frames per second after 3 warm-up frames. The summary sets them against the README's
-#      targets for an H200 (1000 faces/s, 60 fps).
+#      frames per second after 3 warm-up frames. The summary sets them against the targets
+#      in docs/memory.md for an H200 (1000 faces/s, 60 fps).
 #   1. tests/cuda.rs: CUDA parity with the official CPU output (fp32, fp16); fp16 finiteness on
 #      real-size random weights (GPEN-512/1024) and the cost of banding; the element with
 #      device=auto fp16=true and the default budget on 1080p frames with 8 faces; two elements

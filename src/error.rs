@@ -16,6 +16,7 @@ pub enum Setting {
     ModelKey,
     Device,
     Mode,
+    Restore,
     DetectorModel,
     DetectorVariant,
     Threshold,
@@ -47,6 +48,7 @@ impl fmt::Display for Setting {
             Setting::ModelKey => "the checkpoint key",
             Setting::Device => "the device",
             Setting::Mode => "the mode (aligned faces or whole frames)",
+            Setting::Restore => "whether faces are restored",
             Setting::DetectorModel => "the face detector checkpoint",
             Setting::DetectorVariant => "the face detector variant",
             Setting::Threshold => "the detection threshold",
@@ -110,9 +112,27 @@ pub enum Error {
     /// A checkpoint that cannot be read: I/O, format, corruption.
     #[error(transparent)]
     Checkpoint(CheckpointError),
-    /// A frame whose memory does not hold its declared layout, or that does not fit the state.
+    /// A frame's memory smaller than its declared layout (a wrong size or stride upstream).
+    #[error("frame: a buffer of {have} bytes does not hold {layout}")]
+    BufferTooSmall { have: usize, layout: String },
+    /// An output frame, or a region written into it, that does not fit the frame restored.
     #[error("frame: {0}")]
-    Frame(String),
+    OutputMismatch(String),
+    /// Frames came before their format was known.
+    #[error("frame: no format was negotiated before the first frame")]
+    NotNegotiated,
+    /// A network given an input of the wrong shape.
+    #[error("{network}: {problem}")]
+    NetworkInput { network: Network, problem: String },
+    /// The generator's worker thread could not be started, or is gone.
+    #[error("the generator's worker thread {0}")]
+    WorkerLost(String),
+    /// A generator forward panicked (inside libtorch or our code); its frames are restored alone.
+    #[error("the generator's forward panicked")]
+    ForwardPanicked,
+    /// A step of the core found its own state broken: a bug, reported rather than panicking.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A device that cannot be used, with why.
     #[error("device `{device}`: {problem}; {hint}")]
     Device { device: String, problem: String, hint: String },

@@ -20,7 +20,7 @@ pub mod transfer;
 pub mod upscale;
 
 pub use error::{Error, Network, Setting};
-pub use restorer::{PackedLayout, Restorer, RestorerSettings};
+pub use restorer::{Engine, PackedLayout, Restorer, RestorerSettings, Stream};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     // Before libtorch is first asked about CUDA, which it answers once for the process.

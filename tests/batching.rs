@@ -430,3 +430,145 @@ fn the_latency_query_adds_the_held_frames() {
     let held = latency_besides_processing("batch-latency=4");
     assert!((held - upstream - 160_000).abs() <= 1, "{held} us");
 }
+
+// The core's look-ahead, driven directly: no GStreamer, frames carrying the caller's own values.
+
+mod core {
+    use super::{astronaut_clip, common};
+    use gstgpen::restorer::{Engine, FaceSettings, Held, Lookahead, Release, RestorerSettings, Stream};
+    use gstgpen::PackedLayout;
+    use std::time::{Duration, Instant};
+
+    fn settings(face_batch: usize) -> RestorerSettings {
+        RestorerSettings {
+            model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
+            size: 256,
+            device: gstgpen::restorer::DeviceSpec::Cpu,
+            faces: FaceSettings { detector_model: Some(common::detector()), face_batch, ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    /// Frames restored one by one, without look-ahead: the reference.
+    fn alone(clip: &[Vec<u8>], layout: &PackedLayout) -> Vec<Vec<u8>> {
+        let mut engine = Engine::new(&settings(4)).unwrap();
+        let mut stream = Stream::new(&engine, &settings(4)).unwrap();
+        clip.iter()
+            .map(|f| {
+                let mut out = f.clone();
+                stream.process(&mut engine, &mut out, layout, 0.04).unwrap();
+                out
+            })
+            .collect()
+    }
+
+    /// The clip through a look-ahead of `latency` frames: each frame's payload is its number and
+    /// its bytes; frames are finished as the look-ahead gives them back, then drained.
+    fn through(clip: &[Vec<u8>], layout: &PackedLayout, latency: usize, overlap: bool) -> (Vec<(usize, Vec<u8>)>, Engine) {
+        let s = settings(4);
+        let mut engine = Engine::new(&s).unwrap();
+        let mut stream = Stream::new(&engine, &s).unwrap();
+        let (mut ahead, error) = Lookahead::new(latency, overlap);
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(ahead.overlaps(), overlap);
+        let never = || false;
+        let mut warn = |e| panic!("{e}");
+        let mut out = Vec::new();
+        let mut finish = |held: Held<(usize, Vec<u8>)>, engine: &mut Engine, stream: &mut Stream| {
+            let (i, mut bytes) = held.payload;
+            let d = held.frame.unwrap().unwrap();
+            assert!(d.restored_ahead(), "frame {i}'s face was restored in a batch ahead");
+            stream.finish(engine, d, Some((&mut bytes, layout))).unwrap();
+            out.push((i, bytes));
+        };
+        for (i, f) in clip.iter().enumerate() {
+            let begun = stream.begin(&engine, f, layout, 0.04);
+            ahead.push(&engine, &stream, Held::new((i, f.clone()), begun, Duration::ZERO), &mut warn);
+            while let Release::Ready(held) = ahead.release(&engine, &stream, false, &never, &mut warn) {
+                finish(held, &mut engine, &mut stream);
+            }
+            assert!(ahead.len() <= latency);
+        }
+        while let Release::Ready(held) = ahead.release(&engine, &stream, true, &never, &mut warn) {
+            finish(held, &mut engine, &mut stream);
+        }
+        assert!(ahead.is_empty());
+        (out, engine)
+    }
+
+    #[test]
+    fn frames_come_back_in_order_with_their_payloads_restored_in_shared_batches() {
+        let (w, h, clip) = astronaut_clip(8);
+        let layout = PackedLayout::rgb(w as usize, h as usize);
+        let reference = alone(&clip, &layout);
+        for overlap in [false, true] {
+            let (out, engine) = through(&clip, &layout, 3, overlap);
+            assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>(), "overlap {overlap}");
+            // One face a frame in batches of four: two forwards for eight frames.
+            let runs = engine.generator_runs();
+            assert_eq!((runs.batches, runs.faces), (2, 8), "overlap {overlap}");
+            for ((i, got), want) in out.iter().zip(&reference) {
+                assert_ne!(got, &clip[*i], "frame {i} restored");
+                let (mean, max) = common::level_diff(got, want);
+                assert!(mean < 0.01 && max <= 2, "overlap {overlap}, frame {i}: mean {mean}, max {max}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_flush_drops_the_held_frames_and_nothing_comes_back_after_it() {
+        let (w, h, clip) = astronaut_clip(4);
+        let layout = PackedLayout::rgb(w as usize, h as usize);
+        let s = settings(4);
+        let engine = Engine::new(&s).unwrap();
+        let mut stream = Stream::new(&engine, &s).unwrap();
+        let (mut ahead, _) = Lookahead::new(8, true);
+        let mut warn = |e| panic!("{e}");
+        for (i, f) in clip.iter().enumerate() {
+            let begun = stream.begin(&engine, f, &layout, 0.04);
+            ahead.push(&engine, &stream, Held::new(i, begun, Duration::ZERO), &mut warn);
+        }
+        assert!(matches!(ahead.release(&engine, &stream, false, &|| false, &mut warn), Release::NotYet), "under the latency");
+        assert_eq!(ahead.flush(), 4);
+        assert!(matches!(ahead.release(&engine, &stream, true, &|| false, &mut warn), Release::NotYet), "nothing left to drain");
+        // The batch that was in flight, if any, is discarded as it lands: new frames go on.
+        let begun = stream.begin(&engine, &clip[0], &layout, 0.04);
+        ahead.push(&engine, &stream, Held::new(9, begun, Duration::ZERO), &mut warn);
+        match ahead.release(&engine, &stream, true, &|| false, &mut warn) {
+            Release::Ready(held) => assert_eq!(held.payload, 9),
+            _ => panic!("the frame after the flush comes back"),
+        }
+    }
+
+    /// A wait for the worker that its caller cancels (a flush) gives up at once and keeps the
+    /// frame; the next release waits again and gets it.
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn a_cancelled_wait_keeps_the_frame_held() {
+        let (w, h, clip) = astronaut_clip(2);
+        let layout = PackedLayout::rgb(w as usize, h as usize);
+        let s = settings(1);
+        let engine = Engine::new(&s).unwrap();
+        engine.slow_forwards(1500);
+        let mut stream = Stream::new(&engine, &s).unwrap();
+        let (mut ahead, _) = Lookahead::new(1, true);
+        let mut warn = |e| panic!("{e}");
+        for (i, f) in clip.iter().enumerate() {
+            let begun = stream.begin(&engine, f, &layout, 0.04);
+            ahead.push(&engine, &stream, Held::new(i, begun, Duration::ZERO), &mut warn);
+        }
+        assert!(ahead.forward_running() || ahead.len() == 2);
+        let started = Instant::now();
+        assert!(matches!(ahead.release(&engine, &stream, false, &|| true, &mut warn), Release::Cancelled));
+        assert!(started.elapsed() < Duration::from_millis(500), "gave up at once: {:?}", started.elapsed());
+        assert_eq!(ahead.len(), 2, "the frame is still held");
+        match ahead.release(&engine, &stream, false, &|| false, &mut warn) {
+            Release::Ready(held) => {
+                assert_eq!(held.payload, 0);
+                assert!(held.frame.unwrap().unwrap().restored_ahead());
+                assert!(ahead.waited() > Duration::ZERO);
+            }
+            _ => panic!("the oldest frame comes back once its batch is"),
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! Globals are never imported or called: only the tensor-rebuilding functions, `OrderedDict` and
 //! the storage classes are recognised, by name, and anything else is refused.
 
-use super::Dtype;
+use super::dtype::Dtype;
 
 /// A storage as named by a persistent id: `('storage', torch.FloatStorage, key, location, numel
 /// [, view_metadata])`.

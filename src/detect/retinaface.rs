@@ -5,7 +5,8 @@ use std::path::Path;
 
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::{decode, Face, PriorConfig};
+use super::face::Face;
+use super::priors::{decode, PriorConfig};
 use crate::checkpoint::StateDict;
 use crate::nn::{leaky_relu, Conv2d, ConvSpec, Params};
 use crate::{Error, Network, Setting};

@@ -13,44 +13,16 @@ use std::path::Path;
 
 use tch::{Device, Kind, TchError, Tensor};
 
+use super::config::{GpenConfig, LR_MLP};
 use super::format::{as_format_of, empty_as, reshape, to_channels_last};
+use super::loader::Loader;
 use super::strips::{ceil_div, Banding, Strips};
 use super::upfirdn::{up_conv_blur, Blur, Upsample};
-use super::{GpenConfig, LR_MLP};
 use crate::checkpoint::StateDict;
-use crate::Error;
+use crate::error::{Error, Network};
 
 const SQRT_2: f64 = std::f64::consts::SQRT_2;
 type Result<T, E = TchError> = std::result::Result<T, E>;
-
-/// Moves checkpoint tensors to the model's device and precision.
-pub(super) struct Loader<'a> {
-    sd: &'a StateDict,
-    device: Device,
-    pub(super) kind: Kind,
-}
-
-impl Loader<'_> {
-    /// The tensor in fp32 on the CPU, where the constant folding happens.
-    pub(super) fn raw(&self, name: &str) -> Result<Tensor> {
-        let t = self.sd.get(name).ok_or_else(|| TchError::TensorNameNotFound(name.to_owned(), self.sd.path.display().to_string()))?;
-        t.f_to_kind(Kind::Float)
-    }
-
-    /// In the compute precision, on the device.
-    pub(super) fn put(&self, t: &Tensor) -> Result<Tensor> {
-        t.f_to_kind(self.kind)?.f_to_device(self.device)?.f_contiguous()
-    }
-
-    /// In fp32, on the device (for the parts kept in full precision).
-    pub(super) fn put_f32(&self, t: &Tensor) -> Result<Tensor> {
-        t.f_to_device(self.device)?.f_contiguous()
-    }
-
-    pub(super) fn get(&self, name: &str) -> Result<Tensor> {
-        self.put(&self.raw(name)?)
-    }
-}
 
 /// `FusedLeakyReLU`: `sqrt(2) * leaky_relu(x + bias, 0.2)`.
 #[derive(Debug)]
@@ -485,7 +457,10 @@ impl Generator {
     fn forward(&self, w: &Tensor, mut feats: Vec<Tensor>, bands: Option<(Strips, TopFeature)>) -> Result<Tensor, Error> {
         let b = w.size()[0];
         let levels = self.to_rgbs.len();
-        let missing = || Error::Frame(format!("the GPEN decoder needs {} encoder features and was given fewer", levels + 1));
+        let missing = || Error::NetworkInput {
+            network: Network::Gpen,
+            problem: format!("the decoder needs {} encoder features and was given fewer", levels + 1),
+        };
         let noise = feats.pop().ok_or_else(missing)?;
         // The decoder runs in the format of the encoder's features (see `format`).
         let x = as_format_of(self.input.input.f_repeat([b, 1, 1, 1])?, &noise)?;
@@ -679,7 +654,10 @@ impl FullGenerator {
         let s = x.size();
         let size = self.config.size;
         if s.len() != 4 || s[1] != 3 || s[2] != size || s[3] != size {
-            return Err(Error::Frame(format!("GPEN-{size} takes B x 3 x {size} x {size} faces, got {s:?}")));
+            return Err(Error::NetworkInput {
+                network: Network::Gpen,
+                problem: format!("GPEN-{size} takes B x 3 x {size} x {size} faces, got {s:?}"),
+            });
         }
         let input = x.f_to_device(self.device)?.f_to_kind(self.kind)?;
         // Channels last on the CPU, where oneDNN is faster on it; on CUDA as given (unmeasured).

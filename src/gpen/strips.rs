@@ -1,7 +1,7 @@
 //! Banding of the generator's top decoder levels: which levels run on horizontal bands, and
 //! how tall the bands are, so that the largest feature maps of a forward never exist whole.
 
-use super::GpenConfig;
+use super::config::GpenConfig;
 
 /// Runs the top levels of the decoder on horizontal bands, so that their feature maps (the
 /// largest of the forward: 128 channels of 512x512 at the top of GPEN-512) never exist whole.

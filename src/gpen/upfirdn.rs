@@ -3,7 +3,7 @@
 
 use tch::{TchError, Tensor};
 
-use super::model::Loader;
+use super::loader::Loader;
 
 type Result<T, E = TchError> = std::result::Result<T, E>;
 

@@ -1,12 +1,10 @@
-//! The `gpenfilter` element: the glue between GStreamer and a [`Restorer`]. All the
-//! restoration work, and every decision about a frame, lives in the GStreamer-free core; here
-//! outcomes become flow returns, statistics and messages.
-//!
-//! Whole frames are analysed in `before_transform` ([`Restorer::begin`]), on the read-only
-//! input: a frame the core leaves unchanged (no faces, or passed through by the memory policy)
-//! is then passed through untouched (BaseTransform neither copies nor maps it writable); the
-//! others are finished ([`Restorer::finish`]) in `transform_frame_ip`, or in `transform_frame`
-//! into a larger output when upscaling.
+//! The `gpenfilter` element: the glue between GStreamer's base transform and the core. Frames
+//! are begun ([`Stream::begin_from`]) on the read-only input, in `before_transform` or, with
+//! `batch-latency`, as they come into the core's [`Lookahead`] (then re-submitted in order); a
+//! frame the core leaves unchanged passes through untouched (BaseTransform neither copies nor
+//! maps it writable), the others are finished ([`Stream::finish`]) in `transform_frame_ip`, or
+//! in `transform_frame` into a larger output when upscaling. Every decision about a frame is
+//! the core's; [`report`](super::report) tells it to the pipeline.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,90 +13,72 @@ use std::time::{Duration, Instant};
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
+use gst_base::subclass::base_transform::GenerateOutputSuccess as G;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use super::caps::{packed_layout, scale_caps};
-use super::lookahead::{self, Hold};
-use super::properties::{self, property_of, Settings};
+use super::caps::{frame_interval, packed_layout, scale_caps};
+use super::frames::{self, Arrival, Described, Frame, FrameTimes};
+use super::properties::{self, Settings};
+use super::report::{self, start_error, CAT};
 use super::stats::Stats;
-use super::{meta, FacesFrom, Upscale};
-use crate::detect::Face;
+use crate::error::Error;
 use crate::memory;
-use crate::restorer::{Detections, DeviceSpec, FaceSource, Outcome, Restorer};
-use crate::{Error, Setting};
+use crate::restorer::{DeviceSpec, Engine, FrameOutput, Held, Lookahead, Outcome, Release, Stream};
 
-pub(super) static CAT: Lazy<gst::DebugCategory> =
-    Lazy::new(|| gst::DebugCategory::new("gpenfilter", gst::DebugColorFlags::empty(), Some("GPEN face restoration")));
+glib::wrapper! {
+    pub struct GpenFilter(ObjectSubclass<GpenFilterImp>)
+        @extends gst_video::VideoFilter, gst_base::BaseTransform, gst::Element, gst::Object;
+}
 
 /// Exists between `start()` and `stop()`.
-pub(super) struct State {
-    pub(super) restorer: Restorer,
-    pub(super) info: Option<gst_video::VideoInfo>,
-    /// The frame between `before_transform` and the transform: analysed, or why it could not be.
-    pub(super) pending: Option<Result<Detections, Error>>,
-    /// When the work on the current buffer began.
-    pub(super) started: Option<Instant>,
+struct State {
+    engine: Engine,
+    stream: Stream,
+    /// Frames held for `batch-latency` (`None` at 0: each frame is finished as it comes).
+    lookahead: Option<Lookahead<Arrival>>,
+    info: Option<gst_video::VideoInfo>,
+    /// The frame going through BaseTransform's output path now, from its begin to its output.
+    current: Option<Frame>,
     /// Processing time last reported to the latency query.
     reported_latency: Duration,
     last_post: Option<Instant>,
     /// Timestamp of the previous frame, for the time between frames that tracking needs.
-    pub(super) last_pts: Option<gst::ClockTime>,
+    last_pts: Option<gst::ClockTime>,
     /// Duration of the last frame that had one, for the latency query without a frame rate.
-    pub(super) last_duration: Option<gst::ClockTime>,
-    /// The faces of the frame in flight, for the metas of its output.
-    pub(super) described: Option<Described>,
-    /// Frames a frame waits for before it is restored (`batch-latency`).
-    pub(super) batch_latency: usize,
-    /// Frames held back for `batch-latency`.
-    pub(super) hold: Hold,
+    last_duration: Option<gst::ClockTime>,
 }
 
-/// A frame's faces as its output metas describe them.
-pub(super) struct Described {
-    /// In input pixels.
-    pub(super) faces: Vec<Face>,
-    pub(super) ids: Vec<u64>,
-    pub(super) restored: bool,
-    /// The output frame's size.
-    pub(super) size: (u32, u32),
-}
-
-#[derive(Default)]
-pub struct GpenFilter {
-    pub(super) settings: Mutex<Settings>,
-    /// A live property changed since the settings were last pushed to the restorer.
-    pub(super) live_changed: AtomicBool,
-    pub(super) state: Mutex<Option<State>>,
-    pub(super) stats: Arc<Mutex<Stats>>,
-    /// Between a flush's start and stop (and from stopping on): a wait for the generator's
-    /// worker gives up.
-    pub(super) flushing: AtomicBool,
-}
-
-/// The timestamps of a frame, kept for the messages about it.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct FrameTimes {
-    pub(super) pts: Option<gst::ClockTime>,
-    duration: Option<gst::ClockTime>,
-}
-
-impl FrameTimes {
-    pub(super) fn of(buffer: &gst::BufferRef) -> Self {
-        FrameTimes { pts: buffer.pts(), duration: buffer.duration() }
+impl State {
+    /// A new stream's frames do not follow the last ones (a seek, new caps).
+    fn restart(&mut self) {
+        self.stream.reset();
+        self.last_pts = None;
     }
 }
 
+#[derive(Default)]
+pub struct GpenFilterImp {
+    settings: Mutex<Settings>,
+    /// A live property changed since the settings were last pushed to the stream.
+    live_changed: AtomicBool,
+    state: Mutex<Option<State>>,
+    stats: Arc<Mutex<Stats>>,
+    /// Between a flush's start and stop (and from stopping on): a wait for the generator's
+    /// worker gives up.
+    flushing: AtomicBool,
+}
+
 #[glib::object_subclass]
-impl ObjectSubclass for GpenFilter {
+impl ObjectSubclass for GpenFilterImp {
     const NAME: &'static str = "GstGpenFilter";
-    type Type = super::GpenFilter;
+    type Type = GpenFilter;
     type ParentType = gst_video::VideoFilter;
 }
 
-impl ObjectImpl for GpenFilter {
+impl ObjectImpl for GpenFilterImp {
     fn constructed(&self) {
         self.parent_constructed();
         // Frames out are counted where they leave, whatever path they took.
@@ -133,9 +113,9 @@ impl ObjectImpl for GpenFilter {
     }
 }
 
-impl GstObjectImpl for GpenFilter {}
+impl GstObjectImpl for GpenFilterImp {}
 
-impl ElementImpl for GpenFilter {
+impl ElementImpl for GpenFilterImp {
     fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         // The pads deactivate next and wait for the streaming thread, which may be waiting for
         // the generator's worker: it gives up.
@@ -172,41 +152,7 @@ impl ElementImpl for GpenFilter {
     }
 }
 
-/// A set-up failure as a GStreamer error: the domain that fits, worded with the property to
-/// change where a setting is at fault.
-fn start_error(e: &Error) -> gst::ErrorMessage {
-    use crate::checkpoint::CheckpointError as C;
-    let named = |setting: Setting| format!("{setting} (property {})", property_of(setting));
-    if e.is_out_of_memory() && !matches!(e, Error::OutOfMemory(_)) {
-        return gst::error_msg!(
-            gst::ResourceError::NoSpaceLeft,
-            ("Out of memory while loading the models: {}", e),
-            ["set a smaller size, fp16=true, or free device memory; {}", named(Setting::Budget)]
-        );
-    }
-    match e {
-        Error::InvalidSetting { setting, problem, hint } => {
-            gst::error_msg!(gst::LibraryError::Settings, ("{}: {}; {}", named(*setting), problem, hint))
-        }
-        Error::FileNotFound { setting, path, problem, hint } => {
-            gst::error_msg!(gst::ResourceError::NotFound, ("{}: {}: {}; {}", named(*setting), path.display(), problem, hint))
-        }
-        Error::Device { device, problem, hint } => {
-            gst::error_msg!(gst::ResourceError::NotFound, ("{}: `{}`: {}; {}", named(Setting::Device), device, problem, hint))
-        }
-        Error::Checkpoint(C::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            gst::error_msg!(gst::ResourceError::NotFound, ("{}", e))
-        }
-        Error::Checkpoint(C::Io { .. }) => gst::error_msg!(gst::ResourceError::OpenRead, ("{}", e)),
-        Error::Checkpoint(_) | Error::ModelMismatch { .. } | Error::UnsafeCheckpoint { .. } => {
-            gst::error_msg!(gst::ResourceError::Read, ("{}", e))
-        }
-        Error::Torch(_) | Error::Accelerator(_) | Error::Frame(_) => gst::error_msg!(gst::LibraryError::Init, ("{}", e)),
-        Error::OutOfMemory(_) => gst::error_msg!(gst::ResourceError::NoSpaceLeft, ("{}", e), ["{}", named(Setting::Budget)]),
-    }
-}
-
-impl BaseTransformImpl for GpenFilter {
+impl BaseTransformImpl for GpenFilterImp {
     const MODE: gst_base::subclass::BaseTransformMode = gst_base::subclass::BaseTransformMode::Both;
     const PASSTHROUGH_ON_SAME_CAPS: bool = false;
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
@@ -215,31 +161,25 @@ impl BaseTransformImpl for GpenFilter {
         // Live changes from here on are pushed with the first frame (the load takes seconds).
         self.live_changed.store(false, Ordering::Release);
         let settings = self.settings.lock().unwrap().clone();
-        if !settings.restore && settings.upscale != Upscale::X1 {
-            return Err(gst::error_msg!(
-                gst::LibraryError::Settings,
-                ("restore=false passes frames through untouched, so they cannot be upscaled"),
-                ["set upscale=1, or restore=true"]
-            ));
-        }
         let fail_every = fail_every(&self.obj().name());
         let core = settings.to_restorer(fail_every).map_err(|e| start_error(&e))?;
         let started = Instant::now();
-        let restorer = Restorer::new(&core).map_err(|e| start_error(&e))?;
-        let model = restorer.model();
+        let engine = Engine::new(&core).map_err(|e| start_error(&e))?;
+        let stream = Stream::new(&engine, &core).map_err(|e| start_error(&e))?;
+        let model = engine.model();
         gst::info!(
             CAT,
             imp = self,
             "loaded {} from {} on {:?} ({:?}), detector {:?}, in {:.2?}",
             model.config().describe(),
-            restorer.model_path().display(),
+            engine.model_path().display(),
             model.device(),
             model.kind(),
-            restorer.detector(),
+            engine.detector(),
             started.elapsed()
         );
         if !core.aligned {
-            match restorer.parse_model() {
+            match engine.parse_model() {
                 Some(p) => gst::info!(CAT, imp = self, "faces are pasted through face-parsing masks ({})", p.display()),
                 None => gst::info!(CAT, imp = self, "faces are pasted through GPEN's soft rectangle (mask {:?})", core.faces.mask.mode),
             }
@@ -252,12 +192,12 @@ impl BaseTransformImpl for GpenFilter {
             0 => {}
             ms => {
                 gst::warning!(CAT, imp = self, "fault injection: every generator forward takes {ms} ms more");
-                restorer.slow_forwards(ms);
+                engine.slow_forwards(ms);
             }
         }
         // device=auto on a machine with an NVIDIA driver, yet on the CPU: say why, loudly (bf16 on
         // the CPU takes seconds a frame where the user expected a GPU).
-        if core.device == DeviceSpec::Auto && restorer.device() == tch::Device::Cpu {
+        if core.device == DeviceSpec::Auto && engine.device() == tch::Device::Cpu {
             if let Some(reason) = crate::sys::cuda_unusable_reason() {
                 gst::element_imp_warning!(
                     self,
@@ -267,23 +207,28 @@ impl BaseTransformImpl for GpenFilter {
                 );
             }
         }
-        *self.stats.lock().unwrap() = Stats { plan: Some(restorer.plan()), device: Some(restorer.device()), ..Stats::default() };
-        gst::info!(CAT, imp = self, "memory budget {} MiB, plan {}", memory::mib(restorer.budget()), restorer.plan());
+        *self.stats.lock().unwrap() = Stats { plan: Some(engine.plan()), device: Some(engine.device()), ..Stats::default() };
+        gst::info!(CAT, imp = self, "memory budget {} MiB, plan {}", memory::mib(engine.budget()), engine.plan());
+        let lookahead = match settings.batch_latency {
+            0 => None,
+            n => {
+                let (lookahead, error) = Lookahead::new(n as usize, settings.overlap);
+                if let Some(e) = error {
+                    gst::warning!(CAT, imp = self, "batches ahead run on the streaming thread: {e}");
+                }
+                Some(lookahead)
+            }
+        };
         *self.state.lock().unwrap() = Some(State {
-            restorer,
+            engine,
+            stream,
+            lookahead,
             info: None,
-            pending: None,
-            started: None,
+            current: None,
             reported_latency: Duration::ZERO,
             last_post: None,
             last_pts: None,
             last_duration: None,
-            described: None,
-            batch_latency: settings.batch_latency as usize,
-            hold: match settings.overlap && settings.batch_latency > 0 {
-                true => Hold::with_worker(|e| gst::warning!(CAT, imp = self, "batches ahead run on the streaming thread: {e}")),
-                false => Hold::default(),
-            },
         });
         self.flushing.store(false, Ordering::Release);
         Ok(())
@@ -291,7 +236,7 @@ impl BaseTransformImpl for GpenFilter {
 
     fn sink_event(&self, event: gst::Event) -> bool {
         // Held frames go out before what follows them in the stream (EOS, caps, a segment).
-        if lookahead::drains(&event) {
+        if frames::drains(&event) {
             self.drain();
         }
         match event.view() {
@@ -309,8 +254,7 @@ impl BaseTransformImpl for GpenFilter {
                     self.flushing.store(false, Ordering::Release);
                 }
                 if let Some(state) = self.state.lock().unwrap().as_mut() {
-                    state.restorer.reset_tracks();
-                    state.last_pts = None;
+                    state.restart();
                 }
             }
             _ => {}
@@ -331,7 +275,7 @@ impl BaseTransformImpl for GpenFilter {
 
     fn submit_input_buffer(&self, is_discont: bool, inbuf: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         self.stats.lock().unwrap().frames_in += 1;
-        if self.batch_latency() > 0 {
+        if self.holds() {
             return self.hold(is_discont, inbuf);
         }
         let result = self.parent_submit_input_buffer(is_discont, inbuf);
@@ -343,16 +287,16 @@ impl BaseTransformImpl for GpenFilter {
     }
 
     fn before_transform(&self, inbuf: &gst::BufferRef) {
-        // With batch-latency, frames are analysed as they are held and routed as they leave.
-        if self.batch_latency() == 0 {
-            if let Some(analysis) = self.analyse(inbuf) {
-                self.route(FrameTimes::of(inbuf), analysis);
+        // Held frames were begun as they came, and are routed as they leave.
+        if !self.holds() {
+            if let Some(frame) = self.begin(inbuf) {
+                self.route(frame);
             }
         }
     }
 
-    fn generate_output(&self) -> Result<gst_base::subclass::base_transform::GenerateOutputSuccess, gst::FlowError> {
-        if self.batch_latency() > 0 {
+    fn generate_output(&self) -> Result<G, gst::FlowError> {
+        if self.holds() {
             return self.release(false);
         }
         self.output()
@@ -382,7 +326,14 @@ impl BaseTransformImpl for GpenFilter {
         }
         // Upstream's latency plus our measured processing time per frame, plus the frames held
         // for batch-latency.
-        let ours = self.measured_latency() + self.hold_latency();
+        let held = {
+            let guard = self.state.lock().unwrap();
+            guard.as_ref().map_or(gst::ClockTime::ZERO, |s| {
+                let latency = s.lookahead.as_ref().map_or(0, Lookahead::latency);
+                frames::hold_latency(latency, s.info.as_ref(), s.last_duration)
+            })
+        };
+        let ours = self.measured_latency() + held;
         if let gst::QueryViewMut::Latency(q) = query.view_mut() {
             let (live, min, max) = q.result();
             q.set(live, min + ours, max.map(|m| m + ours));
@@ -392,7 +343,7 @@ impl BaseTransformImpl for GpenFilter {
     }
 }
 
-impl VideoFilterImpl for GpenFilter {
+impl VideoFilterImpl for GpenFilterImp {
     fn set_info(
         &self,
         _incaps: &gst::Caps,
@@ -404,81 +355,145 @@ impl VideoFilterImpl for GpenFilter {
         self.obj().set_in_place(in_info.width() == out_info.width() && in_info.height() == out_info.height());
         if let Some(state) = self.state.lock().unwrap().as_mut() {
             state.info = Some(in_info.clone());
-            state.pending = None;
+            state.current = None;
             // A new size or format: nothing carries over from the old frames.
-            state.restorer.reset_tracks();
-            state.last_pts = None;
+            state.restart();
         }
         Ok(())
     }
 
     fn transform_frame(
         &self,
-        in_frame: &gst_video::VideoFrameRef<&gst::BufferRef>,
+        _in_frame: &gst_video::VideoFrameRef<&gst::BufferRef>,
         out_frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        self.transform(FrameTimes::of(in_frame.buffer()), out_frame)
+        self.transform(out_frame)
     }
 
     fn transform_frame_ip(&self, frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>) -> Result<gst::FlowSuccess, gst::FlowError> {
-        self.transform(FrameTimes::of(frame.buffer()), frame)
+        self.transform(frame)
     }
 }
 
-impl GpenFilter {
-    /// Frames a frame waits for before it is restored (0 before `start()`).
-    fn batch_latency(&self) -> usize {
-        self.state.lock().unwrap().as_ref().map_or(0, |s| s.batch_latency)
+impl GpenFilterImp {
+    /// Whether frames are held for batches ahead (`batch-latency` > 0, after `start()`).
+    fn holds(&self) -> bool {
+        self.state.lock().unwrap().as_ref().is_some_and(|s| s.lookahead.is_some())
     }
 
-    /// The submitted frame through BaseTransform's output path (`before_transform` and the
-    /// transform run in there), with its faces described in metas after.
-    pub(super) fn output(&self) -> Result<gst_base::subclass::base_transform::GenerateOutputSuccess, gst::FlowError> {
-        use gst_base::subclass::base_transform::GenerateOutputSuccess as G;
-        let out = self.parent_generate_output()?;
-        let described = self.state.lock().unwrap().as_mut().and_then(|s| s.described.take());
-        match out {
-            G::Buffer(mut buffer) => {
-                self.describe(&mut buffer, described);
-                Ok(G::Buffer(buffer))
+    /// The frame `inbuf` begun: live settings taken up, its faces found (or given) and
+    /// followed, described in the statistics and messages. `None` before `start()`.
+    fn begin(&self, inbuf: &gst::BufferRef) -> Option<Frame> {
+        let started = Instant::now();
+        let (post_faces, live, faces_from, factor) = {
+            let s = self.settings.lock().unwrap();
+            (s.post_faces, self.live_changed.swap(false, Ordering::AcqRel).then_some(s.live), s.faces_from, s.upscale as u32)
+        };
+        let mut guard = self.state.lock().unwrap();
+        let state = guard.as_mut()?;
+        if let Some(live) = live {
+            // The ranges of the properties keep these valid; a failure would leave the old ones.
+            if let Err(e) = state.stream.set_live(live) {
+                gst::warning!(CAT, imp = self, "live settings not applied: {e}");
             }
-            other => Ok(other),
         }
+        let dt = frame_interval(state.last_pts, inbuf.pts(), state.info.as_ref());
+        state.last_pts = inbuf.pts();
+        if let Some(d) = inbuf.duration() {
+            state.last_duration = Some(d);
+        }
+        let begun = match state.info.as_ref() {
+            None => Err(Error::NotNegotiated),
+            Some(info) => match gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, info) {
+                // A buffer that does not hold the frame its caps describe (too small: a wrong
+                // size or stride upstream).
+                Err(_) => Ok(state.stream.unreadable(inbuf.size(), info.size())),
+                Ok(frame) => match frame.plane_data(0) {
+                    Ok(data) => {
+                        let source = frames::face_source(faces_from, inbuf, (info.width(), info.height()), &mut self.stats.lock().unwrap());
+                        state.stream.begin_from(&state.engine, data, &packed_layout(&frame), dt, source)
+                    }
+                    Err(_) => Ok(state.stream.unreadable(inbuf.size(), info.size())),
+                },
+            },
+        };
+        let mut described = None;
+        if let Some(d) = begun.as_ref().ok().filter(|d| !matches!(d.decided(), Some(Outcome::Unreadable { .. }))) {
+            gst::log!(CAT, imp = self, "{} face(s) in {:?}", d.faces.len(), inbuf.pts());
+            let mut stats = self.stats.lock().unwrap();
+            stats.faces_detected += d.faces.len() as u64;
+            stats.set_video(state.stream.video_counters());
+            drop(stats);
+            if post_faces {
+                let segment = self.obj().segment();
+                let running = segment.downcast_ref::<gst::ClockTime>().and_then(|seg| inbuf.pts().and_then(|p| seg.to_running_time(p)));
+                let s = frames::faces_message(inbuf, d, running);
+                let _ = self.obj().post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+            }
+            let size = state.info.as_ref().map_or((0, 0), |i| (i.width() * factor, i.height() * factor));
+            described = Some(Described { faces: d.faces.clone(), ids: d.ids.clone(), restored: false, size });
+        }
+        let arrival = Arrival { buffer: None, discont: false, times: FrameTimes::of(inbuf), described };
+        Some(Held::new(arrival, begun, started.elapsed()))
     }
 
-    /// The one transform of both paths: the frame analysed in `before_transform` finished into
-    /// `out` (the input itself in place, or the larger output when upscaling).
-    fn transform(
-        &self,
-        times: FrameTimes,
-        out: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
-    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+    /// Where a begun frame goes: a frame the core leaves unchanged is finished here and passed
+    /// through, neither copied nor written; the others (and errors, to be reported) go to the
+    /// transform.
+    fn route(&self, mut frame: Frame) {
+        let mut guard = self.state.lock().unwrap();
+        let Some(state) = guard.as_mut() else { return };
+        let output = frame.begun().map(|d| state.stream.output_of(d));
+        let unchanged = output == Some(FrameOutput::Unchanged);
+        self.obj().set_passthrough(unchanged);
+        let started = Instant::now().checked_sub(frame.took).unwrap_or_else(Instant::now);
+        if unchanged {
+            let Some(Ok(d)) = frame.frame.take() else { return };
+            let outcome = state.stream.finish(&mut state.engine, d, None);
+            let plan = state.engine.plan();
+            let times = frame.payload.times;
+            state.current = Some(frame);
+            drop(guard);
+            // Nothing is written, so nothing can fail; an error is still reported if it does.
+            let _ = self.conclude(outcome, plan, times, started);
+            return;
+        }
+        frame.took = started.elapsed();
+        state.current = Some(frame);
+    }
+
+    /// The frame routed to the transform finished into `out` (the input itself in place, or the
+    /// larger output when upscaling).
+    fn transform(&self, out: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>) -> Result<gst::FlowSuccess, gst::FlowError> {
         let mut guard = self.state.lock().unwrap();
         let Some(state) = guard.as_mut() else {
             gst::element_imp_error!(self, gst::CoreError::StateChange, ("Frame received before the model was loaded"));
             return Err(gst::FlowError::Flushing);
         };
-        let started = state.started.take().unwrap_or_else(Instant::now);
-        let outcome = match state.pending.take() {
-            None => Err(Error::Frame("a frame reached the transform without being analysed".into())),
+        let mut frame = state.current.take();
+        let started = Instant::now().checked_sub(frame.as_ref().map_or(Duration::ZERO, |f| f.took)).unwrap_or_else(Instant::now);
+        let times = frame.as_ref().map_or_else(|| FrameTimes::of(out.buffer()), |f| f.payload.times);
+        let outcome = match frame.as_mut().and_then(|f| f.frame.take()) {
+            None => Err(Error::Internal("a frame reached the transform without being begun".into())),
             Some(Err(e)) => Err(e),
             Some(Ok(d)) => {
                 let layout = packed_layout(out);
                 match out.plane_data_mut(0) {
-                    Ok(data) => state.restorer.finish(d, Some((data, &layout))),
-                    Err(e) => Err(Error::Frame(format!("cannot map the output frame: {e}"))),
+                    Ok(data) => state.stream.finish(&mut state.engine, d, Some((data, &layout))),
+                    Err(e) => Err(Error::OutputMismatch(format!("cannot map the output frame: {e}"))),
                 }
             }
         };
-        if let (Ok(Outcome::Restored { .. }), Some(d)) = (&outcome, state.described.as_mut()) {
+        if let (Ok(Outcome::Restored { .. }), Some(d)) = (&outcome, frame.as_mut().and_then(|f| f.payload.described.as_mut())) {
             d.restored = true;
         }
-        let plan = state.restorer.plan();
-        self.stats.lock().unwrap().generator_runs = state.restorer.generator_runs();
+        state.current = frame;
+        let plan = state.engine.plan();
+        self.stats.lock().unwrap().generator_runs = state.engine.generator_runs();
         // A pasted frame may add a pair to the flicker figure (a read of three sums: the frame
         // was just read back anyway).
         if matches!(outcome, Ok(Outcome::Restored { .. })) {
-            match state.restorer.flicker() {
+            match state.stream.flicker() {
                 Ok(f) => self.stats.lock().unwrap().flicker = f,
                 Err(e) => gst::warning!(CAT, imp = self, "flicker figure not read: {e}"),
             }
@@ -487,101 +502,129 @@ impl GpenFilter {
         self.conclude(outcome, plan, times, started)
     }
 
-    /// Where the faces of `buffer` (a `size` frame) come from, by `faces-from`.
-    pub(super) fn face_source(&self, faces_from: FacesFrom, buffer: &gst::BufferRef, size: (u32, u32)) -> FaceSource {
-        let given = || {
-            let given = meta::given_faces(buffer, size);
-            self.stats.lock().unwrap().faces_from_metas += given.len() as u64;
-            given
-        };
-        match faces_from {
-            FacesFrom::Detector => FaceSource::Detector,
-            FacesFrom::Upstream => FaceSource::Given(given()),
-            FacesFrom::Both => FaceSource::Both(given()),
+    /// The submitted frame through BaseTransform's output path (`before_transform` and the
+    /// transform run in there), with its faces described in metas after.
+    fn output(&self) -> Result<G, gst::FlowError> {
+        let out = self.parent_generate_output()?;
+        let described = self.state.lock().unwrap().as_mut().and_then(|s| s.current.take()).and_then(|f| f.payload.described);
+        match out {
+            G::Buffer(mut buffer) => {
+                let (on, factor) = {
+                    let s = self.settings.lock().unwrap();
+                    (s.face_metas, s.upscale as u32)
+                };
+                frames::describe(&mut buffer, described, on, factor);
+                Ok(G::Buffer(buffer))
+            }
+            other => Ok(other),
         }
     }
 
-    /// The output's region metas: those copied from a smaller input scaled, an earlier
-    /// gpenfilter's replaced by one per face of this frame (`face-metas`).
-    fn describe(&self, buffer: &mut gst::Buffer, described: Option<Described>) {
-        let (on, factor) = {
-            let s = self.settings.lock().unwrap();
-            (s.face_metas, s.upscale as u32)
+    /// `batch-latency` > 0: the frame is begun now and held in the core's look-ahead.
+    fn hold(&self, discont: bool, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let overlapped = self.state.lock().unwrap().as_ref().is_some_and(|s| s.lookahead.as_ref().is_some_and(Lookahead::forward_running));
+        let Some(mut frame) = self.begin(&buffer) else {
+            gst::element_imp_error!(self, gst::CoreError::StateChange, ("Frame received before the model was loaded"));
+            return Err(gst::FlowError::Flushing);
         };
-        let scale_theirs = factor > 1 && buffer.iter_meta::<gst_video::VideoRegionOfInterestMeta>().next().is_some();
-        let ours = described.filter(|d| on && !d.faces.is_empty());
-        let replace = ours.is_some() || (on && meta::has_ours(buffer));
-        if !scale_theirs && !replace {
+        frame.payload.buffer = Some(buffer);
+        frame.payload.discont = discont;
+        if overlapped {
+            self.stats.lock().unwrap().frames_overlapped += 1;
+        }
+        if let Some(state) = self.state.lock().unwrap().as_mut() {
+            if let Some(lookahead) = state.lookahead.as_mut() {
+                lookahead
+                    .push(&state.engine, &state.stream, frame, &mut |e| gst::warning!(CAT, imp = self, "faces not restored ahead: {e}"));
+            }
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// The oldest held frame out, when the core's look-ahead gives it back (or any, when
+    /// `drain`): re-submitted to BaseTransform (QoS may drop it) and transformed. A flush that
+    /// comes while it waits for the worker: `Flushing`, the frame still held (the flush drops it).
+    fn release(&self, drain: bool) -> Result<G, gst::FlowError> {
+        let released = {
+            let mut guard = self.state.lock().unwrap();
+            let Some(state) = guard.as_mut() else { return Ok(G::NoOutput) };
+            let Some(lookahead) = state.lookahead.as_mut() else { return Ok(G::NoOutput) };
+            let cancelled = || self.flushing.load(Ordering::Acquire);
+            let warn = &mut |e| gst::warning!(CAT, imp = self, "faces not restored ahead: {e}");
+            let released = lookahead.release(&state.engine, &state.stream, drain, &cancelled, warn);
+            self.stats.lock().unwrap().ahead_wait = lookahead.waited();
+            released
+        };
+        let mut frame = match released {
+            Release::Ready(frame) => frame,
+            Release::NotYet => return Ok(G::NoOutput),
+            Release::Cancelled => {
+                gst::debug!(CAT, imp = self, "flushing while waiting for the generator's worker");
+                return Err(gst::FlowError::Flushing);
+            }
+        };
+        let Some(buffer) = frame.payload.buffer.take() else { return Ok(G::NoOutput) };
+        gst::log!(CAT, imp = self, "releasing {:?}", frame.payload.times.pts);
+        match self.parent_submit_input_buffer(frame.payload.discont, buffer) {
+            Ok(gst::FlowSuccess::Ok) => {
+                self.route(frame);
+                self.output()
+            }
+            Ok(gst_base::BASE_TRANSFORM_FLOW_DROPPED) => {
+                // Late: BaseTransform's QoS dropped it (and posted its QoS message).
+                self.stats.lock().unwrap().frames_late_dropped += 1;
+                Ok(G::Dropped)
+            }
+            Ok(_) => Ok(G::NoOutput),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every held frame out, in order, before a serialized event goes downstream.
+    fn drain(&self) {
+        let held = self.state.lock().unwrap().as_ref().and_then(|s| s.lookahead.as_ref()).map_or(0, Lookahead::len);
+        if held == 0 {
             return;
         }
-        // Metas need a writable buffer, which costs no pixel copy: a buffer held only here (in
-        // place, upscaled, or passed through) is not copied at all, and one still held elsewhere
-        // gets a new header that shares its memory.
-        let b = buffer.make_mut();
-        if scale_theirs {
-            meta::scale_all(b, factor);
+        gst::debug!(CAT, imp = self, "draining {held} held frame(s)");
+        loop {
+            match self.release(true) {
+                Ok(G::Buffer(b)) => {
+                    if let Err(e) = self.obj().src_pad().push(b) {
+                        gst::debug!(CAT, imp = self, "held frames not drained: {e:?}");
+                        break;
+                    }
+                }
+                Ok(G::Dropped) => {}
+                Ok(G::NoOutput) => return,
+                Err(e) => {
+                    gst::debug!(CAT, imp = self, "held frames not drained: {e:?}");
+                    break;
+                }
+            }
         }
-        if on {
-            meta::remove_ours(b);
-        }
-        if let Some(d) = ours {
-            let faces: Vec<Face> = d.faces.iter().map(|f| meta::upscaled(f, factor)).collect();
-            meta::attach(b, &faces, &d.ids, d.restored, d.size);
+        // Downstream refused: what is left cannot go out, and counts as flushed.
+        self.drop_held("drain stopped");
+    }
+
+    /// Drops every held frame (a flush, a stop), counted as flushed.
+    fn drop_held(&self, why: &str) {
+        let dropped = self.state.lock().unwrap().as_mut().and_then(|s| s.lookahead.as_mut()).map_or(0, Lookahead::flush);
+        if dropped > 0 {
+            gst::info!(CAT, imp = self, "{why}: {dropped} held frame(s) dropped");
+            self.stats.lock().unwrap().flushed();
         }
     }
 
-    /// What became of a frame, told to the pipeline: statistics, messages and the flow return.
-    pub(super) fn conclude(
+    /// What the core decided of a frame, told to the pipeline, then the bookkeeping after it.
+    fn conclude(
         &self,
         outcome: Result<Outcome, Error>,
         plan: crate::memory::Plan,
         times: FrameTimes,
         started: Instant,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e @ Error::OutOfMemory(_)) => {
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::NoSpaceLeft,
-                    ("Out of memory, and memory-policy=error: {}", e),
-                    ["set a larger vram-budget, a smaller size, fp16=true, a smaller tile-size, or memory-policy=degrade"]
-                );
-                return Err(gst::FlowError::Error);
-            }
-            Err(e) => {
-                gst::element_imp_error!(self, gst::StreamError::Failed, ("Restoring a frame failed: {}", e));
-                return Err(gst::FlowError::Error);
-            }
-        };
-        {
-            let mut stats = self.stats.lock().unwrap();
-            stats.record(&outcome, started.elapsed());
-            if stats.plan != Some(plan) {
-                gst::info!(CAT, imp = self, "plan now {plan} (was {:?})", stats.plan.map(|p| p.to_string()));
-                stats.plan = Some(plan);
-            }
-        }
-        let flow = match &outcome {
-            Outcome::Dropped { reason } => {
-                gst::warning!(CAT, imp = self, "dropped frame {:?}: {reason}", times.pts);
-                let warning = self.stats.lock().unwrap().drop_warning(reason, Instant::now());
-                if let Some(text) = warning {
-                    gst::element_imp_warning!(self, gst::StreamError::Failed, ("{}", text));
-                }
-                self.post_drop(times);
-                gst_base::BASE_TRANSFORM_FLOW_DROPPED
-            }
-            Outcome::PassedThrough { reason } => {
-                gst::warning!(CAT, imp = self, "frame {:?} passed through unprocessed: {reason}", times.pts);
-                gst::FlowSuccess::Ok
-            }
-            Outcome::Restored { retried: true, plan, .. } => {
-                gst::warning!(CAT, imp = self, "out of memory: frame {:?} redone with {plan}", times.pts);
-                gst::FlowSuccess::Ok
-            }
-            _ => gst::FlowSuccess::Ok,
-        };
+        let flow = report::conclude(self.obj().upcast_ref(), &self.stats, outcome, plan, times, started)?;
         self.after_frame();
         Ok(flow)
     }
@@ -622,49 +665,6 @@ impl GpenFilter {
     fn post_stats(&self, last: bool) {
         let s = self.stats.lock().unwrap().message_structure(last);
         let _ = self.obj().post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
-    }
-
-    /// The faces of a frame, as aligned, in a `gpenfilter-faces` element message.
-    pub(super) fn post_faces(&self, buffer: &gst::BufferRef, detections: &Detections) {
-        let faces = detections.faces.iter().enumerate().map(|(i, f)| {
-            gst::Structure::builder("face")
-                .field("id", detections.ids.get(i).copied().unwrap_or(0))
-                .field("score", f.score as f64)
-                .field("box", gst::Array::new(f.bbox.map(|v| v as f64)))
-                .field("landmarks", gst::Array::new(f.landmarks.as_flattened().iter().map(|&v| v as f64)))
-                .build()
-                .to_send_value()
-        });
-        let segment = self.obj().segment();
-        let running = segment.downcast_ref::<gst::ClockTime>().and_then(|seg| buffer.pts().and_then(|p| seg.to_running_time(p)));
-        let s = gst::Structure::builder("gpenfilter-faces")
-            .field("timestamp", buffer.pts())
-            .field("running-time", running)
-            .field("detected", detections.detected)
-            .field("scene-cut", detections.scene_cut)
-            .field("faces", gst::Array::from_values(faces))
-            .build();
-        let _ = self.obj().post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
-    }
-
-    /// A QoS message for a frame the memory policy dropped.
-    fn post_drop(&self, times: FrameTimes) {
-        let (processed, dropped) = self.stats.lock().unwrap().qos_counts();
-        let segment = self.obj().segment();
-        let (running, stream) = match segment.downcast_ref::<gst::ClockTime>() {
-            Some(seg) => (times.pts.and_then(|p| seg.to_running_time(p)), times.pts.and_then(|p| seg.to_stream_time(p))),
-            None => (None, None),
-        };
-        let msg = gst::message::Qos::builder(false)
-            .running_time(running)
-            .stream_time(stream)
-            .timestamp(times.pts)
-            .duration(times.duration)
-            .values(0, 1.0, 0)
-            .stats(gst::format::Buffers::from_u64(processed), gst::format::Buffers::from_u64(dropped))
-            .src(&*self.obj())
-            .build();
-        let _ = self.obj().post_message(msg);
     }
 }
 

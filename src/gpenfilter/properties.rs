@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use gst::glib;
 use gst::prelude::*;
 
-use super::{DetectorVariant, FacesFrom, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
+use super::enums::{DetectorVariant, FacesFrom, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
 use crate::memory::MemorySettings;
 use crate::restorer::{
     DeviceSpec, FaceSettings, LiveSettings, MaskMode, MaskSettings, RestorerSettings, UpscaleSettings, MODEL_DIR_ENV, PARSE_FILE,
@@ -105,6 +105,7 @@ pub fn property_of(setting: Setting) -> &'static str {
         Setting::ModelKey => "model-key",
         Setting::Device => "device",
         Setting::Mode => "aligned",
+        Setting::Restore => "restore",
         Setting::DetectorModel => "detector-model",
         Setting::DetectorVariant => "detector-variant",
         Setting::Threshold => "detection-threshold",
@@ -186,6 +187,7 @@ impl Settings {
             fp16: self.fp16,
             device: self.device.parse::<DeviceSpec>()?,
             aligned: self.aligned,
+            restore: self.restore,
             faces: FaceSettings {
                 detector_model: path(&self.detector_model),
                 detector_variant: match self.detector_variant {
@@ -641,6 +643,7 @@ mod tests {
             Setting::ModelKey,
             Setting::Device,
             Setting::Mode,
+            Setting::Restore,
             Setting::DetectorModel,
             Setting::DetectorVariant,
             Setting::Threshold,

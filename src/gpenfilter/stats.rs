@@ -65,7 +65,9 @@ impl Stats {
                 self.faces_restored += *faces as u64;
                 self.retries += *retried as u64;
             }
-            Outcome::PassedThrough { .. } => self.frames_passed_through += 1,
+            Outcome::PassedThrough { .. } | Outcome::Unreadable { .. } => self.frames_passed_through += 1,
+            // Detect-only: faces described, none restored.
+            Outcome::Described { .. } => {}
             Outcome::Dropped { .. } => self.frames_dropped += 1,
         }
     }

@@ -1,6 +1,6 @@
 //! A pure estimate of a plan's peak memory, from the model's channel table.
 
-use super::Plan;
+use super::plan::Plan;
 use crate::gpen::{Banding, GpenConfig, Strips};
 
 /// Predicts peak memory from the model's channel table. The constants count the tensors alive

@@ -425,7 +425,10 @@ impl ParseNet {
         let s = x.size();
         let multiple = 1 << self.cfg.down_steps();
         if s.len() != 4 || s[1] != 3 || s[2] % multiple != 0 || s[3] % multiple != 0 || s[2] == 0 || s[3] == 0 {
-            return Err(Error::Frame(format!("ParseNet takes N x 3 x H x W with H and W multiples of {multiple}, not {s:?}")));
+            return Err(Error::NetworkInput {
+                network: Network::ParseNet,
+                problem: format!("it takes N x 3 x H x W with H and W multiples of {multiple}, not {s:?}"),
+            });
         }
         let x = x.f_to_device(self.device)?.f_to_kind(self.kind)?;
         let mut feat = self.first.forward(&x)?;

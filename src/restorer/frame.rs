@@ -5,8 +5,8 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::error::Error;
 use crate::transfer;
-use crate::Error;
 
 /// Where the colour channels of a packed 8-bit RGB-like frame are, and how rows are laid out.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,7 +38,7 @@ impl PackedLayout {
         if ok {
             Ok(())
         } else {
-            Err(Error::Frame(format!("layout {self:?} does not fit a buffer of {len} bytes")))
+            Err(Error::BufferTooSmall { have: len, layout: format!("{self:?}") })
         }
     }
 
@@ -104,7 +104,7 @@ pub fn write_rgb(rgb: &Tensor, (x0, y0): (i64, i64), data: &mut [u8], layout: &P
     let (h, w) = (rgb.size()[0], rgb.size()[1]);
     let (fw, fh) = layout.size();
     if rgb.size().len() != 3 || rgb.size()[2] != 3 || x0 < 0 || y0 < 0 || x0 + w > fw || y0 + h > fh {
-        return Err(Error::Frame(format!("a {:?} patch at ({x0}, {y0}) does not fit a {fw}x{fh} frame", rgb.size())));
+        return Err(Error::OutputMismatch(format!("a {:?} patch at ({x0}, {y0}) does not fit a {fw}x{fh} frame", rgb.size())));
     }
     // SAFETY: `check` proved every index of the view lies in `data`, exclusively borrowed here.
     let mut all = unsafe { view(data.as_mut_ptr(), layout)? };
@@ -154,7 +154,7 @@ mod tests {
         assert!(PackedLayout { width: 0, ..ok }.check(100).is_err());
         let huge = PackedLayout { width: usize::MAX / 2, height: 3, stride: usize::MAX, pixel_stride: 3, rgb_offsets: [0, 1, 2] };
         assert!(huge.check(100).is_err(), "overflow must not pass");
-        assert!(matches!(ok.check(1), Err(Error::Frame(_))));
+        assert!(matches!(ok.check(1), Err(Error::BufferTooSmall { have: 1, .. })));
     }
 
     #[test]
@@ -210,8 +210,8 @@ mod tests {
     fn patches_outside_the_frame_are_refused() {
         let (mut data, layout) = padded(6, 4);
         let patch = Tensor::zeros([2, 3, 3], (Kind::Uint8, Device::Cpu));
-        assert!(matches!(write_rgb(&patch, (4, 0), &mut data, &layout, false), Err(Error::Frame(_))));
-        assert!(matches!(write_rgb(&patch, (0, 3), &mut data, &layout, false), Err(Error::Frame(_))));
-        assert!(matches!(write_rgb(&patch, (-1, 0), &mut data, &layout, false), Err(Error::Frame(_))));
+        assert!(matches!(write_rgb(&patch, (4, 0), &mut data, &layout, false), Err(Error::OutputMismatch(_))));
+        assert!(matches!(write_rgb(&patch, (0, 3), &mut data, &layout, false), Err(Error::OutputMismatch(_))));
+        assert!(matches!(write_rgb(&patch, (-1, 0), &mut data, &layout, false), Err(Error::OutputMismatch(_))));
     }
 }

@@ -4,10 +4,11 @@
 
 use tch::Tensor;
 
-use super::{find_faces, FaceSettings};
+use super::find::find_faces;
+use super::settings::FaceSettings;
 use crate::detect::{detect_at_scales, iou, Face, RetinaFace, NMS_THRESHOLD};
+use crate::error::Error;
 use crate::restorer::video::Supplied;
-use crate::Error;
 
 /// A face found elsewhere: its box `[x1, y1, x2, y2]` in frame pixels, a score, and its five
 /// landmarks (RetinaFace order) when its source had them.
@@ -18,7 +19,7 @@ pub struct GivenFace {
     pub landmarks: Option<[[f32; 2]; 5]>,
 }
 
-/// Where the faces of a frame come from ([`Restorer::begin_from`](super::Restorer::begin_from)).
+/// Where the faces of a frame come from ([`Restorer::begin_from`](super::Stream::begin_from)).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum FaceSource {
     /// The detector, on its schedule (`detection-interval`).

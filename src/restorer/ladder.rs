@@ -2,10 +2,10 @@
 //! smaller face batches, smaller upscaler tiles, smaller face sizes), and when to climb back.
 //! Pure: it decides; the restorer estimates, loads models and runs.
 
+use crate::error::Error;
 use crate::memory::{MemoryPolicy, Plan};
-use crate::Error;
 
-use super::Outcome;
+use super::outcome::Outcome;
 
 /// Consecutive frames that must succeed on a degraded plan before the better plan is tried again.
 pub const RECOVER_AFTER: u32 = 100;

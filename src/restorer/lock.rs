@@ -11,14 +11,13 @@
 //! carried by the correction: the crop, the paste and the faces posted all follow them.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use tch::{Kind, Tensor};
 
 use super::temporal::{self, Motion, GRID};
 use crate::align::{self, Border, Similarity};
 use crate::detect::Face;
-use crate::Error;
+use crate::error::Error;
 
 /// Registration stops when what is left moves the crop by less than this many cells.
 const CONVERGED: f64 = 0.02;
@@ -194,20 +193,6 @@ impl Lock {
         }
         self.tracks = tracks;
         Ok(out)
-    }
-}
-
-impl super::FaceStage {
-    /// With blending on, registers the tracked faces of the frame just begun (see
-    /// [`Lock::follow`]); returns their registered thumbnails and the time it took.
-    pub(super) fn register(&mut self, frame: &Tensor, faces: &mut [Face], ids: &[u64]) -> Result<(Vec<Option<Tensor>>, Duration), Error> {
-        let started = Instant::now();
-        if self.settings.live.consistency > 0.0 {
-            let thumbs = self.lock.follow(frame, faces, ids, self.arrived, self.paster.size())?;
-            return Ok((thumbs, started.elapsed()));
-        }
-        self.lock.clear();
-        Ok((Vec::new(), started.elapsed()))
     }
 }
 

@@ -6,7 +6,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::settings::MaskRegions;
 use crate::align::{self, Alignment, Border};
-use crate::Error;
+use crate::error::Error;
 
 /// Faces smaller than this (box side, pixels) get GPEN's light smoothing after restoration.
 pub const SMALL_FACE: f32 = 100.0;

@@ -7,8 +7,8 @@ use std::str::FromStr;
 use tch::{Device, Kind};
 
 use crate::detect::DetectorVariant;
+use crate::error::{Error, Setting};
 pub use crate::memory::{MemoryPolicy, MemorySettings};
-use crate::{Error, Setting};
 
 /// Environment variable naming the folder where `GPEN-BFR-{size}.pth` files are looked up.
 pub const MODEL_DIR_ENV: &str = "GST_GPEN_MODEL_DIR";
@@ -176,6 +176,9 @@ pub struct RestorerSettings {
     pub device: DeviceSpec,
     /// Frames are aligned faces (no detection); otherwise faces are found in whole frames.
     pub aligned: bool,
+    /// False: faces are found, followed and described, and every frame passes through
+    /// unrestored (the stream's detect-only mode).
+    pub restore: bool,
     pub faces: FaceSettings,
     pub memory: MemorySettings,
     pub upscale: UpscaleSettings,
@@ -190,6 +193,7 @@ impl Default for RestorerSettings {
             fp16: false,
             device: DeviceSpec::Auto,
             aligned: false,
+            restore: true,
             faces: FaceSettings::default(),
             memory: MemorySettings::default(),
             upscale: UpscaleSettings::default(),
@@ -422,6 +426,13 @@ impl RestorerSettings {
             }
         }
         let u = &self.upscale;
+        if !self.restore && u.factor != 1 {
+            return Err(Error::invalid(
+                Setting::Restore,
+                "frames pass through untouched, so they cannot be upscaled",
+                "set upscale=1, or restore=true",
+            ));
+        }
         match u.factor {
             1 => {}
             2 | 4 if self.aligned => {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use tch::{Kind, Tensor};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Cells per side of the grid on which aligned inputs are compared (8 x 8 pixels at 512).
 pub const GRID: i64 = 64;

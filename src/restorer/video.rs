@@ -4,8 +4,8 @@
 use tch::{Kind, Tensor};
 
 use crate::detect::Face;
+use crate::error::Error;
 use crate::track::{Tracker, TrackerSettings};
-use crate::Error;
 
 /// Mean absolute change (0..1) of the frame's thumbnail above which a frame starts a new scene.
 /// The cuts of the Hamilton test clip measure 0.099 to 0.113, motion within its shots at most

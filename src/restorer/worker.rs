@@ -1,9 +1,7 @@
 //! The generator's batches ahead on a thread of their own, so that the caller goes on beginning
-//! (uploading, detecting, aligning) the next frames while a batch runs. One batch at a time:
-//! [`AheadWorker::submit`] takes a job ([`Restorer::prepare_ahead`](super::Restorer::prepare_ahead))
-//! only when none is in flight, and its result waits, in a channel of one, until it is taken
-//! ([`poll`](AheadWorker::poll), [`wait`](AheadWorker::wait)) and attached
-//! ([`Restorer::attach_ahead`](super::Restorer::attach_ahead)).
+//! (uploading, detecting, aligning) the next frames while a batch runs. The thread runs the
+//! jobs it is given, one after the other; its caller ([`Lookahead`](super::Lookahead)) gives it
+//! one at a time and keeps what is in flight.
 //!
 //! The job holds everything its forward needs (the model is shared through an `Arc`, so a plan
 //! that changes meanwhile does not free it under the forward); errors, out of memory included,
@@ -23,19 +21,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{AheadDone, AheadJob};
-use crate::Error;
+use super::ahead::{AheadDone, AheadJob};
+use crate::error::Error;
 
 /// How often a wait looks whether it was cancelled.
 const CANCEL_CHECK: Duration = Duration::from_millis(10);
 
-/// A thread that runs batches ahead, one at a time.
+/// A thread that runs batches ahead.
 pub struct AheadWorker {
     jobs: Option<SyncSender<AheadJob>>,
     done: Receiver<AheadDone>,
     thread: Option<JoinHandle<()>>,
-    /// The batch submitted and not taken back yet.
-    in_flight: Option<u64>,
     /// Whether the thread is running a forward now.
     running: Arc<AtomicBool>,
 }
@@ -57,21 +53,16 @@ impl AheadWorker {
                 for job in queue {
                     let id = job.id();
                     busy.store(true, Ordering::Release);
-                    let result = catch_unwind(AssertUnwindSafe(|| job.run()))
-                        .unwrap_or_else(|_| AheadDone::failed(id, Error::Frame("the generator's forward panicked".into())));
+                    let result =
+                        catch_unwind(AssertUnwindSafe(|| job.run())).unwrap_or_else(|_| AheadDone::failed(id, Error::ForwardPanicked));
                     busy.store(false, Ordering::Release);
                     if results.send(result).is_err() {
                         return;
                     }
                 }
             })
-            .map_err(|e| Error::Frame(format!("cannot start the generator's worker thread: {e}")))?;
-        Ok(AheadWorker { jobs: Some(jobs), done, thread: Some(thread), in_flight: None, running })
-    }
-
-    /// The batch submitted and not taken back yet, if any.
-    pub fn in_flight(&self) -> Option<u64> {
-        self.in_flight
+            .map_err(|e| Error::WorkerLost(format!("cannot be started: {e}")))?;
+        Ok(AheadWorker { jobs: Some(jobs), done, thread: Some(thread), running })
     }
 
     /// Whether the thread is running a forward at this moment.
@@ -79,50 +70,38 @@ impl AheadWorker {
         self.running.load(Ordering::Acquire)
     }
 
-    /// Hands `job` to the thread; gives it back when a batch is in flight already, or when the
-    /// thread is gone (the caller then runs it itself).
-    pub fn submit(&mut self, job: AheadJob) -> Result<(), Box<AheadJob>> {
-        let Some(jobs) = self.jobs.as_ref().filter(|_| self.in_flight.is_none()) else { return Err(Box::new(job)) };
-        let id = job.id();
-        // The thread is idle (its last result was taken): the queue of one has room.
-        jobs.send(job).map_err(|e| Box::new(e.0))?;
-        self.in_flight = Some(id);
-        Ok(())
+    /// Hands `job` to the thread, whose last result was taken; gives it back when the thread is
+    /// gone (the caller then runs it itself).
+    pub fn submit(&self, job: AheadJob) -> Result<(), Box<AheadJob>> {
+        let Some(jobs) = self.jobs.as_ref() else { return Err(Box::new(job)) };
+        jobs.send(job).map_err(|e| Box::new(e.0))
     }
 
-    /// The batch in flight, if it is back.
-    pub fn poll(&mut self) -> Option<AheadDone> {
-        let id = self.in_flight?;
+    /// The batch submitted, if it is back (`Some(Err)`: the thread is gone).
+    pub fn poll(&self) -> Option<Result<AheadDone, Error>> {
         match self.done.try_recv() {
-            Ok(done) => self.took(done),
+            Ok(done) => Some(Ok(done)),
             Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => self.took(AheadDone::failed(id, gone())),
+            Err(TryRecvError::Disconnected) => Some(Err(gone())),
         }
     }
 
-    /// Waits for the batch in flight (`None` when there is none), looking every few
-    /// milliseconds whether `cancelled` says to stop waiting (a flush): then `None`, the batch
-    /// still in flight.
-    pub fn wait(&mut self, cancelled: &dyn Fn() -> bool) -> Option<AheadDone> {
-        let id = self.in_flight?;
+    /// Waits for the batch submitted, looking every few milliseconds whether `cancelled` says
+    /// to stop waiting (a flush): then `None`, the batch still in flight.
+    pub fn wait(&self, cancelled: &dyn Fn() -> bool) -> Option<Result<AheadDone, Error>> {
         loop {
             match self.done.recv_timeout(CANCEL_CHECK) {
-                Ok(done) => return self.took(done),
+                Ok(done) => return Some(Ok(done)),
                 Err(RecvTimeoutError::Timeout) if cancelled() => return None,
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return self.took(AheadDone::failed(id, gone())),
+                Err(RecvTimeoutError::Disconnected) => return Some(Err(gone())),
             }
         }
-    }
-
-    fn took(&mut self, done: AheadDone) -> Option<AheadDone> {
-        self.in_flight = None;
-        Some(done)
     }
 }
 
 fn gone() -> Error {
-    Error::Frame("the generator's worker thread is gone".into())
+    Error::WorkerLost("is gone".into())
 }
 
 impl Drop for AheadWorker {

@@ -1,0 +1,39 @@
+//! What becomes of a frame: the fates the core decides, and what a frame's memory needs for it.
+
+use crate::memory::Plan;
+
+/// What became of a frame. The core alone decides it; callers map it to their own terms (the
+/// element: a flow return, statistics and messages).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// No face in the frame; nothing was written (upscaling: the upscaled frame was).
+    NoFaces,
+    /// Faces restored and pasted (whole frames), or the aligned face restored.
+    Restored {
+        faces: usize,
+        plan: Plan,
+        /// An out-of-memory error was caught and the frame redone with the next plan.
+        retried: bool,
+    },
+    /// Detect-only mode: faces found, followed and described, none restored; nothing written.
+    Described { faces: usize },
+    /// The policy dropped the frame (nothing was written).
+    Dropped { reason: String },
+    /// The policy left the frame as it was (upscaling: upscaled bicubically, faces untouched).
+    PassedThrough { reason: String },
+    /// The frame's memory does not hold the frame its format describes (`have` bytes of the
+    /// `need`ed): it passes through as it came, nothing read or written.
+    Unreadable { have: usize, need: usize },
+}
+
+/// What becomes of a frame's memory when it is finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameOutput {
+    /// The output frame is written (faces pasted in place, or the whole upscaled frame).
+    Written,
+    /// The input is left as it is (no faces, detect-only, or passed through by the policy):
+    /// nothing to copy.
+    Unchanged,
+    /// The policy drops the frame.
+    Dropped,
+}
