@@ -62,6 +62,8 @@ struct Flight {
 }
 
 /// What [`Lookahead::release`] gives back.
+// A frame is given back once, and moved on at once: boxing it would cost an allocation a frame.
+#[allow(clippy::large_enum_variant)]
 pub enum Release<P> {
     /// The oldest frame, its faces restored ahead where they could be: finish it next.
     Ready(Held<P>),
