@@ -18,19 +18,14 @@ pub enum Lines {
     Field { top: bool },
 }
 
-/// The pictures a buffer is restored as, in temporal order: the whole frame, or its fields.
-/// Interleaved streams are interlaced throughout, mixed ones where the buffer says so; the
-/// field order is the caps' where they give one, else the buffer's TFF flag; a buffer flagged
+/// The pictures a frame is restored as, in temporal order: the whole frame, or its fields.
+/// `flags` are the mapped frame's, which GStreamer derives from the caps and the buffer:
+/// interleaved streams are interlaced throughout, mixed ones where the buffer says so. The
+/// field order is the caps' where they give one, else the buffer's TFF flag; a frame flagged
 /// ONEFIELD holds the field TFF names only (the other lines are left as they are).
-pub fn pictures(info: &gst_video::VideoInfo, buffer: &gst::BufferRef, fields: Fields) -> Vec<Lines> {
-    use gst_video::{VideoBufferFlags as F, VideoFieldOrder, VideoInterlaceMode as M};
-    let flags = F::from_bits_truncate(buffer.flags().bits());
-    let interlaced = match info.interlace_mode() {
-        M::Interleaved => true,
-        M::Mixed => flags.contains(F::INTERLACED),
-        _ => false,
-    };
-    if fields == Fields::Frame || !interlaced || info.height() < 2 {
+pub fn pictures(info: &gst_video::VideoInfo, flags: gst_video::VideoFrameFlags, fields: Fields) -> Vec<Lines> {
+    use gst_video::{VideoFieldOrder, VideoFrameFlags as F};
+    if fields == Fields::Frame || !flags.contains(F::INTERLACED) || info.height() < 2 {
         return vec![Lines::Frame];
     }
     let top_first = match info.field_order() {
@@ -198,4 +193,42 @@ pub fn hold_latency(latency: usize, info: Option<&gst_video::VideoInfo>, last_du
 /// drops them) and tags (which may pass the frames they came with).
 pub fn drains(event: &gst::Event) -> bool {
     event.is_serialized() && !matches!(event.type_(), gst::EventType::FlushStop | gst::EventType::Tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gst_video::prelude::*;
+    use gst_video::{VideoBufferFlags as B, VideoFieldOrder, VideoInterlaceMode as M};
+
+    /// The flags of a frame of `mode` and `order` mapped from a buffer flagged `buffer`.
+    fn flags(mode: M, order: VideoFieldOrder, buffer: B) -> (gst_video::VideoInfo, gst_video::VideoFrameFlags) {
+        gst::init().unwrap();
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, 4, 4).interlace_mode(mode).field_order(order).build().unwrap();
+        let mut b = gst::Buffer::with_size(info.size()).unwrap();
+        b.get_mut().unwrap().set_flags(gst::BufferFlags::from_bits_retain(buffer.bits()));
+        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(b.as_ref(), &info).unwrap();
+        let flags = frame.flags();
+        (info, flags)
+    }
+
+    fn of(mode: M, order: VideoFieldOrder, buffer: B, fields: Fields) -> Vec<Lines> {
+        let (info, f) = flags(mode, order, buffer);
+        pictures(&info, f, fields)
+    }
+
+    #[test]
+    fn buffers_are_restored_as_the_pictures_their_caps_and_flags_say() {
+        let (top, bottom) = (Lines::Field { top: true }, Lines::Field { top: false });
+        let u = VideoFieldOrder::Unknown;
+        assert_eq!(of(M::Progressive, u, B::INTERLACED, Fields::Auto), [Lines::Frame]);
+        assert_eq!(of(M::Interleaved, VideoFieldOrder::TopFieldFirst, B::empty(), Fields::Auto), [top, bottom]);
+        assert_eq!(of(M::Interleaved, VideoFieldOrder::BottomFieldFirst, B::TFF, Fields::Auto), [bottom, top]);
+        assert_eq!(of(M::Interleaved, u, B::TFF, Fields::Auto), [top, bottom]);
+        assert_eq!(of(M::Interleaved, u, B::empty(), Fields::Auto), [bottom, top]);
+        assert_eq!(of(M::Interleaved, u, B::empty(), Fields::Frame), [Lines::Frame]);
+        assert_eq!(of(M::Mixed, u, B::empty(), Fields::Auto), [Lines::Frame]);
+        assert_eq!(of(M::Mixed, u, B::INTERLACED, Fields::Auto), [bottom, top]);
+        assert_eq!(of(M::Mixed, u, B::INTERLACED | B::TFF | B::ONEFIELD, Fields::Auto), [top]);
+    }
 }

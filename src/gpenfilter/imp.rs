@@ -443,7 +443,7 @@ impl GpenFilterImp {
                         let source = frames::face_source(faces_from, inbuf, (info.width(), info.height()), &mut self.stats.lock().unwrap());
                         let layout = packed_layout(&frame);
                         let (engine, stream) = (&state.engine, &mut state.stream);
-                        frames::pictures(&info, inbuf, fields)
+                        frames::pictures(&info, frame.flags(), fields)
                             .into_iter()
                             .map(|lines| {
                                 let begun = match lines {
