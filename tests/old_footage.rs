@@ -205,5 +205,6 @@ fn non_square_pixels_are_restored_as_the_square_picture_is() {
         errors.push(sum as f64 / n as f64);
         println!("pixel aspect {}/{}: {:.2} levels from the square restoration over {n} values", par.0, par.1, errors.last().unwrap());
     }
-    assert!(errors[0] < 0.75 * errors[1], "display geometry {:.2} levels, stored geometry {:.2}", errors[0], errors[1]);
+    // Measured: 1.40 against 28.31 levels.
+    assert!(errors[0] < 3.0 && errors[0] < 0.2 * errors[1], "display geometry {:.2} levels, stored geometry {:.2}", errors[0], errors[1]);
 }
