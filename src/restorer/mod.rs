@@ -10,6 +10,7 @@
 
 mod ahead;
 pub mod batch;
+pub mod color;
 mod detections;
 mod engine;
 mod faces;

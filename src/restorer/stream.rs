@@ -353,6 +353,15 @@ impl Stream {
         self.faces().map_or(Ok(Flicker::default()), |s| s.flicker.read())
     }
 
+    /// Faces pasted as their luminance only so far (`color=auto` on black-and-white faces; one
+    /// read from the device).
+    pub fn faces_grey(&self) -> Result<u64, Error> {
+        match self.faces().and_then(|s| s.faces_grey.as_ref()) {
+            Some(n) => Ok(transfer::download(n)?.f_int64_value(&[])?.max(0) as u64),
+            None => Ok(0),
+        }
+    }
+
     /// Restored faces kept by live tracks for blending (at most one per track).
     pub fn faces_kept(&self) -> usize {
         self.faces().map_or(0, |s| s.tracks.faces_kept())

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
 use super::ahead::Ahead;
+use super::color;
 use super::engine::Engine;
 use super::faces::FaceStream;
 use super::frame::{self, PackedLayout};
@@ -302,6 +303,12 @@ pub(super) fn restore_onto(
     let t4 = Instant::now();
     let small: Vec<bool> = faces.iter().map(|f| f.width().min(f.height()) < paste::SMALL_FACE).collect();
     let restored = paster.finish(restored, &crops, &small, live.alpha)?;
+    // The colour step is the last one in aligned space, after temporal blending, smoothing and
+    // alpha, just before the warp back: the faces kept for blending stay GPEN's (so blending
+    // never mixes two colour treatments, and a change of `color` while playing shows at once),
+    // and alpha's mix with the crop is coloured as a whole. The warp back and the paste do the
+    // same arithmetic on each channel, so a face made grey here lands grey on a grey frame.
+    let (restored, grey) = color::apply(live.color, restored, &crops)?;
     let Some(pasted) = paster.paste(background, &restored, &regions, &paste_maps, masks.as_ref())? else {
         return Ok(report);
     };
@@ -318,6 +325,16 @@ pub(super) fn restore_onto(
         None => background.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?.f_copy_(&pasted.image)?,
     }
     keep_tracks(stage, update)?;
+    if let Some(grey) = grey {
+        // Counted once the frame is written (a retry must not count it twice), faces that
+        // missed the frame left out.
+        let reached: Vec<bool> = regions.iter().map(Option::is_some).collect();
+        let n = color::count(&grey, &reached)?;
+        stage.faces_grey = Some(match stage.faces_grey.take() {
+            Some(total) => total.f_add(&n)?,
+            None => n,
+        });
+    }
     report.timings.paste = t4.elapsed();
     Ok(PasteReport { restored: pasted.faces, region: Some((x0, y0, rw, rh)), mask: Some(pasted.mask), timings: report.timings })
 }
