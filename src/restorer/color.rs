@@ -1,6 +1,7 @@
 //! The colour restored faces are pasted in (`color`): GPEN's own, the restored luminance only on
 //! black-and-white faces, or the restored luminance with the source's chroma. Pure tensor
-//! functions of the faces in aligned space, on their device (nothing is read back).
+//! functions on the device (nothing is read back), of faces in aligned space or of a frame's
+//! pasted region.
 //!
 //! GPEN's face prior was learned on colour photographs: it colourises grey faces, and on colour
 //! footage it shifts skin and eye colours from frame to frame (chroma flicker).
@@ -47,8 +48,9 @@ pub fn grey(restored: &Tensor) -> Result<Tensor, Error> {
     Ok(luma(restored)?.f_repeat([1, 3, 1, 1])?)
 }
 
-/// The luma of `restored` with the chroma of `source` (both `N x 3 x S x S`, 0..255): `source`
-/// plus the difference of the lumas in every channel. An RGB pixel is its luma plus a linear
+/// The luma of `restored` with the chroma of `source` (both `N x 3 x H x W`, 0..255: faces, or
+/// the pasted region of a frame and the frame under it): `source` plus the difference of the
+/// lumas in every channel. An RGB pixel is its luma plus a linear
 /// function of its chroma, so this replaces the luma and keeps the chroma exactly (up to the
 /// clamp to 0..255).
 pub fn with_source_chroma(restored: &Tensor, source: &Tensor) -> Result<Tensor, Error> {
@@ -56,23 +58,22 @@ pub fn with_source_chroma(restored: &Tensor, source: &Tensor) -> Result<Tensor, 
     Ok(source.f_add(&lift)?.f_clamp(0.0, 255.0)?)
 }
 
-/// The faces `restored` (`N x 3 x S x S`, 0..255) in the colour `mode` asks for, given the
-/// crops they were restored from (`source`). For `auto`, also which faces were black and white
-/// (`N` booleans on the device). `restored` comes back as it is under `Restored`.
-pub fn apply(mode: ColorMode, restored: Tensor, source: &Tensor) -> Result<(Tensor, Option<Tensor>), Error> {
-    match mode {
-        ColorMode::Restored => Ok((restored, None)),
-        ColorMode::Source => Ok((with_source_chroma(&restored, source)?, None)),
-        ColorMode::Auto => {
-            let bw = is_grey(source)?;
-            let n = bw.size()[0];
-            let out = grey(&restored)?.f_where_self(&bw.f_reshape([n, 1, 1, 1])?, &restored)?;
-            Ok((out, Some(bw)))
-        }
+/// `auto`'s step on the faces `restored` (`N x 3 x S x S`, 0..255), restored from the crops
+/// `source`: the black-and-white faces made grey (their luma in every channel), with which they
+/// were (`N` booleans on the device). Under the other modes `restored` comes back as it is (the
+/// very tensor) and no flags: `source` is applied in the frame, after the paste (see
+/// [`with_source_chroma`]).
+pub fn grey_faces(mode: ColorMode, restored: Tensor, source: &Tensor) -> Result<(Tensor, Option<Tensor>), Error> {
+    if mode != ColorMode::Auto {
+        return Ok((restored, None));
     }
+    let bw = is_grey(source)?;
+    let n = bw.size()[0];
+    let out = grey(&restored)?.f_where_self(&bw.f_reshape([n, 1, 1, 1])?, &restored)?;
+    Ok((out, Some(bw)))
 }
 
-/// How many of `flags` (`N` booleans from [`apply`]) are set among the faces `counted`: a
+/// How many of `flags` (`N` booleans from [`grey_faces`]) are set among the faces `counted`: a
 /// 0-dimensional tensor on their device.
 pub fn count(flags: &Tensor, counted: &[bool]) -> Result<Tensor, Error> {
     if counted.iter().all(|&c| c) {
@@ -98,7 +99,7 @@ mod tests {
     }
 
     /// Faces whose three channels are one random grey, `n x 3 x s x s`, whole levels.
-    fn grey_faces(n: i64, s: i64) -> Tensor {
+    fn grey_faces_of(n: i64, s: i64) -> Tensor {
         (Tensor::rand([n, 1, s, s], CPU) * 255.0).round().repeat([1, 3, 1, 1])
     }
 
@@ -115,13 +116,13 @@ mod tests {
         let px = |r: f32, g: f32, b: f32| Tensor::from_slice(&[r, g, b]).reshape([1, 3, 1, 1]);
         assert!((luma(&px(255.0, 0.0, 0.0)).unwrap().double_value(&[0, 0, 0, 0]) - 76.245).abs() < 1e-3);
         assert!((luma(&px(0.0, 0.0, 100.0)).unwrap().double_value(&[0, 0, 0, 0]) - 11.4).abs() < 1e-4);
-        let g = grey_faces(2, 8);
+        let g = grey_faces_of(2, 8);
         assert!(max_abs(&(luma(&g).unwrap() - channel(&g, 0))) < 1e-4, "a grey's luma is that grey");
     }
 
     #[test]
     fn the_spread_is_the_largest_channel_difference_of_any_pixel() {
-        let faces = grey_faces(3, 8);
+        let faces = grey_faces_of(3, 8);
         let set = |face: i64, (y, x): (i64, i64), rgb: [f32; 3]| {
             faces.narrow(0, face, 1).narrow(2, y, 1).narrow(3, x, 1).copy_(&Tensor::from_slice(&rgb).reshape([1, 3, 1, 1]))
         };
@@ -140,8 +141,8 @@ mod tests {
     fn auto_pastes_grey_faces_as_luminance_only_and_colour_faces_as_restored() {
         let restored = colour(3, 16);
         // Faces 0 and 2 were restored from black-and-white crops, face 1 from a colour one.
-        let source = Tensor::cat(&[grey_faces(1, 16), colour(1, 16), grey_faces(1, 16)], 0);
-        let (out, bw) = apply(ColorMode::Auto, restored.shallow_clone(), &source).unwrap();
+        let source = Tensor::cat(&[grey_faces_of(1, 16), colour(1, 16), grey_faces_of(1, 16)], 0);
+        let (out, bw) = grey_faces(ColorMode::Auto, restored.shallow_clone(), &source).unwrap();
         let bw = bw.unwrap();
         assert_eq!(Vec::<bool>::try_from(&bw).unwrap(), [true, false, true]);
         for i in [0, 2] {
@@ -158,11 +159,13 @@ mod tests {
     }
 
     #[test]
-    fn restored_leaves_the_faces_as_they_are() {
+    fn other_modes_leave_the_faces_as_they_are() {
         let restored = colour(2, 8);
-        let (out, bw) = apply(ColorMode::Restored, restored.shallow_clone(), &grey_faces(2, 8)).unwrap();
-        assert!(bw.is_none());
-        assert_eq!(out.data_ptr(), restored.data_ptr(), "the very tensor: bit for bit what GPEN made");
+        for mode in [ColorMode::Restored, ColorMode::Source] {
+            let (out, bw) = grey_faces(mode, restored.shallow_clone(), &grey_faces_of(2, 8)).unwrap();
+            assert!(bw.is_none());
+            assert_eq!(out.data_ptr(), restored.data_ptr(), "{mode:?}: the very tensor, bit for bit what GPEN made");
+        }
     }
 
     #[test]
@@ -170,14 +173,17 @@ mod tests {
         // Mid-range values, so that no channel is clamped.
         let restored = Tensor::rand([2, 3, 16, 16], CPU) * 100.0 + 80.0;
         let source = Tensor::rand([2, 3, 16, 16], CPU) * 100.0 + 80.0;
-        let (out, _) = apply(ColorMode::Source, restored.shallow_clone(), &source).unwrap();
+        let out = with_source_chroma(&restored, &source).unwrap();
         let chroma = |t: &Tensor| (channel(t, 0) - channel(t, 1), channel(t, 2) - channel(t, 1));
         let ((or, ob), (sr, sb)) = (chroma(&out), chroma(&source));
         assert!(max_abs(&(or - sr)) < 1e-3 && max_abs(&(ob - sb)) < 1e-3, "the source's chroma");
         assert!(max_abs(&(luma(&out).unwrap() - luma(&restored).unwrap())) < 1e-3, "the restored luma");
         assert!(max_abs(&(luma(&out).unwrap() - luma(&source).unwrap())) > 10.0, "the test's faces differ in luma");
+        // Where nothing was pasted (the composed pixel is the frame's), the frame stays as it was.
+        let frame = colour(1, 16).round();
+        assert_eq!(max_abs(&(with_source_chroma(&frame, &frame).unwrap() - &frame)), 0.0);
         // At the ends of the range the result is clamped, never out of 0..255.
-        let (white, _) = apply(ColorMode::Source, Tensor::full([1, 3, 4, 4], 255.0, CPU), &colour(1, 4)).unwrap();
+        let white = with_source_chroma(&Tensor::full([1, 3, 4, 4], 255.0, CPU), &colour(1, 4)).unwrap();
         assert!(white.max().double_value(&[]) <= 255.0 && white.min().double_value(&[]) >= 0.0);
     }
 }
