@@ -6,7 +6,9 @@
 mod common;
 
 use gst::prelude::*;
-use gstgpen::restorer::{ColorMode, DeviceSpec, FaceSettings, LiveSettings, PackedLayout, PasteReport, Restorer, RestorerSettings};
+use gstgpen::restorer::{
+    ColorMode, DeviceSpec, FaceSettings, LiveSettings, Outcome, PackedLayout, PasteReport, Restorer, RestorerSettings, UpscaleSettings,
+};
 
 fn restorer(color: ColorMode) -> Restorer {
     Restorer::new(&RestorerSettings {
@@ -236,4 +238,40 @@ fn the_element_takes_color_and_counts_grey_faces() {
     assert_eq!(nick(&e), "auto");
     e.set_property_from_str("color", "source");
     assert_eq!(nick(&e), "source");
+}
+
+#[test]
+fn an_upscaling_network_does_not_colour_a_black_and_white_frame_under_auto() {
+    // The tiny RRDBNet mixes the channels as any network may; bicubic upscaling keeps R = G = B.
+    let (rgb, w, h) = image("two_people.jpg");
+    let bw = black_and_white(&rgb);
+    let run = |color: ColorMode, input: &[u8]| {
+        let mut r = Restorer::new(&RestorerSettings {
+            model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
+            size: 256,
+            device: DeviceSpec::Cpu,
+            faces: FaceSettings {
+                detector_model: Some(common::detector()),
+                live: LiveSettings { color, ..Default::default() },
+                ..Default::default()
+            },
+            upscale: UpscaleSettings {
+                factor: 2,
+                model: Some(common::shared().join("fixtures/rrdbnet/rrdbnet-x2-tiny.pth")),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let d = r.begin(input, &PackedLayout::rgb(w, h), 1.0 / 30.0).unwrap();
+        let mut out = vec![0u8; w * h * 12];
+        let outcome = r.finish(d, Some((&mut out, &PackedLayout::rgb(2 * w, 2 * h)))).unwrap();
+        assert!(matches!(outcome, Outcome::Restored { faces: 2, .. }), "{outcome:?}");
+        out
+    };
+    let (auto, gpen) = (run(ColorMode::Auto, &bw), run(ColorMode::Restored, &bw));
+    println!("upscaled x2 by the tiny RRDBNet: {} coloured pixels with restored, {} with auto", coloured(&gpen), coloured(&auto));
+    assert!(coloured(&gpen) > w * h, "the premise: the network colours the frame");
+    assert!(auto.chunks(3).all(|p| spread(p) == 0));
+    assert!(run(ColorMode::Auto, &rgb) == run(ColorMode::Restored, &rgb), "a colour frame as the network upscales it");
 }

@@ -73,6 +73,14 @@ pub fn grey_faces(mode: ColorMode, restored: Tensor, source: &Tensor) -> Result<
     Ok((out, Some(bw)))
 }
 
+/// `auto` on a frame upscaled by a network (convolutions mix the channels, so it may colour a
+/// grey frame): `upscaled` made grey where the `frame` it was upscaled from (`1 x 3 x H x W`) is
+/// black and white, as it is otherwise (decided on the device).
+pub fn grey_frame(frame: &Tensor, upscaled: Tensor) -> Result<Tensor, Error> {
+    let bw = is_grey(frame)?.f_reshape([1, 1, 1, 1])?;
+    Ok(grey(&upscaled)?.f_where_self(&bw, &upscaled)?)
+}
+
 /// How many of `flags` (`N` booleans from [`grey_faces`]) are set among the faces `counted`: a
 /// 0-dimensional tensor on their device.
 pub fn count(flags: &Tensor, counted: &[bool]) -> Result<Tensor, Error> {
@@ -156,6 +164,14 @@ mod tests {
         assert_eq!(count(&bw, &[true, true, true]).unwrap().int64_value(&[]), 2);
         assert_eq!(count(&bw, &[false, true, true]).unwrap().int64_value(&[]), 1, "faces that missed the frame are not counted");
         assert_eq!(count(&bw, &[false, false, false]).unwrap().int64_value(&[]), 0);
+    }
+
+    #[test]
+    fn an_upscaled_frame_is_made_grey_only_when_its_source_is() {
+        let up = colour(1, 16);
+        let grey_out = grey_frame(&grey_faces_of(1, 8), up.shallow_clone()).unwrap();
+        assert_eq!(max_abs(&(channel(&grey_out, 0) - channel(&grey_out, 2))), 0.0);
+        assert_eq!(max_abs(&(grey_frame(&colour(1, 8), up.shallow_clone()).unwrap() - &up)), 0.0);
     }
 
     #[test]
