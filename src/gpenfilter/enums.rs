@@ -179,7 +179,10 @@ pub enum Color {
     Auto = 0,
     #[enum_value(name = "GPEN's colours on every face", nick = "restored")]
     Restored = 1,
-    #[enum_value(name = "The restored luminance with the source's colours on every face: no colour shift, no chroma flicker", nick = "source")]
+    #[enum_value(
+        name = "The restored luminance with the source's colours on every face: no colour shift, no chroma flicker",
+        nick = "source"
+    )]
     Source = 2,
 }
 

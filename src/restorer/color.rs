@@ -87,7 +87,8 @@ pub fn count(flags: &Tensor, counted: &[bool]) -> Result<Tensor, Error> {
     if counted.iter().all(|&c| c) {
         return Ok(flags.f_sum(Kind::Int64)?);
     }
-    let picked = counted.iter().enumerate().filter(|(_, &c)| c).map(|(i, _)| flags.f_narrow(0, i as i64, 1)).collect::<Result<Vec<_>, _>>()?;
+    let picked =
+        counted.iter().enumerate().filter(|(_, &c)| c).map(|(i, _)| flags.f_narrow(0, i as i64, 1)).collect::<Result<Vec<_>, _>>()?;
     match picked.is_empty() {
         true => Ok(Tensor::f_zeros([], (Kind::Int64, flags.device()))?),
         false => Ok(Tensor::f_cat(&picked, 0)?.f_sum(Kind::Int64)?),
