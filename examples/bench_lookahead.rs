@@ -38,7 +38,7 @@ fn main() {
 
     let (all, w, h) = clip::clip_frames(&shared());
     let clip: Vec<Vec<u8>> = all.into_iter().take(frames).collect();
-    let layout = PackedLayout::rgb(w as usize, h as usize);
+    let layout = PackedLayout::rgb(w, h);
     let settings = RestorerSettings {
         model: Some(model.clone()),
         size: 512,

@@ -62,6 +62,9 @@ struct Flight {
 }
 
 /// What [`Lookahead::release`] gives back.
+// Given back once per frame and matched at once: boxing the held frame would cost an allocation
+// per frame for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Release<P> {
     /// The oldest frame, its faces restored ahead where they could be: finish it next.
     Ready(Held<P>),
