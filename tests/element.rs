@@ -356,6 +356,7 @@ fn gst_inspect_shows_metadata_and_every_property() {
         ("max-faces", "Range: 0 - 4096 Default: 32"),
         ("min-face-size", "Range: 0 - 16384 Default: 16"),
         ("alpha", "Range: 0 - 1 Default: 1"),
+        ("color", "Default: 0, \"auto\""),
         ("temporal-consistency", "Range: 0 - 1 Default: 0.8"),
         ("face-batch", "Range: 1 - 256 Default: 4"),
         ("batch-latency", "Range: 0 - 120 Default: 0"),

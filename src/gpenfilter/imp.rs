@@ -580,12 +580,16 @@ impl GpenFilterImp {
         state.current = frames;
         let plan = state.engine.plan();
         self.stats.lock().unwrap().generator_runs = state.engine.generator_runs();
-        // A pasted frame may add a pair to the flicker figure (a read of three sums: the frame
-        // was just read back anyway).
+        // A pasted frame may add a pair to the flicker figure and grey faces (reads of three
+        // sums and a count: the frame was just read back anyway).
         if matches!(outcome, Ok(Outcome::Restored { .. })) {
             match state.stream.flicker() {
                 Ok(f) => self.stats.lock().unwrap().flicker = f,
                 Err(e) => gst::warning!(CAT, imp = self, "flicker figure not read: {e}"),
+            }
+            match state.stream.faces_grey() {
+                Ok(n) => self.stats.lock().unwrap().faces_grey = n,
+                Err(e) => gst::warning!(CAT, imp = self, "grey faces not counted: {e}"),
             }
         }
         drop(guard);

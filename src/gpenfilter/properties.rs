@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use gst::glib;
 use gst::prelude::*;
 
-use super::enums::{DetectorVariant, FacesFrom, Fields, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
+use super::enums::{Color, DetectorVariant, FacesFrom, Fields, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
 use crate::memory::MemorySettings;
 use crate::restorer::{
     DeviceSpec, FaceSettings, LiveSettings, MaskMode, MaskSettings, RestorerSettings, UpscaleSettings, MODEL_DIR_ENV, PARSE_FILE,
@@ -139,6 +139,7 @@ pub fn is_live(name: &str) -> bool {
             | "max-faces"
             | "min-face-size"
             | "alpha"
+            | "color"
             | "temporal-smoothing"
             | "temporal-consistency"
             | "detection-interval"
@@ -247,6 +248,7 @@ impl Settings {
             "max-faces" => self.live.max_faces = value.get::<u32>().expect(CHECKED) as usize,
             "min-face-size" => self.live.min_face_size = value.get::<u32>().expect(CHECKED) as f32,
             "alpha" => self.live.alpha = value.get().expect(CHECKED),
+            "color" => self.live.color = value.get::<Color>().expect(CHECKED).into(),
             "face-batch" => self.face_batch = value.get().expect(CHECKED),
             "batch-latency" => self.batch_latency = value.get().expect(CHECKED),
             "overlap" => self.overlap = value.get().expect(CHECKED),
@@ -288,6 +290,7 @@ impl Settings {
             "max-faces" => (self.live.max_faces as u32).to_value(),
             "min-face-size" => (self.live.min_face_size as u32).to_value(),
             "alpha" => self.live.alpha.to_value(),
+            "color" => Color::from(self.live.color).to_value(),
             "face-batch" => self.face_batch.to_value(),
             "batch-latency" => self.batch_latency.to_value(),
             "overlap" => self.overlap.to_value(),
@@ -422,6 +425,16 @@ pub fn specs() -> Vec<glib::ParamSpec> {
             .minimum(0.0)
             .maximum(1.0)
             .default_value(live.alpha)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecEnum::builder_with_default("color", Color::from(live.color))
+            .nick("Colour")
+            .blurb(
+                "Colour of the restored faces: auto (faces whose source is black and white, every pixel's channels \
+                 within 2 levels, are pasted as the restored luminance only, so black-and-white frames stay so; \
+                 others in GPEN's colours), restored (GPEN's colours always), source (the restored luminance with \
+                 the source's colours: no colour shift, no chroma flicker). Luminance: BT.601 weights",
+            )
             .mutable_playing()
             .build(),
         glib::ParamSpecDouble::builder("temporal-smoothing")
@@ -632,7 +645,7 @@ pub fn specs() -> Vec<glib::ParamSpec> {
                 "Since start: frames-in, frames-out, frames-dropped (memory policy), frames-late-dropped \
                  (QoS), frames-passed-through (memory policy), frames-flushed (by a flushing seek, held \
                  frames included), frames-without-faces, faces-detected, \
-                 faces-restored, faces-from-metas, metas-skipped (boxes in which no face was found), \
+                 faces-restored, faces-grey (pasted as luminance only, see color), faces-from-metas, metas-skipped (boxes in which no face was found), \
                  detector-runs (whole frames), scene-cuts, tracks-started, retries, generator-batches, \
                  generator-faces (the faces in them), generator-ms (their time), frames-overlapped (analysed \
                  while the worker ran a forward), ahead-wait-ms (waited for the worker), plan, \

@@ -26,6 +26,9 @@ pub(super) struct FaceStream {
     /// Summed change of parsing masks between consecutive frames of a track, before and after
     /// smoothing, kept on the device until asked for ([`Stream::mask_change`](super::Stream::mask_change)).
     pub(super) mask_change: Option<(Tensor, Tensor, u64)>,
+    /// Faces pasted as their luminance only (`color=auto` on black-and-white faces), counted on
+    /// the device until asked for ([`Stream::faces_grey`](super::Stream::faces_grey)).
+    pub(super) faces_grey: Option<Tensor>,
     pub(super) settings: FaceSettings,
     pub(super) video: VideoFaces,
     /// Frames begun so far: each is numbered as it arrives, and its tracks' state is taken up
@@ -42,6 +45,7 @@ impl FaceStream {
             lock: Lock::default(),
             flicker: FlickerMeter::default(),
             mask_change: None,
+            faces_grey: None,
             settings: settings.clone(),
             video: VideoFaces::new(settings.live.smoothing),
             arrived: 0,

@@ -11,6 +11,7 @@
 
 mod ahead;
 pub mod batch;
+pub mod color;
 mod detections;
 mod engine;
 mod faces;

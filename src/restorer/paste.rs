@@ -253,6 +253,37 @@ mod tests {
     }
 
     #[test]
+    fn grey_faces_pasted_onto_a_grey_frame_leave_it_exactly_grey() {
+        // `color=auto` relies on this: the warp back and the paste do the same arithmetic on
+        // every channel, so R = G = B in and R = G = B out, bit for bit, whatever the
+        // interpolation and the masks.
+        let p = Paster::new(64, Device::Cpu, MaskRegions::GPEN).unwrap();
+        let grey = |shape: [i64; 4]| (Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 255.0).repeat([1, 3, 1, 1]);
+        let bg = grey([1, 1, 120, 160]).round();
+        let faces = grey([2, 1, 64, 64]);
+        // Turned, scaled and overlapping faces, one cut by the frame edge; soft random masks.
+        let turned = |(x, y): (f64, f64), scale: f64, turn: f64| {
+            let lm = template(64).map(|[a, b]| {
+                let (a, b) = (a * scale, b * scale);
+                [(a * turn.cos() - b * turn.sin() + x) as f32, (a * turn.sin() + b * turn.cos() + y) as f32]
+            });
+            align::align(&lm, 64).unwrap()
+        };
+        let alignments = [turned((30.0, 10.0), 1.3, 0.3), turned((100.0, 70.0), 0.8, -0.5)];
+        let regions = p.regions(&alignments, (120, 160));
+        let maps = Tensor::from_slice(&p.maps(&alignments, &regions)).reshape([2, 3, 2]);
+        let masks = Tensor::rand([2, 1, 64, 64], (Kind::Float, Device::Cpu));
+        for masks in [None, Some(&masks)] {
+            let out = p.paste(&bg, &faces, &regions, &maps, masks).unwrap().unwrap();
+            assert_eq!(out.faces, 2);
+            let c = |i| out.image.narrow(1, i, 1);
+            assert_eq!(max_abs(&(c(0) - c(1))), 0.0);
+            assert_eq!(max_abs(&(c(2) - c(1))), 0.0);
+            assert!(max_abs(&(out.image - bg.narrow(2, out.region.1, out.region.3).narrow(3, out.region.0, out.region.2))) > 1.0);
+        }
+    }
+
+    #[test]
     fn finishing_smooths_small_faces_only_and_blends_by_alpha() {
         let p = Paster::new(8, Device::Cpu, MaskRegions::GPEN).unwrap();
         let noisy = Tensor::rand([2, 3, 8, 8], (Kind::Float, Device::Cpu)) * 255.0;

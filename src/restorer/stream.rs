@@ -6,6 +6,7 @@
 
 use tch::{Device, Tensor};
 
+use super::color;
 use super::detections::Detections;
 use super::engine::Engine;
 use super::faces::FaceStream;
@@ -13,7 +14,7 @@ use super::find::find_faces;
 use super::frame::{self, PackedLayout};
 use super::given::{self, FaceSource};
 use super::outcome::{FrameOutput, Outcome};
-use super::settings::{LiveSettings, RestorerSettings};
+use super::settings::{ColorMode, LiveSettings, RestorerSettings};
 use super::temporal::Flicker;
 use super::video::VideoCounters;
 use super::work::{self, MaskChange, PasteReport};
@@ -299,7 +300,12 @@ impl Stream {
                 let Some(up) = &engine.upscaler else {
                     return Err(Error::Internal("an upscaled stream on an engine without an upscaler".into()));
                 };
-                let background = up.upscale(&d.frame, engine.plan().tile.unwrap_or(0), engine.tile_overlap)?;
+                let mut background = up.upscale(&d.frame, engine.plan().tile.unwrap_or(0), engine.tile_overlap)?;
+                // A black-and-white frame leaves black and white under `auto`: an upscaling
+                // network may colour it (bicubic interpolation keeps R = G = B exactly).
+                if matches!(up, Upscaler::Net(_)) && stage.settings.live.color == ColorMode::Auto {
+                    background = color::grey_frame(&d.frame, background)?;
+                }
                 let mut restored = 0;
                 if !d.faces.is_empty() {
                     let f = up.factor();
@@ -401,6 +407,15 @@ impl Stream {
     /// from the device; zeros for aligned faces).
     pub fn flicker(&self) -> Result<Flicker, Error> {
         self.faces().map_or(Ok(Flicker::default()), |s| s.flicker.read())
+    }
+
+    /// Faces pasted as their luminance only so far (`color=auto` on black-and-white faces; one
+    /// read from the device).
+    pub fn faces_grey(&self) -> Result<u64, Error> {
+        match self.faces().and_then(|s| s.faces_grey.as_ref()) {
+            Some(n) => Ok(transfer::download(n)?.f_int64_value(&[])?.max(0) as u64),
+            None => Ok(0),
+        }
     }
 
     /// Restored faces kept by live tracks for blending (at most one per track).
