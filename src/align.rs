@@ -293,7 +293,12 @@ pub fn paste_region(tfm_inv: &Similarity, size: i64, frame: (i64, i64)) -> Optio
 
 /// [`paste_region`] in stored pixels of a picture displayed through `stretch` (`tfm_inv` maps
 /// the crop to display coordinates).
-pub fn paste_region_stretched(tfm_inv: &Similarity, stretch: Stretch, size: i64, (height, width): (i64, i64)) -> Option<(i64, i64, i64, i64)> {
+pub fn paste_region_stretched(
+    tfm_inv: &Similarity,
+    stretch: Stretch,
+    size: i64,
+    (height, width): (i64, i64),
+) -> Option<(i64, i64, i64, i64)> {
     let s = size as f64;
     let corners = [[0.0, 0.0], [s, 0.0], [0.0, s], [s, s]].map(|p| stretch.to_storage(tfm_inv.apply(p)));
     let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);

@@ -15,7 +15,9 @@ use crate::restorer::{Detections, FaceSource, Held};
 pub enum Lines {
     Frame,
     /// One field: the even lines (`top`) or the odd ones.
-    Field { top: bool },
+    Field {
+        top: bool,
+    },
 }
 
 /// The pictures a frame is restored as, in temporal order: the whole frame, or its fields.
@@ -204,7 +206,8 @@ mod tests {
     /// The flags of a frame of `mode` and `order` mapped from a buffer flagged `buffer`.
     fn flags(mode: M, order: VideoFieldOrder, buffer: B) -> (gst_video::VideoInfo, gst_video::VideoFrameFlags) {
         gst::init().unwrap();
-        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, 4, 4).interlace_mode(mode).field_order(order).build().unwrap();
+        let info =
+            gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, 4, 4).interlace_mode(mode).field_order(order).build().unwrap();
         let mut b = gst::Buffer::with_size(info.size()).unwrap();
         b.get_mut().unwrap().set_flags(gst::BufferFlags::from_bits_retain(buffer.bits()));
         let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(b.as_ref(), &info).unwrap();

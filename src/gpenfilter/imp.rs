@@ -24,9 +24,9 @@ use super::frames::{self, Arrival, Described, Frame, FrameTimes, Lines};
 use super::properties::{self, Settings};
 use super::report::{self, start_error, CAT};
 use super::stats::Stats;
+use crate::detect::Face;
 use crate::error::Error;
 use crate::memory;
-use crate::detect::Face;
 use crate::restorer::{fields, Detections, DeviceSpec, Engine, FrameOutput, Held, Lookahead, Outcome, Release, Stream};
 
 glib::wrapper! {
@@ -431,7 +431,8 @@ impl GpenFilterImp {
         if let Some(d) = inbuf.duration() {
             state.last_duration = Some(d);
         }
-        let unreadable = |state: &State, info: &gst_video::VideoInfo| vec![(Lines::Frame, Ok(state.stream.unreadable(inbuf.size(), info.size())))];
+        let unreadable =
+            |state: &State, info: &gst_video::VideoInfo| vec![(Lines::Frame, Ok(state.stream.unreadable(inbuf.size(), info.size())))];
         let begun: Vec<(Lines, Result<Detections, Error>)> = match state.info.clone() {
             None => vec![(Lines::Frame, Err(Error::NotNegotiated))],
             Some(info) => match gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, &info) {

@@ -39,7 +39,11 @@ impl Field {
     /// A face found in the field, in the frame's pixels (what messages and metas describe).
     pub fn face_in_frame(&self, f: &Face) -> Face {
         let [x1, y1, x2, y2] = f.bbox;
-        Face { bbox: [x1, self.frame_y(y1), x2, self.frame_y(y2)], score: f.score, landmarks: f.landmarks.map(|[x, y]| [x, self.frame_y(y)]) }
+        Face {
+            bbox: [x1, self.frame_y(y1), x2, self.frame_y(y2)],
+            score: f.score,
+            landmarks: f.landmarks.map(|[x, y]| [x, self.frame_y(y)]),
+        }
     }
 
     /// Faces given in the frame's pixels (metadata), in the field's.

@@ -35,7 +35,9 @@ impl Outcome {
             (d @ Dropped { .. }, _) | (_, d @ Dropped { .. }) => d,
             (u @ Unreadable { .. }, _) | (_, u @ Unreadable { .. }) => u,
             (p @ PassedThrough { .. }, _) | (_, p @ PassedThrough { .. }) => p,
-            (Restored { faces: a, retried: r, .. }, Restored { faces: b, plan, retried: s }) => Restored { faces: a + b, plan, retried: r || s },
+            (Restored { faces: a, retried: r, .. }, Restored { faces: b, plan, retried: s }) => {
+                Restored { faces: a + b, plan, retried: r || s }
+            }
             (r @ Restored { .. }, _) | (_, r @ Restored { .. }) => r,
             (Described { faces: a }, Described { faces: b }) => Described { faces: a + b },
             (d @ Described { .. }, NoFaces) | (NoFaces, d @ Described { .. }) => d,

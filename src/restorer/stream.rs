@@ -369,7 +369,8 @@ impl Stream {
         // The frame's tracks take up the state its predecessor left (blending, flicker meter).
         self.take_up(d);
         let stage = self.face_stream()?;
-        let mut report = work::restore_onto(engine, stage, &d.frame, &d.frame, (&d.faces, &d.ids, &d.thumbs, d.stretch), None, Some((data, layout)))?;
+        let mut report =
+            work::restore_onto(engine, stage, &d.frame, &d.frame, (&d.faces, &d.ids, &d.thumbs, d.stretch), None, Some((data, layout)))?;
         report.timings.registration = d.registration;
         Ok(report)
     }

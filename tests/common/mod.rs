@@ -125,7 +125,8 @@ pub fn channel_differences(got: &[u8], want: &[u8]) -> Vec<(f64, u8)> {
 /// frames out, the element's statistics and the seconds taken. An error on the bus panics.
 pub fn run_element(props: &[(&str, &str)], frames: &[Vec<u8>], w: usize, h: usize) -> (Vec<Vec<u8>>, gst::Structure, f64) {
     init();
-    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w as u32, h as u32).fps(gst::Fraction::new(30, 1)).build().unwrap();
+    let info =
+        gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w as u32, h as u32).fps(gst::Fraction::new(30, 1)).build().unwrap();
     let buffers = frames.iter().map(|f| (f.clone(), gst_video::VideoBufferFlags::empty())).collect::<Vec<_>>();
     let (out, stats, secs, errors) = run_buffers(&info.to_caps().unwrap(), props, &buffers);
     if let Some(e) = errors.iter().find(|e| e.starts_with("error")) {
