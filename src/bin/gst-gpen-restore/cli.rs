@@ -119,6 +119,10 @@ pub struct Cli {
     /// (GPEN's colours) or source (the source's colours under the restored luminance) [default: auto]
     #[arg(long, value_name = "COLOR")]
     pub color: Option<String>,
+    /// Interlaced video: auto (each field restored as a picture of its own) or frame (whole
+    /// frames, for progressive content flagged interlaced) [default: auto]
+    #[arg(long, value_name = "FIELDS")]
+    pub fields: Option<String>,
     /// What to do when memory runs short: degrade, drop, passthrough or error [default: degrade]
     #[arg(long, value_name = "POLICY")]
     pub memory_policy: Option<String>,
@@ -156,6 +160,7 @@ impl Cli {
             ("parse-model", &self.parse_model),
             ("mask-regions", &self.mask_regions),
             ("color", &self.color),
+            ("fields", &self.fields),
             ("memory-policy", &self.memory_policy),
             ("vram-budget", &self.vram_budget),
             ("device", &self.device),
