@@ -24,10 +24,13 @@ pub enum Lines {
 /// `flags` are the mapped frame's, which GStreamer derives from the caps and the buffer:
 /// interleaved streams are interlaced throughout, mixed ones where the buffer says so. The
 /// field order is the caps' where they give one, else the buffer's TFF flag; a frame flagged
-/// ONEFIELD holds the field TFF names only (the other lines are left as they are).
+/// ONEFIELD holds the field TFF names only (the other lines are left as they are). A frame of
+/// an odd number of lines is taken whole.
 pub fn pictures(info: &gst_video::VideoInfo, flags: gst_video::VideoFrameFlags, fields: Fields) -> Vec<Lines> {
     use gst_video::{VideoFieldOrder, VideoFrameFlags as F};
-    if fields == Fields::Frame || !flags.contains(F::INTERLACED) || info.height() < 2 {
+    // An interlaced frame has an even number of lines (a field each); one with an odd number is
+    // taken whole, where its fields could not be upscaled into the output's.
+    if fields == Fields::Frame || !flags.contains(F::INTERLACED) || info.height() % 2 == 1 {
         return vec![Lines::Frame];
     }
     let top_first = match info.field_order() {

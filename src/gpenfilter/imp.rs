@@ -191,6 +191,14 @@ impl BaseTransformImpl for GpenFilterImp {
                 None => gst::info!(CAT, imp = self, "faces are pasted through GPEN's soft rectangle (mask {:?})", core.faces.mask.mode),
             }
         }
+        if settings.upscaler_model.is_some() && settings.upscale as u32 == 1 {
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                ("upscaler-model is set but upscale=1, so the background is not upscaled and the model is not loaded"),
+                ["set upscale=2 or upscale=4 to upscale with it, or leave upscaler-model unset"]
+            );
+        }
         if fail_every > 0 {
             gst::warning!(CAT, imp = self, "fault injection: every {fail_every}th generator forward fails as out of memory");
         }
