@@ -3,7 +3,7 @@
 //! `temporal-smoothing` and `temporal-consistency`, and what registration and blending cost per face.
 //!
 //! ```text
-//! cargo run --release --example bench_flicker -- [--frames N] [--threads 2] [--model tiny256|tiny512] [--sigma 0.3] [--shot K]
+//! cargo run --release --example bench_flicker -- [--frames N] [--threads 2] [--model tiny256|tiny512] [--sigma 0.3] [--shot K] [--color auto|restored|source]
 //! ```
 //! Clips: the sample clip, shot by shot (its cuts at frames 20, 82 and 211), and a still photo
 //! (astronaut) with fresh noise in every frame (`--sigma`, 0.3 levels by default: most pixels
@@ -19,7 +19,7 @@ mod motion;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gstgpen::restorer::{DeviceSpec, FaceSettings, Flicker, LiveSettings, PackedLayout, Restorer, RestorerSettings};
+use gstgpen::restorer::{ColorMode, DeviceSpec, FaceSettings, Flicker, LiveSettings, PackedLayout, Restorer, RestorerSettings};
 use tch::{Kind, Tensor};
 
 fn shared() -> PathBuf {
@@ -80,6 +80,7 @@ fn run(model: &std::path::Path, size: i64, frames: &[Vec<u8>], w: usize, h: usiz
 
 fn main() {
     let (mut frames, mut threads, mut model, mut sigma, mut only) = (usize::MAX, 2, "tiny256".to_owned(), 0.3, None);
+    let mut color = ColorMode::Auto;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -89,8 +90,19 @@ fn main() {
             "--model" => model = value(),
             "--sigma" => sigma = value().parse().expect("--sigma LEVELS"),
             "--shot" => only = Some(value().parse::<usize>().expect("--shot K")),
+            "--color" => {
+                color = match value().as_str() {
+                    "auto" => ColorMode::Auto,
+                    "restored" => ColorMode::Restored,
+                    "source" => ColorMode::Source,
+                    other => panic!("--color auto|restored|source, not {other}"),
+                }
+            }
             other => {
-                panic!("unknown argument {other}; usage: [--frames N] [--threads N] [--model tiny256|tiny512] [--sigma LEVELS] [--shot K]")
+                panic!(
+                    "unknown argument {other}; usage: [--frames N] [--threads N] [--model tiny256|tiny512] [--sigma LEVELS] [--shot K] \
+                     [--color auto|restored|source]"
+                )
             }
         }
     }
@@ -113,7 +125,7 @@ fn main() {
     let (still, sw, sh) = noisy_still(30.min(frames), sigma);
     let (drift, _, _) = drifting_still(30.min(frames));
     println!("flicker amplification (output change / input change inside the pasted region; pairs in brackets)");
-    println!("GPEN fixture {file}, RetinaFace-MobileNet, CPU, {threads} threads");
+    println!("GPEN fixture {file}, RetinaFace-MobileNet, CPU, {threads} threads, color={color:?}");
     println!(
         "clips: short_hamilton_clip.mp4 ({} frames of {w}x{h}) shot by shot; astronaut {sw}x{sh} still + noise sigma {sigma}, and drifting, {} frames each",
         clip.len(),
@@ -126,7 +138,7 @@ fn main() {
     );
     println!("|---|---|{}---|---|---|---|", "---|".repeat(shots.len()));
     for (smoothing, consistency) in settings {
-        let live = LiveSettings { smoothing, consistency, ..Default::default() };
+        let live = LiveSettings { smoothing, consistency, color, ..Default::default() };
         let mut pooled = Flicker::default();
         let (mut faces, mut temporal) = (0, Duration::ZERO);
         let mut cells = Vec::new();

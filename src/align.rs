@@ -95,21 +95,79 @@ impl Similarity {
     }
 }
 
+/// How a picture's stored pixels are displayed: the scale of each axis from storage to display
+/// pixels. Non-square pixels stretch x (a DV pixel of aspect 10/11 is 10/11 as wide as tall);
+/// a field, every other line of a frame, stretches y by 2 more. Faces are aligned in display
+/// geometry, where GPEN's template is undistorted; the crops and the paste read and write the
+/// stored pixels through the composed map, so nothing is resampled twice. With [`Stretch::NONE`]
+/// every composed map is the plain one, bit for bit (a product by 1.0 is exact).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stretch {
+    pub x: f64,
+    pub y: f64,
+}
+
+impl Stretch {
+    /// Square pixels, a whole frame.
+    pub const NONE: Stretch = Stretch { x: 1.0, y: 1.0 };
+
+    /// A stored point in display coordinates.
+    pub fn to_display(&self, [x, y]: [f64; 2]) -> [f64; 2] {
+        [x * self.x, y * self.y]
+    }
+
+    /// A display point in stored coordinates.
+    pub fn to_storage(&self, [x, y]: [f64; 2]) -> [f64; 2] {
+        [x / self.x, y / self.y]
+    }
+
+    /// `m`, a map from display coordinates, read from stored ones: `m` after the stretch.
+    pub fn from_storage(&self, m: [[f64; 3]; 2]) -> [[f64; 3]; 2] {
+        m.map(|[a, b, c]| [a * self.x, b * self.y, c])
+    }
+
+    /// `m`, a map into display coordinates, into stored ones: the stretch undone after `m`.
+    pub fn into_storage(&self, [r0, r1]: [[f64; 3]; 2]) -> [[f64; 3]; 2] {
+        [r0.map(|v| v / self.x), r1.map(|v| v / self.y)]
+    }
+}
+
 /// The transforms of one face: `tfm` maps the frame to the crop; `tfm_inv` is GPEN's way
-/// back (a fit from the template to the landmarks with the scale fixed to `1 / scale`).
+/// back (a fit from the template to the landmarks with the scale fixed to `1 / scale`). Both
+/// are in display coordinates; `stretch` takes stored frame pixels there.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Alignment {
     pub tfm: Similarity,
     pub tfm_inv: Similarity,
+    pub stretch: Stretch,
+}
+
+impl Alignment {
+    /// The map from crop pixels to stored frame pixels (what a crop samples).
+    pub fn crop_to_frame(&self) -> [[f64; 3]; 2] {
+        self.stretch.into_storage(self.tfm.inverse().matrix())
+    }
+
+    /// The map from stored frame pixels to crop pixels on the way back (GPEN's `tfm_inv`
+    /// inverted, as its paste samples).
+    pub fn frame_to_crop_back(&self) -> [[f64; 3]; 2] {
+        self.stretch.from_storage(self.tfm_inv.inverse().matrix())
+    }
 }
 
 /// Aligns five landmarks to the template of a `size` crop; `None` for degenerate landmarks.
 pub fn align(landmarks: &[[f32; 2]; 5], size: i64) -> Option<Alignment> {
-    let src = landmarks.map(|p| [p[0] as f64, p[1] as f64]);
+    align_stretched(landmarks, size, Stretch::NONE)
+}
+
+/// Aligns five landmarks, in stored pixels of a picture displayed through `stretch`, to the
+/// template of a `size` crop, in display geometry; `None` for degenerate landmarks.
+pub fn align_stretched(landmarks: &[[f32; 2]; 5], size: i64, stretch: Stretch) -> Option<Alignment> {
+    let src = landmarks.map(|p| stretch.to_display([p[0] as f64, p[1] as f64]));
     let dst = template(size);
     let tfm = Similarity::umeyama(&src, &dst, None)?;
     let tfm_inv = Similarity::umeyama(&dst, &src, Some(1.0 / tfm.scale()))?;
-    Some(Alignment { tfm, tfm_inv })
+    Some(Alignment { tfm, tfm_inv, stretch })
 }
 
 /// How a warp fills what lies outside its source.
@@ -124,9 +182,13 @@ pub enum Border {
 /// The affine map, in `grid_sample`'s normalised coordinates (align_corners=false), that takes
 /// output pixel `(x, y)` of a map to source pixel `to_src(x + x0, y + y0)` of an `src_h x src_w`
 /// image: the 6 values of one `3 x 2` matrix of [`grids`], computed on the host.
-pub fn grid_map(to_src: &Similarity, (x0, y0): (i64, i64), (src_h, src_w): (i64, i64)) -> [f32; 6] {
+pub fn grid_map(to_src: &Similarity, origin: (i64, i64), src: (i64, i64)) -> [f32; 6] {
+    affine_grid_map(to_src.matrix(), origin, src)
+}
+
+/// [`grid_map`] of any affine map `m` (`[[a, b, c], [d, e, f]]`).
+pub fn affine_grid_map(m: [[f64; 3]; 2], (x0, y0): (i64, i64), (src_h, src_w): (i64, i64)) -> [f32; 6] {
     // Normalised source coordinate: (2 * x + 1) / W - 1, folded into the affine map.
-    let m = to_src.matrix();
     let (sx, sy) = (2.0 / src_w as f64, 2.0 / src_h as f64);
     let tx = m[0][0] * x0 as f64 + m[0][1] * y0 as f64 + m[0][2];
     let ty = m[1][0] * x0 as f64 + m[1][1] * y0 as f64 + m[1][2];
@@ -169,15 +231,14 @@ pub fn warp(image: &Tensor, grid: &Tensor, border: Border) -> Result<Tensor> {
 /// Crops of all faces at once: `B x C x size x size`, each face warped by its `tfm`.
 pub fn crop_faces(frame: &Tensor, alignments: &[Alignment], size: i64, border: Border) -> Result<Tensor> {
     let s = frame.size();
-    let to_src: Vec<Similarity> = alignments.iter().map(|a| a.tfm.inverse()).collect();
-    let grid = sampling_grid(&to_src, (0, 0), (size, size), (s[2], s[3]), frame.device())?;
-    warp(frame, &grid, border)
+    let maps = Tensor::f_from_slice(&crop_maps(alignments, (s[2], s[3])))?.f_reshape([alignments.len() as i64, 3, 2])?;
+    warp(frame, &grids(&maps.f_to_device(frame.device())?, (size, size))?, border)
 }
 
 /// The `2 x 3` matrices (row-major, 6 values a face) that take crop pixels to frame pixels, as
 /// `cv2.warpAffine` inverts each face's `tfm`; see [`crop_faces_cv`].
 pub fn crop_matrices(alignments: &[Alignment]) -> Vec<f64> {
-    alignments.iter().flat_map(|a| a.tfm.inverse().matrix().into_iter().flatten()).collect()
+    alignments.iter().flat_map(|a| a.crop_to_frame().into_iter().flatten()).collect()
 }
 
 /// Crops of all faces as `cv2.warpAffine(frame, tfm, (size, size))` makes them from an 8-bit
@@ -221,14 +282,25 @@ pub fn crop_faces_cv(frame: &Tensor, matrices: &Tensor, size: i64, border: Borde
 
 /// The maps of [`crop_faces`] (one [`grid_map`] per face) for a frame of `height x width`.
 pub fn crop_maps(alignments: &[Alignment], (height, width): (i64, i64)) -> Vec<f32> {
-    alignments.iter().flat_map(|a| grid_map(&a.tfm.inverse(), (0, 0), (height, width))).collect()
+    alignments.iter().flat_map(|a| affine_grid_map(a.crop_to_frame(), (0, 0), (height, width))).collect()
 }
 
 /// The frame rectangle `(x0, y0, width, height)` that a `size` crop covers when pasted back
 /// through `tfm_inv`, clipped to a `width x height` frame; `None` if it misses the frame.
-pub fn paste_region(tfm_inv: &Similarity, size: i64, (height, width): (i64, i64)) -> Option<(i64, i64, i64, i64)> {
+pub fn paste_region(tfm_inv: &Similarity, size: i64, frame: (i64, i64)) -> Option<(i64, i64, i64, i64)> {
+    paste_region_stretched(tfm_inv, Stretch::NONE, size, frame)
+}
+
+/// [`paste_region`] in stored pixels of a picture displayed through `stretch` (`tfm_inv` maps
+/// the crop to display coordinates).
+pub fn paste_region_stretched(
+    tfm_inv: &Similarity,
+    stretch: Stretch,
+    size: i64,
+    (height, width): (i64, i64),
+) -> Option<(i64, i64, i64, i64)> {
     let s = size as f64;
-    let corners = [[0.0, 0.0], [s, 0.0], [0.0, s], [s, s]].map(|p| tfm_inv.apply(p));
+    let corners = [[0.0, 0.0], [s, 0.0], [0.0, s], [s, s]].map(|p| stretch.to_storage(tfm_inv.apply(p)));
     let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
     for [x, y] in corners {
         x0 = x0.min(x);
@@ -363,6 +435,38 @@ mod tests {
         let fixed = Similarity::umeyama(&dst, &src, Some(0.5)).unwrap();
         assert!((fixed.scale() - 0.5).abs() < 1e-12);
         assert!(Similarity::umeyama(&[[1.0, 1.0]; 5], &dst, None).is_none());
+    }
+
+    #[test]
+    fn stretched_alignment_reads_and_writes_stored_pixels_through_display_geometry() {
+        // A face whose display landmarks are the template moved and scaled (an exact
+        // similarity), stored with pixels 4/3 as wide and as a field (every other line).
+        let stretch = Stretch { x: 4.0 / 3.0, y: 2.0 };
+        let size = 256;
+        let shown = template(size).map(|[x, y]| [0.5 * x + 300.0, 0.5 * y + 120.0]);
+        let stored = shown.map(|p| stretch.to_storage(p).map(|v| v as f32));
+        let a = align_stretched(&stored, size, stretch).unwrap();
+        let plain = align(&stored, size).unwrap();
+        let at = |m: [[f64; 3]; 2], [x, y]: [f64; 2]| [m[0][0] * x + m[0][1] * y + m[0][2], m[1][0] * x + m[1][1] * y + m[1][2]];
+        for (t, s) in template(size).iter().zip(&stored) {
+            // The crop samples the stored landmark at the template point, and the way back
+            // takes the stored landmark to the template point: GPEN sees an undistorted face.
+            let p = at(a.crop_to_frame(), *t);
+            assert!((p[0] - s[0] as f64).abs() < 1e-3 && (p[1] - s[1] as f64).abs() < 1e-3, "{p:?} {s:?}");
+            let q = at(a.frame_to_crop_back(), [s[0] as f64, s[1] as f64]);
+            assert!((q[0] - t[0]).abs() < 1e-3 && (q[1] - t[1]).abs() < 1e-3, "{q:?} {t:?}");
+        }
+        // Aligned in stored pixels the same landmarks miss the template by pixels.
+        let p = at(plain.crop_to_frame(), template(size)[0]);
+        assert!((p[0] - stored[0][0] as f64).abs() + (p[1] - stored[0][1] as f64).abs() > 2.0, "{p:?}");
+        // The paste region is in stored pixels: as tall as the crop's display height over 2.
+        let (_, _, rw, rh) = paste_region_stretched(&a.tfm_inv, a.stretch, size, (1000, 1000)).unwrap();
+        let shown_side = size as f64 / a.tfm.scale();
+        assert!((rw as f64 - shown_side / stretch.x).abs() <= 3.0 && (rh as f64 - shown_side / stretch.y).abs() <= 3.0, "{rw}x{rh}");
+        // Square pixels: the composed maps are the plain ones, bit for bit.
+        let square = align_stretched(&stored, size, Stretch::NONE).unwrap();
+        assert_eq!(square.crop_to_frame(), plain.tfm.inverse().matrix());
+        assert_eq!(square.frame_to_crop_back(), plain.tfm_inv.inverse().matrix());
     }
 
     #[test]

@@ -356,6 +356,7 @@ fn gst_inspect_shows_metadata_and_every_property() {
         ("max-faces", "Range: 0 - 4096 Default: 32"),
         ("min-face-size", "Range: 0 - 16384 Default: 16"),
         ("alpha", "Range: 0 - 1 Default: 1"),
+        ("color", "Default: 0, \"auto\""),
         ("temporal-consistency", "Range: 0 - 1 Default: 0.8"),
         ("face-batch", "Range: 1 - 256 Default: 4"),
         ("batch-latency", "Range: 0 - 120 Default: 0"),
@@ -447,4 +448,22 @@ fn a_buffer_smaller_than_its_caps_passes_through_counted_and_said() {
     assert_eq!(common::count(&stats, "frames-passed-through"), 3, "{stats}");
     assert_eq!(warnings.len(), 3, "{warnings:?}");
     assert!(warnings.iter().all(|w| w.contains("72 bytes") && w.contains("needs 80") && w.contains("videoconvert")), "{warnings:?}");
+}
+
+#[test]
+fn an_upscaler_model_without_upscaling_is_said_to_be_ignored() {
+    init();
+    let (model, detector) = (common::gpen_fixture("gpen-256-tiny.pth"), common::detector());
+    let props = [
+        ("model", model.to_str().unwrap()),
+        ("size", "256"),
+        ("device", "cpu"),
+        ("detector-model", detector.to_str().unwrap()),
+        ("upscaler-model", "/nonexistent/realesrnet_x2.pth"),
+    ];
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, 64, 48).build().unwrap();
+    let frames = [(vec![0u8; 64 * 48 * 3], gst_video::VideoBufferFlags::empty())];
+    let (out, _, _, messages) = common::run_buffers(&info.to_caps().unwrap(), &props, &frames);
+    assert_eq!(out.len(), 1, "{messages:#?}");
+    assert!(messages.iter().any(|m| m.starts_with("warning") && m.contains("upscaler-model") && m.contains("upscale=2")), "{messages:#?}");
 }

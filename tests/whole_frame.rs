@@ -8,7 +8,9 @@
 mod common;
 
 use gstgpen::detect::Face;
-use gstgpen::restorer::{DeviceSpec, FaceSettings, MaskMode, MaskSettings, PackedLayout, Restorer, RestorerSettings};
+use gstgpen::restorer::{
+    ColorMode, DeviceSpec, FaceSettings, LiveSettings, MaskMode, MaskSettings, PackedLayout, Restorer, RestorerSettings,
+};
 
 fn restorer(mode: MaskMode) -> Restorer {
     Restorer::new(&RestorerSettings {
@@ -22,6 +24,9 @@ fn restorer(mode: MaskMode) -> Restorer {
                 parse_model: Some(common::shared().join("fixtures/parsenet/parsenet-tiny.pth")),
                 ..Default::default()
             },
+            // GPEN's own colours: its pipeline colourises black-and-white faces (solvay is
+            // exactly grey), which `color=auto` would not.
+            live: LiveSettings { color: ColorMode::Restored, ..Default::default() },
             ..Default::default()
         },
         ..Default::default()

@@ -21,6 +21,12 @@ impl Face {
 
     /// Maps coordinates found on a frame scaled by `scale` back to the frame.
     pub fn unscaled(&self, scale: f32) -> Face {
-        Face { bbox: self.bbox.map(|v| v / scale), score: self.score, landmarks: self.landmarks.map(|p| p.map(|v| v / scale)) }
+        self.unscaled_xy([scale, scale])
+    }
+
+    /// Maps coordinates found on a frame scaled by `sx` in x and `sy` in y back to the frame.
+    pub fn unscaled_xy(&self, [sx, sy]: [f32; 2]) -> Face {
+        let [x1, y1, x2, y2] = self.bbox;
+        Face { bbox: [x1 / sx, y1 / sy, x2 / sx, y2 / sy], score: self.score, landmarks: self.landmarks.map(|[x, y]| [x / sx, y / sy]) }
     }
 }

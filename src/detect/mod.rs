@@ -16,29 +16,31 @@ pub const NMS_THRESHOLD: f32 = 0.4;
 /// scale (1.0 = native; the image is resized bilinearly), maps the faces back to `rgb`'s pixels
 /// and merges the passes by non-maximum suppression.
 pub fn detect_at_scales(detector: &RetinaFace, rgb: &tch::Tensor, scales: &[f64], threshold: f64) -> Result<Vec<Face>, tch::TchError> {
-    detect_at_scales_with(detector, rgb, scales, threshold, &[]).map(|(faces, _)| faces)
+    let scales: Vec<[f64; 2]> = scales.iter().map(|&s| [s, s]).collect();
+    detect_at_scales_with(detector, rgb, &scales, threshold, &[]).map(|(faces, _)| faces)
 }
 
-/// As [`detect_at_scales`], reading the candidates of every pass and the `extra` device values
-/// (returned as host values) in one copy from the device.
+/// As [`detect_at_scales`], with a scale per axis (`[x, y]`: a picture of non-square pixels is
+/// seen by the detector in display proportions), reading the candidates of every pass and the
+/// `extra` device values (returned as host values) in one copy from the device.
 pub fn detect_at_scales_with(
     detector: &RetinaFace,
     rgb: &tch::Tensor,
-    scales: &[f64],
+    scales: &[[f64; 2]],
     threshold: f64,
     extra: &[&tch::Tensor],
 ) -> Result<(Vec<Face>, Vec<Vec<f32>>), tch::TchError> {
     let s = rgb.size();
     let (h, w) = (s[2] as f64, s[3] as f64);
     let mut passes = Vec::with_capacity(scales.len());
-    for &scale in scales {
-        let image = if scale == 1.0 {
+    for &scale @ [sx, sy] in scales {
+        let image = if scale == [1.0, 1.0] {
             rgb.shallow_clone()
         } else {
-            // cv2.resize(fx=scale) rounds the size, maps coordinates by 1/scale, and (on 8-bit
+            // cv2.resize(fx, fy) rounds the size, maps coordinates by 1/scale, and (on 8-bit
             // frames) rounds the values.
-            let size = [((h * scale).round() as i64).max(1), ((w * scale).round() as i64).max(1)];
-            rgb.f_upsample_bilinear2d(size, false, Some(scale), Some(scale))?.f_round()?
+            let size = [((h * sy).round() as i64).max(1), ((w * sx).round() as i64).max(1)];
+            rgb.f_upsample_bilinear2d(size, false, Some(sy), Some(sx))?.f_round()?
         };
         let size = (image.size()[2], image.size()[3]);
         passes.push((detector.candidates(&image)?, size, scale));
@@ -49,7 +51,7 @@ pub fn detect_at_scales_with(
     let extra_values = read.split_off(passes.len());
     let mut all = Vec::new();
     for ((_, size, scale), rows) in passes.iter().zip(&read) {
-        all.extend(detector.decode_candidates(rows, *size, threshold).into_iter().map(|f| f.unscaled(*scale as f32)));
+        all.extend(detector.decode_candidates(rows, *size, threshold).into_iter().map(|f| f.unscaled_xy(scale.map(|v| v as f32))));
     }
     let kept = non_maximum_suppression(all, NMS_THRESHOLD);
     Ok((if scales.len() > 1 { drop_contained(kept, CONTAINED) } else { kept }, extra_values))

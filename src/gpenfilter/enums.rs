@@ -165,3 +165,58 @@ pub enum FacesFrom {
     )]
     Both = 2,
 }
+
+/// How interlaced frames are restored (`fields`).
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstGpenFields")]
+pub enum Fields {
+    #[default]
+    #[enum_value(
+        name = "As the caps and buffer flags say: each field of an interlaced frame restored as a picture of its own, progressive frames whole",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(name = "Every frame whole, as if progressive (progressive content flagged interlaced, PsF)", nick = "frame")]
+    Frame = 1,
+}
+
+/// The colour restored faces are pasted in (`color`).
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstGpenColor")]
+pub enum Color {
+    #[default]
+    #[enum_value(
+        name = "Faces whose source is black and white pasted as the restored luminance only (the frame stays black and white); others in GPEN's colours",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(name = "GPEN's colours on every face", nick = "restored")]
+    Restored = 1,
+    #[enum_value(
+        name = "The restored luminance with the source's colours on every face: no colour shift, no chroma flicker",
+        nick = "source"
+    )]
+    Source = 2,
+}
+
+impl From<Color> for crate::restorer::ColorMode {
+    fn from(c: Color) -> Self {
+        match c {
+            Color::Auto => Self::Auto,
+            Color::Restored => Self::Restored,
+            Color::Source => Self::Source,
+        }
+    }
+}
+
+impl From<crate::restorer::ColorMode> for Color {
+    fn from(m: crate::restorer::ColorMode) -> Self {
+        match m {
+            crate::restorer::ColorMode::Auto => Color::Auto,
+            crate::restorer::ColorMode::Restored => Color::Restored,
+            crate::restorer::ColorMode::Source => Color::Source,
+        }
+    }
+}

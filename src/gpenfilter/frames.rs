@@ -4,11 +4,45 @@
 
 use gst::prelude::*;
 
-use super::enums::FacesFrom;
+use super::enums::{FacesFrom, Fields};
 use super::meta;
 use super::stats::Stats;
 use crate::detect::Face;
 use crate::restorer::{Detections, FaceSource, Held};
+
+/// Which lines of its buffer a begun picture holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lines {
+    Frame,
+    /// One field: the even lines (`top`) or the odd ones.
+    Field {
+        top: bool,
+    },
+}
+
+/// The pictures a frame is restored as, in temporal order: the whole frame, or its fields.
+/// `flags` are the mapped frame's, which GStreamer derives from the caps and the buffer:
+/// interleaved streams are interlaced throughout, mixed ones where the buffer says so. The
+/// field order is the caps' where they give one, else the buffer's TFF flag; a frame flagged
+/// ONEFIELD holds the field TFF names only (the other lines are left as they are). A frame of
+/// an odd number of lines is taken whole.
+pub fn pictures(info: &gst_video::VideoInfo, flags: gst_video::VideoFrameFlags, fields: Fields) -> Vec<Lines> {
+    use gst_video::{VideoFieldOrder, VideoFrameFlags as F};
+    // An interlaced frame has an even number of lines (a field each); one with an odd number is
+    // taken whole, where its fields could not be upscaled into the output's.
+    if fields == Fields::Frame || !flags.contains(F::INTERLACED) || info.height() % 2 == 1 {
+        return vec![Lines::Frame];
+    }
+    let top_first = match info.field_order() {
+        VideoFieldOrder::TopFieldFirst => true,
+        VideoFieldOrder::BottomFieldFirst => false,
+        _ => flags.contains(F::TFF),
+    };
+    if flags.contains(F::ONEFIELD) {
+        return vec![Lines::Field { top: flags.contains(F::TFF) }];
+    }
+    vec![Lines::Field { top: top_first }, Lines::Field { top: !top_first }]
+}
 
 /// A frame in flight through the element: the core's [`Held`] frame with what the element
 /// keeps of it.
@@ -22,6 +56,8 @@ pub struct Arrival {
     pub times: FrameTimes,
     /// The faces its output's metas describe.
     pub described: Option<Described>,
+    /// The lines of the buffer it is.
+    pub lines: Lines,
 }
 
 /// The timestamps of a frame, kept for the messages about it.
@@ -45,6 +81,33 @@ pub struct Described {
     pub restored: bool,
     /// The output frame's size.
     pub size: (u32, u32),
+}
+
+impl Described {
+    /// The description of a frame from those of its fields, in temporal order: each track's
+    /// face as the latest field saw it.
+    pub fn of_fields(fields: impl IntoIterator<Item = Option<Described>>) -> Option<Described> {
+        let mut all: Option<Described> = None;
+        for d in fields.into_iter().flatten() {
+            let Some(a) = all.as_mut() else {
+                all = Some(d);
+                continue;
+            };
+            let (mut faces, mut ids) = (d.faces, d.ids);
+            for (i, f) in a.faces.iter().enumerate() {
+                // Untracked faces (no id) are all kept.
+                match a.ids.get(i) {
+                    Some(id) if ids.contains(id) => {}
+                    id => {
+                        faces.push(*f);
+                        ids.extend(id);
+                    }
+                }
+            }
+            *a = Described { faces, ids, restored: a.restored || d.restored, size: d.size };
+        }
+        all
+    }
 }
 
 /// Where the faces of `buffer` (a `size` frame) come from, by `faces-from`; faces read from
@@ -87,10 +150,17 @@ pub fn describe(buffer: &mut gst::Buffer, described: Option<Described>, on: bool
     }
 }
 
-/// The faces of a frame, as aligned, as the `gpenfilter-faces` element message holds them
-/// (`running`: the frame's running time).
-pub fn faces_message(buffer: &gst::BufferRef, detections: &Detections, running: Option<gst::ClockTime>) -> gst::Structure {
-    let faces = detections.faces.iter().enumerate().map(|(i, f)| {
+/// The faces of a picture, as aligned, as the `gpenfilter-faces` element message holds them:
+/// `faces` are the detections' in the frame's pixels; `running` is the frame's running time;
+/// `field` says which field the picture is (`Some(true)`: the top one).
+pub fn faces_message(
+    buffer: &gst::BufferRef,
+    detections: &Detections,
+    faces: &[Face],
+    running: Option<gst::ClockTime>,
+    field: Option<bool>,
+) -> gst::Structure {
+    let faces = faces.iter().enumerate().map(|(i, f)| {
         gst::Structure::builder("face")
             .field("id", detections.ids.get(i).copied().unwrap_or(0))
             .field("score", f.score as f64)
@@ -99,13 +169,17 @@ pub fn faces_message(buffer: &gst::BufferRef, detections: &Detections, running: 
             .build()
             .to_send_value()
     });
-    gst::Structure::builder("gpenfilter-faces")
+    let mut s = gst::Structure::builder("gpenfilter-faces")
         .field("timestamp", buffer.pts())
         .field("running-time", running)
         .field("detected", detections.detected)
         .field("scene-cut", detections.scene_cut)
         .field("faces", gst::Array::from_values(faces))
-        .build()
+        .build();
+    if let Some(top) = field {
+        s.set("field", if top { "top" } else { "bottom" });
+    }
+    s
 }
 
 /// The latency frames held for batches add: `latency` frame durations (from the frame rate, or
@@ -124,4 +198,43 @@ pub fn hold_latency(latency: usize, info: Option<&gst_video::VideoInfo>, last_du
 /// drops them) and tags (which may pass the frames they came with).
 pub fn drains(event: &gst::Event) -> bool {
     event.is_serialized() && !matches!(event.type_(), gst::EventType::FlushStop | gst::EventType::Tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gst_video::prelude::*;
+    use gst_video::{VideoBufferFlags as B, VideoFieldOrder, VideoInterlaceMode as M};
+
+    /// The flags of a frame of `mode` and `order` mapped from a buffer flagged `buffer`.
+    fn flags(mode: M, order: VideoFieldOrder, buffer: B) -> (gst_video::VideoInfo, gst_video::VideoFrameFlags) {
+        gst::init().unwrap();
+        let info =
+            gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, 4, 4).interlace_mode(mode).field_order(order).build().unwrap();
+        let mut b = gst::Buffer::with_size(info.size()).unwrap();
+        b.get_mut().unwrap().set_flags(gst::BufferFlags::from_bits_retain(buffer.bits()));
+        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(b.as_ref(), &info).unwrap();
+        let flags = frame.flags();
+        (info, flags)
+    }
+
+    fn of(mode: M, order: VideoFieldOrder, buffer: B, fields: Fields) -> Vec<Lines> {
+        let (info, f) = flags(mode, order, buffer);
+        pictures(&info, f, fields)
+    }
+
+    #[test]
+    fn buffers_are_restored_as_the_pictures_their_caps_and_flags_say() {
+        let (top, bottom) = (Lines::Field { top: true }, Lines::Field { top: false });
+        let u = VideoFieldOrder::Unknown;
+        assert_eq!(of(M::Progressive, u, B::INTERLACED, Fields::Auto), [Lines::Frame]);
+        assert_eq!(of(M::Interleaved, VideoFieldOrder::TopFieldFirst, B::empty(), Fields::Auto), [top, bottom]);
+        assert_eq!(of(M::Interleaved, VideoFieldOrder::BottomFieldFirst, B::TFF, Fields::Auto), [bottom, top]);
+        assert_eq!(of(M::Interleaved, u, B::TFF, Fields::Auto), [top, bottom]);
+        assert_eq!(of(M::Interleaved, u, B::empty(), Fields::Auto), [bottom, top]);
+        assert_eq!(of(M::Interleaved, u, B::empty(), Fields::Frame), [Lines::Frame]);
+        assert_eq!(of(M::Mixed, u, B::empty(), Fields::Auto), [Lines::Frame]);
+        assert_eq!(of(M::Mixed, u, B::INTERLACED, Fields::Auto), [bottom, top]);
+        assert_eq!(of(M::Mixed, u, B::INTERLACED | B::TFF | B::ONEFIELD, Fields::Auto), [top]);
+    }
 }

@@ -20,13 +20,14 @@ use gst_video::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
 use super::caps::{frame_interval, packed_layout, scale_caps};
-use super::frames::{self, Arrival, Described, Frame, FrameTimes};
+use super::frames::{self, Arrival, Described, Frame, FrameTimes, Lines};
 use super::properties::{self, Settings};
 use super::report::{self, start_error, CAT};
 use super::stats::Stats;
+use crate::detect::Face;
 use crate::error::Error;
 use crate::memory;
-use crate::restorer::{DeviceSpec, Engine, FrameOutput, Held, Lookahead, Outcome, Release, Stream};
+use crate::restorer::{fields, Detections, DeviceSpec, Engine, FrameOutput, Held, Lookahead, Outcome, Release, Stream};
 
 glib::wrapper! {
     pub struct GpenFilter(ObjectSubclass<GpenFilterImp>)
@@ -40,8 +41,9 @@ struct State {
     /// Frames held for `batch-latency` (`None` at 0: each frame is finished as it comes).
     lookahead: Option<Lookahead<Arrival>>,
     info: Option<gst_video::VideoInfo>,
-    /// The frame going through BaseTransform's output path now, from its begin to its output.
-    current: Option<Frame>,
+    /// The frame going through BaseTransform's output path now, from its begin to its output:
+    /// its pictures (the frame, or its fields).
+    current: Vec<Frame>,
     /// Processing time last reported to the latency query.
     reported_latency: Duration,
     last_post: Option<Instant>,
@@ -69,6 +71,8 @@ pub struct GpenFilterImp {
     /// Between a flush's start and stop (and from stopping on): a wait for the generator's
     /// worker gives up.
     flushing: AtomicBool,
+    /// The refusal of one-field-per-buffer caps was posted (once per element).
+    told_alternate: AtomicBool,
 }
 
 #[glib::object_subclass]
@@ -142,6 +146,9 @@ impl ElementImpl for GpenFilterImp {
             use gst_video::VideoFormat as F;
             let caps = gst_video::VideoCapsBuilder::new()
                 .format_list([F::Rgb, F::Bgr, F::Rgbx, F::Bgrx, F::Xrgb, F::Xbgr, F::Rgba, F::Bgra, F::Argb, F::Abgr])
+                // Interlaced frames are restored field by field; one field per buffer
+                // (alternate) is refused in accept_caps, saying what to do.
+                .field("interlace-mode", gst::List::new(["progressive", "interleaved", "mixed"]))
                 .build();
             vec![
                 gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &caps).unwrap(),
@@ -184,6 +191,14 @@ impl BaseTransformImpl for GpenFilterImp {
                 None => gst::info!(CAT, imp = self, "faces are pasted through GPEN's soft rectangle (mask {:?})", core.faces.mask.mode),
             }
         }
+        if settings.upscaler_model.is_some() && settings.upscale as u32 == 1 {
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                ("upscaler-model is set but upscale=1, so the background is not upscaled and the model is not loaded"),
+                ["set upscale=2 or upscale=4 to upscale with it, or leave upscaler-model unset"]
+            );
+        }
         if fail_every > 0 {
             gst::warning!(CAT, imp = self, "fault injection: every {fail_every}th generator forward fails as out of memory");
         }
@@ -224,7 +239,7 @@ impl BaseTransformImpl for GpenFilterImp {
             stream,
             lookahead,
             info: None,
-            current: None,
+            current: Vec::new(),
             reported_latency: Duration::ZERO,
             last_post: None,
             last_pts: None,
@@ -317,6 +332,26 @@ impl BaseTransformImpl for GpenFilterImp {
         })
     }
 
+    fn accept_caps(&self, direction: gst::PadDirection, caps: &gst::Caps) -> bool {
+        let alternate = caps.iter().any(|s| s.get::<&str>("interlace-mode").ok() == Some("alternate"))
+            || caps.features(0).is_some_and(|f| f.contains("format:Interlaced"));
+        if alternate {
+            if !self.told_alternate.swap(true, Ordering::AcqRel) {
+                gst::element_imp_warning!(
+                    self,
+                    gst::StreamError::Format,
+                    ("gpenfilter does not take interlace-mode=alternate (one field per buffer): it restores the fields of whole interlaced frames"),
+                    [
+                        "ask the decoder or capture element for interleaved frames, or put deinterlace before gpenfilter to \
+                         restore progressive frames"
+                    ]
+                );
+            }
+            return false;
+        }
+        self.parent_accept_caps(direction, caps)
+    }
+
     fn query(&self, direction: gst::PadDirection, query: &mut gst::QueryRef) -> bool {
         if direction != gst::PadDirection::Src || !matches!(query.view(), gst::QueryView::Latency(_)) {
             return BaseTransformImplExt::parent_query(self, direction, query);
@@ -355,7 +390,8 @@ impl VideoFilterImpl for GpenFilterImp {
         self.obj().set_in_place(in_info.width() == out_info.width() && in_info.height() == out_info.height());
         if let Some(state) = self.state.lock().unwrap().as_mut() {
             state.info = Some(in_info.clone());
-            state.current = None;
+            state.current.clear();
+            state.stream.set_pixel_aspect(in_info.par().numer() as f64 / in_info.par().denom() as f64);
             // A new size or format: nothing carries over from the old frames.
             state.restart();
         }
@@ -381,13 +417,14 @@ impl GpenFilterImp {
         self.state.lock().unwrap().as_ref().is_some_and(|s| s.lookahead.is_some())
     }
 
-    /// The frame `inbuf` begun: live settings taken up, its faces found (or given) and
+    /// The frame `inbuf` begun as the pictures it holds ([`frames::pictures`]: the frame, or
+    /// its fields in temporal order): live settings taken up, faces found (or given) and
     /// followed, described in the statistics and messages. `None` before `start()`.
-    fn begin(&self, inbuf: &gst::BufferRef) -> Option<Frame> {
+    fn begin(&self, inbuf: &gst::BufferRef) -> Option<Vec<Frame>> {
         let started = Instant::now();
-        let (post_faces, live, faces_from, factor) = {
+        let (post_faces, live, faces_from, factor, fields) = {
             let s = self.settings.lock().unwrap();
-            (s.post_faces, self.live_changed.swap(false, Ordering::AcqRel).then_some(s.live), s.faces_from, s.upscale as u32)
+            (s.post_faces, self.live_changed.swap(false, Ordering::AcqRel).then_some(s.live), s.faces_from, s.upscale as u32, s.fields)
         };
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut()?;
@@ -402,100 +439,166 @@ impl GpenFilterImp {
         if let Some(d) = inbuf.duration() {
             state.last_duration = Some(d);
         }
-        let begun = match state.info.as_ref() {
-            None => Err(Error::NotNegotiated),
-            Some(info) => match gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, info) {
+        let unreadable =
+            |state: &State, info: &gst_video::VideoInfo| vec![(Lines::Frame, Ok(state.stream.unreadable(inbuf.size(), info.size())))];
+        let begun: Vec<(Lines, Result<Detections, Error>)> = match state.info.clone() {
+            None => vec![(Lines::Frame, Err(Error::NotNegotiated))],
+            Some(info) => match gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, &info) {
                 // A buffer that does not hold the frame its caps describe (too small: a wrong
                 // size or stride upstream).
-                Err(_) => Ok(state.stream.unreadable(inbuf.size(), info.size())),
+                Err(_) => unreadable(state, &info),
                 Ok(frame) => match frame.plane_data(0) {
                     Ok(data) => {
                         let source = frames::face_source(faces_from, inbuf, (info.width(), info.height()), &mut self.stats.lock().unwrap());
-                        state.stream.begin_from(&state.engine, data, &packed_layout(&frame), dt, source)
+                        let layout = packed_layout(&frame);
+                        let (engine, stream) = (&state.engine, &mut state.stream);
+                        frames::pictures(&info, frame.flags(), fields)
+                            .into_iter()
+                            .map(|lines| {
+                                let begun = match lines {
+                                    Lines::Frame => stream.begin_from(engine, data, &layout, dt, source.clone()),
+                                    Lines::Field { top } => match fields::field(&layout, top) {
+                                        Some(f) => stream.begin_field_from(engine, f.of(data), &f.layout, dt, f.source_in_field(&source)),
+                                        None => Err(Error::Internal(format!("a {}-line frame has no field {top}", layout.height))),
+                                    },
+                                };
+                                (lines, begun)
+                            })
+                            .collect()
                     }
-                    Err(_) => Ok(state.stream.unreadable(inbuf.size(), info.size())),
+                    Err(_) => unreadable(state, &info),
                 },
             },
         };
-        let mut described = None;
-        if let Some(d) = begun.as_ref().ok().filter(|d| !matches!(d.decided(), Some(Outcome::Unreadable { .. }))) {
-            gst::log!(CAT, imp = self, "{} face(s) in {:?}", d.faces.len(), inbuf.pts());
-            let mut stats = self.stats.lock().unwrap();
-            stats.faces_detected += d.faces.len() as u64;
-            stats.set_video(state.stream.video_counters());
-            drop(stats);
-            if post_faces {
-                let segment = self.obj().segment();
-                let running = segment.downcast_ref::<gst::ClockTime>().and_then(|seg| inbuf.pts().and_then(|p| seg.to_running_time(p)));
-                let s = frames::faces_message(inbuf, d, running);
-                let _ = self.obj().post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+        let size = state.info.as_ref().map_or((0, 0), |i| (i.width() * factor, i.height() * factor));
+        let layout = state.info.as_ref().map(|i| crate::restorer::PackedLayout::rgb(i.width() as usize, i.height() as usize));
+        let counters = state.stream.video_counters();
+        drop(guard);
+        let mut frames = Vec::with_capacity(begun.len());
+        for (lines, begun) in begun {
+            let field = match (lines, &layout) {
+                (Lines::Field { top }, Some(l)) => fields::field(l, top),
+                _ => None,
+            };
+            let mut described = None;
+            if let Some(d) = begun.as_ref().ok().filter(|d| !matches!(d.decided(), Some(Outcome::Unreadable { .. }))) {
+                gst::log!(CAT, imp = self, "{} face(s) in {:?} ({lines:?})", d.faces.len(), inbuf.pts());
+                // Faces are told in the frame's pixels, a field's too.
+                let faces: Vec<Face> = d.faces.iter().map(|f| field.as_ref().map_or(*f, |l| l.face_in_frame(f))).collect();
+                let mut stats = self.stats.lock().unwrap();
+                stats.faces_detected += d.faces.len() as u64;
+                stats.set_video(counters);
+                drop(stats);
+                if post_faces {
+                    let segment = self.obj().segment();
+                    let running = segment.downcast_ref::<gst::ClockTime>().and_then(|seg| inbuf.pts().and_then(|p| seg.to_running_time(p)));
+                    let s = frames::faces_message(inbuf, d, &faces, running, field.map(|f| f.top));
+                    let _ = self.obj().post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+                }
+                described = Some(Described { faces, ids: d.ids.clone(), restored: false, size });
             }
-            let size = state.info.as_ref().map_or((0, 0), |i| (i.width() * factor, i.height() * factor));
-            described = Some(Described { faces: d.faces.clone(), ids: d.ids.clone(), restored: false, size });
+            let arrival = Arrival { buffer: None, discont: false, times: FrameTimes::of(inbuf), described, lines };
+            frames.push(Held::new(arrival, begun, Duration::ZERO));
         }
-        let arrival = Arrival { buffer: None, discont: false, times: FrameTimes::of(inbuf), described };
-        Some(Held::new(arrival, begun, started.elapsed()))
+        // The begin's time is the frame's, counted once.
+        if let Some(last) = frames.last_mut() {
+            last.took = started.elapsed();
+        }
+        Some(frames)
     }
 
-    /// Where a begun frame goes: a frame the core leaves unchanged is finished here and passed
-    /// through, neither copied nor written; the others (and errors, to be reported) go to the
-    /// transform.
-    fn route(&self, mut frame: Frame) {
+    /// Where a begun frame goes: a frame the core leaves unchanged (every picture of it) is
+    /// finished here and passed through, neither copied nor written; the others (and errors, to
+    /// be reported) go to the transform.
+    fn route(&self, mut frames: Vec<Frame>) {
         let mut guard = self.state.lock().unwrap();
         let Some(state) = guard.as_mut() else { return };
-        let output = frame.begun().map(|d| state.stream.output_of(d));
-        let unchanged = output == Some(FrameOutput::Unchanged);
+        let unchanged = frames.iter().all(|f| f.begun().map(|d| state.stream.output_of(d)) == Some(FrameOutput::Unchanged));
         self.obj().set_passthrough(unchanged);
-        let started = Instant::now().checked_sub(frame.took).unwrap_or_else(Instant::now);
+        let took: Duration = frames.iter().map(|f| f.took).sum();
+        let started = Instant::now().checked_sub(took).unwrap_or_else(Instant::now);
         if unchanged {
-            let Some(Ok(d)) = frame.frame.take() else { return };
-            let outcome = state.stream.finish(&mut state.engine, d, None);
+            let mut outcome: Option<Result<Outcome, Error>> = None;
+            for frame in &mut frames {
+                let Some(Ok(d)) = frame.frame.take() else { continue };
+                let o = state.stream.finish(&mut state.engine, d, None);
+                outcome = Some(match (outcome, o) {
+                    (None, o) => o,
+                    (Some(Ok(a)), Ok(b)) => Ok(a.and(b)),
+                    (Some(Err(e)), _) | (_, Err(e)) => Err(e),
+                });
+            }
             let plan = state.engine.plan();
-            let times = frame.payload.times;
-            state.current = Some(frame);
+            let times = frames.last().map(|f| f.payload.times);
+            state.current = frames;
             drop(guard);
             // Nothing is written, so nothing can fail; an error is still reported if it does.
-            let _ = self.conclude(outcome, plan, times, started);
+            if let (Some(outcome), Some(times)) = (outcome, times) {
+                let _ = self.conclude(outcome, plan, times, started);
+            }
             return;
         }
-        frame.took = started.elapsed();
-        state.current = Some(frame);
+        if let Some(last) = frames.last_mut() {
+            last.took = started.elapsed();
+        }
+        state.current = frames;
     }
 
     /// The frame routed to the transform finished into `out` (the input itself in place, or the
-    /// larger output when upscaling).
+    /// larger output when upscaling): each of its pictures into its lines.
     fn transform(&self, out: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>) -> Result<gst::FlowSuccess, gst::FlowError> {
         let mut guard = self.state.lock().unwrap();
         let Some(state) = guard.as_mut() else {
             gst::element_imp_error!(self, gst::CoreError::StateChange, ("Frame received before the model was loaded"));
             return Err(gst::FlowError::Flushing);
         };
-        let mut frame = state.current.take();
-        let started = Instant::now().checked_sub(frame.as_ref().map_or(Duration::ZERO, |f| f.took)).unwrap_or_else(Instant::now);
-        let times = frame.as_ref().map_or_else(|| FrameTimes::of(out.buffer()), |f| f.payload.times);
-        let outcome = match frame.as_mut().and_then(|f| f.frame.take()) {
-            None => Err(Error::Internal("a frame reached the transform without being begun".into())),
-            Some(Err(e)) => Err(e),
-            Some(Ok(d)) => {
-                let layout = packed_layout(out);
-                match out.plane_data_mut(0) {
-                    Ok(data) => state.stream.finish(&mut state.engine, d, Some((data, &layout))),
+        let mut frames = std::mem::take(&mut state.current);
+        let took: Duration = frames.iter().map(|f| f.took).sum();
+        let started = Instant::now().checked_sub(took).unwrap_or_else(Instant::now);
+        let times = frames.last().map_or_else(|| FrameTimes::of(out.buffer()), |f| f.payload.times);
+        let layout = packed_layout(out);
+        let mut outcome: Option<Result<Outcome, Error>> = None;
+        for frame in &mut frames {
+            let o = match frame.frame.take() {
+                None => Err(Error::Internal("a frame reached the transform without being begun".into())),
+                Some(Err(e)) => Err(e),
+                Some(Ok(d)) => match out.plane_data_mut(0) {
+                    Ok(data) => match frame.payload.lines {
+                        Lines::Frame => state.stream.finish(&mut state.engine, d, Some((data, &layout))),
+                        Lines::Field { top } => match fields::field(&layout, top) {
+                            Some(f) => state.stream.finish(&mut state.engine, d, Some((f.of_mut(data), &f.layout))),
+                            None => Err(Error::OutputMismatch(format!("a {}-line output has no field {top}", layout.height))),
+                        },
+                    },
                     Err(e) => Err(Error::OutputMismatch(format!("cannot map the output frame: {e}"))),
-                }
+                },
+            };
+            if let (Ok(Outcome::Restored { .. }), Some(d)) = (&o, frame.payload.described.as_mut()) {
+                d.restored = true;
             }
-        };
-        if let (Ok(Outcome::Restored { .. }), Some(d)) = (&outcome, frame.as_mut().and_then(|f| f.payload.described.as_mut())) {
-            d.restored = true;
+            outcome = Some(match (outcome, o) {
+                (None, o) => o,
+                (Some(Ok(a)), Ok(b)) => Ok(a.and(b)),
+                (Some(Err(e)), _) | (_, Err(e)) => Err(e),
+            });
+            if matches!(outcome, Some(Err(_))) {
+                break;
+            }
         }
-        state.current = frame;
+        let outcome = outcome.unwrap_or_else(|| Err(Error::Internal("a frame reached the transform without being begun".into())));
+        state.current = frames;
         let plan = state.engine.plan();
         self.stats.lock().unwrap().generator_runs = state.engine.generator_runs();
-        // A pasted frame may add a pair to the flicker figure (a read of three sums: the frame
-        // was just read back anyway).
+        // A pasted frame may add a pair to the flicker figure and grey faces (reads of three
+        // sums and a count: the frame was just read back anyway).
         if matches!(outcome, Ok(Outcome::Restored { .. })) {
             match state.stream.flicker() {
                 Ok(f) => self.stats.lock().unwrap().flicker = f,
                 Err(e) => gst::warning!(CAT, imp = self, "flicker figure not read: {e}"),
+            }
+            match state.stream.faces_grey() {
+                Ok(n) => self.stats.lock().unwrap().faces_grey = n,
+                Err(e) => gst::warning!(CAT, imp = self, "grey faces not counted: {e}"),
             }
         }
         drop(guard);
@@ -506,7 +609,8 @@ impl GpenFilterImp {
     /// transform run in there), with its faces described in metas after.
     fn output(&self) -> Result<G, gst::FlowError> {
         let out = self.parent_generate_output()?;
-        let described = self.state.lock().unwrap().as_mut().and_then(|s| s.current.take()).and_then(|f| f.payload.described);
+        let current = self.state.lock().unwrap().as_mut().map(|s| std::mem::take(&mut s.current)).unwrap_or_default();
+        let described = Described::of_fields(current.into_iter().map(|f| f.payload.described));
         match out {
             G::Buffer(mut buffer) => {
                 let (on, factor) = {
@@ -520,54 +624,75 @@ impl GpenFilterImp {
         }
     }
 
-    /// `batch-latency` > 0: the frame is begun now and held in the core's look-ahead.
+    /// `batch-latency` > 0: the frame is begun now and held in the core's look-ahead (a field
+    /// at a time; the buffer goes with the frame's last picture).
     fn hold(&self, discont: bool, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         let overlapped = self.state.lock().unwrap().as_ref().is_some_and(|s| s.lookahead.as_ref().is_some_and(Lookahead::forward_running));
-        let Some(mut frame) = self.begin(&buffer) else {
+        let Some(mut frames) = self.begin(&buffer) else {
             gst::element_imp_error!(self, gst::CoreError::StateChange, ("Frame received before the model was loaded"));
             return Err(gst::FlowError::Flushing);
         };
-        frame.payload.buffer = Some(buffer);
-        frame.payload.discont = discont;
+        if let Some(last) = frames.last_mut() {
+            last.payload.buffer = Some(buffer);
+            last.payload.discont = discont;
+        }
         if overlapped {
             self.stats.lock().unwrap().frames_overlapped += 1;
         }
         if let Some(state) = self.state.lock().unwrap().as_mut() {
             if let Some(lookahead) = state.lookahead.as_mut() {
-                lookahead
-                    .push(&state.engine, &state.stream, frame, &mut |e| gst::warning!(CAT, imp = self, "faces not restored ahead: {e}"));
+                for frame in frames {
+                    lookahead.push(&state.engine, &state.stream, frame, &mut |e| {
+                        gst::warning!(CAT, imp = self, "faces not restored ahead: {e}")
+                    });
+                }
             }
         }
         Ok(gst::FlowSuccess::Ok)
     }
 
     /// The oldest held frame out, when the core's look-ahead gives it back (or any, when
-    /// `drain`): re-submitted to BaseTransform (QoS may drop it) and transformed. A flush that
-    /// comes while it waits for the worker: `Flushing`, the frame still held (the flush drops it).
+    /// `drain`): re-submitted to BaseTransform (QoS may drop it) and transformed. A frame's
+    /// fields leave together. A flush that comes while it waits for the worker: `Flushing`, the
+    /// frame still held (the flush drops it).
     fn release(&self, drain: bool) -> Result<G, gst::FlowError> {
-        let released = {
-            let mut guard = self.state.lock().unwrap();
-            let Some(state) = guard.as_mut() else { return Ok(G::NoOutput) };
-            let Some(lookahead) = state.lookahead.as_mut() else { return Ok(G::NoOutput) };
-            let cancelled = || self.flushing.load(Ordering::Acquire);
-            let warn = &mut |e| gst::warning!(CAT, imp = self, "faces not restored ahead: {e}");
-            let released = lookahead.release(&state.engine, &state.stream, drain, &cancelled, warn);
-            self.stats.lock().unwrap().ahead_wait = lookahead.waited();
-            released
-        };
-        let mut frame = match released {
-            Release::Ready(frame) => frame,
-            Release::NotYet => return Ok(G::NoOutput),
-            Release::Cancelled => {
-                gst::debug!(CAT, imp = self, "flushing while waiting for the generator's worker");
-                return Err(gst::FlowError::Flushing);
+        let mut frames: Vec<Frame> = Vec::with_capacity(2);
+        loop {
+            let released = {
+                let mut guard = self.state.lock().unwrap();
+                let Some(state) = guard.as_mut() else { return Ok(G::NoOutput) };
+                let Some(lookahead) = state.lookahead.as_mut() else { return Ok(G::NoOutput) };
+                let cancelled = || self.flushing.load(Ordering::Acquire);
+                let warn = &mut |e| gst::warning!(CAT, imp = self, "faces not restored ahead: {e}");
+                // The pictures after a frame's first are behind it: they are let out with it.
+                let released = lookahead.release(&state.engine, &state.stream, drain || !frames.is_empty(), &cancelled, warn);
+                self.stats.lock().unwrap().ahead_wait = lookahead.waited();
+                released
+            };
+            match released {
+                Release::Ready(frame) => {
+                    let whole = frame.payload.buffer.is_some();
+                    frames.push(frame);
+                    if whole {
+                        break;
+                    }
+                }
+                // Once a frame's first field is out, the drain lets the rest out: nothing is
+                // held back when none is held.
+                Release::NotYet => return Ok(G::NoOutput),
+                Release::Cancelled => {
+                    gst::debug!(CAT, imp = self, "flushing while waiting for the generator's worker");
+                    return Err(gst::FlowError::Flushing);
+                }
             }
-        };
-        let Some(buffer) = frame.payload.buffer.take() else { return Ok(G::NoOutput) };
-        gst::log!(CAT, imp = self, "releasing {:?}", frame.payload.times.pts);
-        match self.parent_submit_input_buffer(frame.payload.discont, buffer) {
+        }
+        let Some(last) = frames.last_mut() else { return Ok(G::NoOutput) };
+        let Some(buffer) = last.payload.buffer.take() else { return Ok(G::NoOutput) };
+        let discont = last.payload.discont;
+        gst::log!(CAT, imp = self, "releasing {:?}", last.payload.times.pts);
+        match self.parent_submit_input_buffer(discont, buffer) {
             Ok(gst::FlowSuccess::Ok) => {
-                self.route(frame);
+                self.route(frames);
                 self.output()
             }
             Ok(gst_base::BASE_TRANSFORM_FLOW_DROPPED) => {

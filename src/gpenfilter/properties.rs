@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use gst::glib;
 use gst::prelude::*;
 
-use super::enums::{DetectorVariant, FacesFrom, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
+use super::enums::{Color, DetectorVariant, FacesFrom, Fields, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
 use crate::memory::MemorySettings;
 use crate::restorer::{
     DeviceSpec, FaceSettings, LiveSettings, MaskMode, MaskSettings, RestorerSettings, UpscaleSettings, MODEL_DIR_ENV, PARSE_FILE,
@@ -52,6 +52,7 @@ pub struct Settings {
     /// Attach a region-of-interest meta per face to the output.
     pub face_metas: bool,
     pub faces_from: FacesFrom,
+    pub fields: Fields,
     /// Restore the faces (false: detect, track and describe them only).
     pub restore: bool,
     pub upscale: Upscale,
@@ -87,6 +88,7 @@ impl Default for Settings {
             post_faces: false,
             face_metas: true,
             faces_from: FacesFrom::Detector,
+            fields: Fields::Auto,
             restore: true,
             upscale: Upscale::X1,
             upscaler_model: None,
@@ -137,6 +139,7 @@ pub fn is_live(name: &str) -> bool {
             | "max-faces"
             | "min-face-size"
             | "alpha"
+            | "color"
             | "temporal-smoothing"
             | "temporal-consistency"
             | "detection-interval"
@@ -245,6 +248,7 @@ impl Settings {
             "max-faces" => self.live.max_faces = value.get::<u32>().expect(CHECKED) as usize,
             "min-face-size" => self.live.min_face_size = value.get::<u32>().expect(CHECKED) as f32,
             "alpha" => self.live.alpha = value.get().expect(CHECKED),
+            "color" => self.live.color = value.get::<Color>().expect(CHECKED).into(),
             "face-batch" => self.face_batch = value.get().expect(CHECKED),
             "batch-latency" => self.batch_latency = value.get().expect(CHECKED),
             "overlap" => self.overlap = value.get().expect(CHECKED),
@@ -257,6 +261,7 @@ impl Settings {
             "post-faces" => self.post_faces = value.get().expect(CHECKED),
             "face-metas" => self.face_metas = value.get().expect(CHECKED),
             "faces-from" => self.faces_from = value.get().expect(CHECKED),
+            "fields" => self.fields = value.get().expect(CHECKED),
             "restore" => self.restore = value.get().expect(CHECKED),
             "vram-budget" => self.vram_budget = value.get().expect(CHECKED),
             "memory-policy" => self.memory_policy = value.get().expect(CHECKED),
@@ -285,6 +290,7 @@ impl Settings {
             "max-faces" => (self.live.max_faces as u32).to_value(),
             "min-face-size" => (self.live.min_face_size as u32).to_value(),
             "alpha" => self.live.alpha.to_value(),
+            "color" => Color::from(self.live.color).to_value(),
             "face-batch" => self.face_batch.to_value(),
             "batch-latency" => self.batch_latency.to_value(),
             "overlap" => self.overlap.to_value(),
@@ -297,6 +303,7 @@ impl Settings {
             "post-faces" => self.post_faces.to_value(),
             "face-metas" => self.face_metas.to_value(),
             "faces-from" => self.faces_from.to_value(),
+            "fields" => self.fields.to_value(),
             "restore" => self.restore.to_value(),
             "temporal-smoothing" => self.live.smoothing.to_value(),
             "temporal-consistency" => self.live.consistency.to_value(),
@@ -418,6 +425,16 @@ pub fn specs() -> Vec<glib::ParamSpec> {
             .minimum(0.0)
             .maximum(1.0)
             .default_value(live.alpha)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecEnum::builder_with_default("color", Color::from(live.color))
+            .nick("Colour")
+            .blurb(
+                "Colour of the restored faces: auto (faces whose source is black and white, every pixel's channels \
+                 within 2 levels, are pasted as the restored luminance only, so black-and-white frames stay so; \
+                 others in GPEN's colours), restored (GPEN's colours always), source (the restored luminance with \
+                 the source's colours: no colour shift, no chroma flicker). Luminance: BT.601 weights",
+            )
             .mutable_playing()
             .build(),
         glib::ParamSpecDouble::builder("temporal-smoothing")
@@ -603,6 +620,16 @@ pub fn specs() -> Vec<glib::ParamSpec> {
             )
             .mutable_ready()
             .build(),
+        glib::ParamSpecEnum::builder_with_default("fields", Fields::Auto)
+            .nick("Fields")
+            .blurb(
+                "Interlaced frames (interlace-mode interleaved, or mixed with the buffer's interlaced flag): auto \
+                 restores each field as its own picture, in the order the field order or TFF flag gives, at the \
+                 field rate, its pixels twice as tall, its faces written into its own lines only (a field without \
+                 faces keeps its lines); frame restores whole frames (progressive content flagged interlaced, PsF)",
+            )
+            .mutable_playing()
+            .build(),
         glib::ParamSpecBoolean::builder("restore")
             .nick("Restore")
             .blurb(
@@ -618,7 +645,7 @@ pub fn specs() -> Vec<glib::ParamSpec> {
                 "Since start: frames-in, frames-out, frames-dropped (memory policy), frames-late-dropped \
                  (QoS), frames-passed-through (memory policy), frames-flushed (by a flushing seek, held \
                  frames included), frames-without-faces, faces-detected, \
-                 faces-restored, faces-from-metas, metas-skipped (boxes in which no face was found), \
+                 faces-restored, faces-grey (pasted as luminance only, see color), faces-from-metas, metas-skipped (boxes in which no face was found), \
                  detector-runs (whole frames), scene-cuts, tracks-started, retries, generator-batches, \
                  generator-faces (the faces in them), generator-ms (their time), frames-overlapped (analysed \
                  while the worker ran a forward), ahead-wait-ms (waited for the worker), plan, \

@@ -23,6 +23,8 @@ pub struct Stats {
     pub frames_without_faces: u64,
     pub faces_detected: u64,
     pub faces_restored: u64,
+    /// Faces pasted as their luminance only (`color=auto` on black-and-white faces).
+    pub faces_grey: u64,
     /// Faces read from the input's region metas (`faces-from=upstream|both`).
     pub faces_from_metas: u64,
     /// Face metas without landmarks in whose box the detector found no face.
@@ -110,6 +112,7 @@ impl Stats {
             .field("frames-without-faces", self.frames_without_faces)
             .field("faces-detected", self.faces_detected)
             .field("faces-restored", self.faces_restored)
+            .field("faces-grey", self.faces_grey)
             .field("faces-from-metas", self.faces_from_metas)
             .field("metas-skipped", self.metas_skipped)
             .field("detector-runs", self.detector_runs)

@@ -71,7 +71,7 @@ pub fn prepare<'a>(
     let _guard = tch::no_grad_guard();
     let mut crops = Vec::with_capacity(chosen.len());
     for (_, d) in &chosen {
-        crops.push(crops_of(engine, &d.frame, &d.faces)?);
+        crops.push(crops_of(engine, &d.frame, &d.faces, d.stretch)?);
     }
     let present: Vec<&Tensor> = crops.iter().flatten().collect();
     if present.is_empty() {

@@ -7,6 +7,7 @@ use tch::Tensor;
 
 use super::ahead::AheadSlot;
 use super::outcome::Outcome;
+use crate::align::Stretch;
 use crate::detect::Face;
 
 /// A frame begun ([`Stream::begin`](super::Stream::begin)) and not finished yet.
@@ -31,6 +32,8 @@ pub struct Detections {
     pub registration: Duration,
     /// Each face's thumbnail as registered (empty when nothing was registered).
     pub(super) thumbs: Vec<Option<Tensor>>,
+    /// How the frame's pixels are displayed: faces are aligned in display geometry.
+    pub(super) stretch: Stretch,
 }
 
 impl std::fmt::Debug for Detections {
@@ -61,6 +64,7 @@ impl Detections {
             ahead: AheadSlot::Open,
             registration: Duration::ZERO,
             thumbs: Vec::new(),
+            stretch: Stretch::NONE,
         }
     }
 

@@ -10,6 +10,7 @@ use super::lock::Lock;
 use super::settings::FaceSettings;
 use super::temporal::{FlickerMeter, TrackMemory};
 use super::video::VideoFaces;
+use crate::align::Stretch;
 use crate::detect::Face;
 use crate::error::Error;
 
@@ -25,6 +26,9 @@ pub(super) struct FaceStream {
     /// Summed change of parsing masks between consecutive frames of a track, before and after
     /// smoothing, kept on the device until asked for ([`Stream::mask_change`](super::Stream::mask_change)).
     pub(super) mask_change: Option<(Tensor, Tensor, u64)>,
+    /// Faces pasted as their luminance only (`color=auto` on black-and-white faces), counted on
+    /// the device until asked for ([`Stream::faces_grey`](super::Stream::faces_grey)).
+    pub(super) faces_grey: Option<Tensor>,
     pub(super) settings: FaceSettings,
     pub(super) video: VideoFaces,
     /// Frames begun so far: each is numbered as it arrives, and its tracks' state is taken up
@@ -41,6 +45,7 @@ impl FaceStream {
             lock: Lock::default(),
             flicker: FlickerMeter::default(),
             mask_change: None,
+            faces_grey: None,
             settings: settings.clone(),
             video: VideoFaces::new(settings.live.smoothing),
             arrived: 0,
@@ -64,10 +69,11 @@ impl FaceStream {
         faces: &mut [Face],
         ids: &[u64],
         size: i64,
+        stretch: Stretch,
     ) -> Result<(Vec<Option<Tensor>>, Duration), Error> {
         let started = Instant::now();
         if self.settings.live.consistency > 0.0 {
-            let thumbs = self.lock.follow(frame, faces, ids, self.arrived, size)?;
+            let thumbs = self.lock.follow(frame, faces, ids, self.arrived, size, stretch)?;
             return Ok((thumbs, started.elapsed()));
         }
         self.lock.clear();

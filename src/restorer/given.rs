@@ -6,6 +6,7 @@ use tch::Tensor;
 
 use super::find::find_faces;
 use super::settings::FaceSettings;
+use crate::align::Stretch;
 use crate::detect::{detect_at_scales, iou, Face, RetinaFace, NMS_THRESHOLD};
 use crate::error::Error;
 use crate::restorer::video::Supplied;
@@ -49,6 +50,7 @@ pub(super) fn supply(
     detector: &RetinaFace,
     settings: &FaceSettings,
     frame: &Tensor,
+    stretch: Stretch,
     given: &[GivenFace],
     detect: bool,
     extra: &[&Tensor],
@@ -68,7 +70,7 @@ pub(super) fn supply(
     }
     faces.retain(|f| f.width().min(f.height()) >= live.min_face_size);
     let values = if detect {
-        let (detected, values) = find_faces(detector, settings, frame, extra)?;
+        let (detected, values) = find_faces(detector, settings, frame, stretch, extra)?;
         let new: Vec<Face> = detected.into_iter().filter(|d| faces.iter().all(|g| iou(&g.bbox, &d.bbox) <= NMS_THRESHOLD)).collect();
         faces.extend(new);
         values

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
 use super::temporal::{self, Motion, GRID};
-use crate::align::{self, Border, Similarity};
+use crate::align::{self, Border, Similarity, Stretch};
 use crate::detect::Face;
 use crate::error::Error;
 
@@ -91,6 +91,7 @@ impl Lock {
         ids: &[u64],
         serial: u64,
         size: i64,
+        stretch: Stretch,
     ) -> Result<Vec<Option<Tensor>>, Error> {
         let _guard = tch::no_grad_guard();
         // The last frame's states are taken, not copied: this frame's replace them (a frame
@@ -98,7 +99,7 @@ impl Lock {
         let mut last_frame = std::mem::take(&mut self.tracks);
         let mut steps = Vec::new();
         for (index, (face, &id)) in faces.iter().zip(ids).enumerate() {
-            let Some(fit) = align::align(&face.landmarks, size).map(|a| a.tfm) else { continue };
+            let Some(fit) = align::align_stretched(&face.landmarks, size, stretch).map(|a| a.tfm) else { continue };
             let last = last_frame.remove(&id).filter(|p| p.serial + 1 == serial);
             // The content is expected to move as it did: the crop goes with it.
             let crop = last.as_ref().map_or(fit, |p| p.motion.after(&p.crop));
@@ -122,7 +123,7 @@ impl Lock {
         };
         // The frame is sampled once, at the first guesses, and the thumbnails come to the host:
         // each step moves a thumbnail there, and solves there.
-        let guessed = crate::transfer::download_f32(&[&thumbnails(frame, &cells, &steps, size)?])?.remove(0);
+        let guessed = crate::transfer::download_f32(&[&thumbnails(frame, &cells, &steps, size, stretch)?])?.remove(0);
         let one = (3 * GRID * GRID) as usize;
         let mut thumbs: Vec<Vec<f32>> = guessed.chunks(one).map(<[f32]>::to_vec).collect();
         for _ in 0..STEPS {
@@ -179,7 +180,9 @@ impl Lock {
             let correction = s.crop.inverse().after(&s.fit);
             let face = &mut faces[s.index];
             let before = face.landmarks;
-            face.landmarks = before.map(|[x, y]| correction.apply([x as f64, y as f64]).map(|v| v as f32));
+            // Registered in display geometry, the landmarks stay in stored pixels.
+            face.landmarks =
+                before.map(|[x, y]| stretch.to_storage(correction.apply(stretch.to_display([x as f64, y as f64]))).map(|v| v as f32));
             let moved = |k: usize| (0..5).map(|i| face.landmarks[i][k] - before[i][k]).sum::<f32>() / 5.0;
             let (dx, dy) = (moved(0), moved(1));
             face.bbox = [face.bbox[0] + dx, face.bbox[1] + dy, face.bbox[2] + dx, face.bbox[3] + dy];
@@ -211,7 +214,7 @@ fn about(centre: f64, shift: [f64; 2], scale: f64, turn: f64) -> Similarity {
 /// The thumbnails (`N x 3 x GRID x GRID`) of the faces' crops at their first guesses: the
 /// crops sampled at the grid's cells (registration needs the face's shape, not its detail), in
 /// one sampling of the frame for all faces (a batch of grids would copy the frame per face).
-fn thumbnails(frame: &Tensor, cells: &Tensor, steps: &[Step], size: i64) -> Result<Tensor, Error> {
+fn thumbnails(frame: &Tensor, cells: &Tensor, steps: &[Step], size: i64, stretch: Stretch) -> Result<Tensor, Error> {
     if steps.is_empty() {
         return Ok(Tensor::f_zeros([0, 3, GRID, GRID], (Kind::Float, frame.device()))?);
     }
@@ -219,7 +222,7 @@ fn thumbnails(frame: &Tensor, cells: &Tensor, steps: &[Step], size: i64) -> Resu
     // Cell v is crop pixel (v + 0.5) k - 0.5.
     let k = size as f64 / GRID as f64;
     let to_crop = Similarity { a: k, b: 0.0, tx: 0.5 * k - 0.5, ty: 0.5 * k - 0.5 };
-    let to_src: Vec<Similarity> = steps.iter().map(|s| s.guess.inverse().after(&to_crop)).collect();
+    let to_src: Vec<[[f64; 3]; 2]> = steps.iter().map(|s| stretch.into_storage(s.guess.inverse().after(&to_crop).matrix())).collect();
     let n = steps.len() as i64;
     let grid = grids(cells, &to_src, (h, w))?.f_reshape([1, n * GRID, GRID, 2])?;
     Ok(align::warp(frame, &grid, Border::Replicate)?.f_reshape([3, n, GRID, GRID])?.f_permute([1, 0, 2, 3])?)
@@ -260,12 +263,12 @@ fn moved_thumbnail(from: &[f32], s: &Step, size: i64) -> Vec<f32> {
 /// Sampling grids (`N x GRID x GRID x 2`) that read, for cell `v` of face `i`, source pixel
 /// `to_src[i](v)` of an `h x w` image: one product of the cells with all faces' maps
 /// ([`align::grid_map`]).
-fn grids(cells: &Tensor, to_src: &[Similarity], src: (i64, i64)) -> Result<Tensor, Error> {
+fn grids(cells: &Tensor, to_src: &[[[f64; 3]; 2]], src: (i64, i64)) -> Result<Tensor, Error> {
     let n = to_src.len() as i64;
     // Face i's 3 x 2 map in columns 2i and 2i + 1.
     let mut maps = vec![0f32; 6 * to_src.len()];
     for (i, t) in to_src.iter().enumerate() {
-        let m = align::grid_map(t, (0, 0), src);
+        let m = align::affine_grid_map(*t, (0, 0), src);
         for r in 0..3 {
             maps[r * 2 * n as usize + 2 * i] = m[2 * r];
             maps[r * 2 * n as usize + 2 * i + 1] = m[2 * r + 1];
@@ -304,23 +307,23 @@ mod tests {
     fn crops_follow_the_content_not_the_landmarks_jitter() {
         let mut lock = Lock::default();
         let mut first = vec![face(0.0, 0.0)];
-        let thumbs = lock.follow(&frame(0.0, 0.0), &mut first, &[1], 1, 256).unwrap();
+        let thumbs = lock.follow(&frame(0.0, 0.0), &mut first, &[1], 1, 256, Stretch::NONE).unwrap();
         assert_eq!(first[0].landmarks, face(0.0, 0.0).landmarks, "a new track keeps its landmarks");
         assert_eq!(thumbs[0].as_ref().unwrap().size(), [1, 3, GRID, GRID]);
         // The content moves by (0.6, -0.3) px; the detector says (0.2, 0.4).
         let mut second = vec![face(0.2, 0.4)];
-        lock.follow(&frame(0.6, -0.3), &mut second, &[1], 2, 256).unwrap();
+        lock.follow(&frame(0.6, -0.3), &mut second, &[1], 2, 256, Stretch::NONE).unwrap();
         let (a, b) = (centroid(&first[0]), centroid(&second[0]));
         let moved = [b[0] - a[0], b[1] - a[1]];
         assert!((moved[0] - 0.6).abs() < 0.05 && (moved[1] + 0.3).abs() < 0.05, "the crop moved by {moved:?}");
         // The same picture again, the detector elsewhere: the crop stays where the face is.
         let mut third = vec![face(-0.3, 0.1)];
-        lock.follow(&frame(0.6, -0.3), &mut third, &[1], 3, 256).unwrap();
+        lock.follow(&frame(0.6, -0.3), &mut third, &[1], 3, 256, Stretch::NONE).unwrap();
         let c = centroid(&third[0]);
         assert!((c[0] - b[0]).abs() < 0.05 && (c[1] - b[1]).abs() < 0.05, "{c:?} against {b:?}");
         // A gap (a frame without the track): it starts afresh from its landmarks.
         let mut later = vec![face(0.0, 0.0)];
-        lock.follow(&frame(5.0, 5.0), &mut later, &[1], 5, 256).unwrap();
+        lock.follow(&frame(5.0, 5.0), &mut later, &[1], 5, 256, Stretch::NONE).unwrap();
         assert_eq!(later[0].landmarks, face(0.0, 0.0).landmarks);
     }
 
@@ -331,13 +334,13 @@ mod tests {
         let mut seen = Vec::new();
         for serial in 1..4 {
             let mut faces = vec![face(0.0, 0.0)];
-            lock.follow(&still, &mut faces, &[7], serial, 256).unwrap();
+            lock.follow(&still, &mut faces, &[7], serial, 256, Stretch::NONE).unwrap();
             seen.push(faces[0].landmarks);
         }
         assert!(seen.iter().all(|l| *l == seen[0]));
         // Another picture in the box (not a small motion): the landmarks place the crop.
         let mut faces = vec![face(0.0, 0.0)];
-        lock.follow(&frame(0.0, 0.0).flip([3]), &mut faces, &[7], 4, 256).unwrap();
+        lock.follow(&frame(0.0, 0.0).flip([3]), &mut faces, &[7], 4, 256, Stretch::NONE).unwrap();
         assert_eq!(faces[0].landmarks, face(0.0, 0.0).landmarks);
     }
 }

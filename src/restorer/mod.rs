@@ -6,13 +6,16 @@
 //! uploaded, its faces found and followed) and finished ([`Stream::finish`]: restored under the
 //! engine's memory policy and written), and the stream says what became of it ([`Outcome`]).
 //! A [`Lookahead`] holds begun frames so that the generator batches the faces of several.
+//! Interlaced frames are begun and finished as their two [`fields`].
 //! [`Restorer`] is an engine with one stream of its own. This file only names the parts.
 
 mod ahead;
 pub mod batch;
+pub mod color;
 mod detections;
 mod engine;
 mod faces;
+pub mod fields;
 mod find;
 pub mod frame;
 mod given;
@@ -33,6 +36,7 @@ pub mod worker;
 pub use ahead::{AheadDone, AheadJob, GeneratorCounts};
 pub use detections::Detections;
 pub use engine::Engine;
+pub use fields::Field;
 pub use frame::PackedLayout;
 pub use given::{FaceSource, GivenFace};
 pub use ladder::RECOVER_AFTER;

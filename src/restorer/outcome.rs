@@ -26,6 +26,26 @@ pub enum Outcome {
     Unreadable { have: usize, need: usize },
 }
 
+impl Outcome {
+    /// The frame's outcome from those of its two fields (`self` the earlier): a drop drops the
+    /// frame; a field left as it was leaves the frame reported as passed through; faces add up.
+    pub fn and(self, later: Outcome) -> Outcome {
+        use Outcome::*;
+        match (self, later) {
+            (d @ Dropped { .. }, _) | (_, d @ Dropped { .. }) => d,
+            (u @ Unreadable { .. }, _) | (_, u @ Unreadable { .. }) => u,
+            (p @ PassedThrough { .. }, _) | (_, p @ PassedThrough { .. }) => p,
+            (Restored { faces: a, retried: r, .. }, Restored { faces: b, plan, retried: s }) => {
+                Restored { faces: a + b, plan, retried: r || s }
+            }
+            (r @ Restored { .. }, _) | (_, r @ Restored { .. }) => r,
+            (Described { faces: a }, Described { faces: b }) => Described { faces: a + b },
+            (d @ Described { .. }, NoFaces) | (NoFaces, d @ Described { .. }) => d,
+            (NoFaces, NoFaces) => NoFaces,
+        }
+    }
+}
+
 /// What becomes of a frame's memory when it is finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameOutput {

@@ -115,7 +115,7 @@ impl Paster {
     /// The frame rectangle `(x0, y0, width, height)` each face lands in, clipped to a frame of
     /// `height x width`; `None` for a face that misses the frame.
     pub fn regions(&self, alignments: &[Alignment], (height, width): (i64, i64)) -> Vec<Option<Region>> {
-        alignments.iter().map(|a| align::paste_region(&a.tfm_inv, self.size, (height, width))).collect()
+        alignments.iter().map(|a| align::paste_region_stretched(&a.tfm_inv, a.stretch, self.size, (height, width))).collect()
     }
 
     /// The grid maps (6 values per face, see [`align::grid_map`]) that warp each face back into
@@ -126,7 +126,7 @@ impl Paster {
             .iter()
             .zip(regions)
             .flat_map(|(a, r)| match r {
-                Some((x0, y0, _, _)) => align::grid_map(&a.tfm_inv.inverse(), (*x0, *y0), (self.size, self.size)),
+                Some((x0, y0, _, _)) => align::affine_grid_map(a.frame_to_crop_back(), (*x0, *y0), (self.size, self.size)),
                 None => [0.0; 6],
             })
             .collect()
@@ -250,6 +250,37 @@ mod tests {
         // A face entirely outside the frame reaches nothing.
         let gone = alignment_at(64, (1000.0, 1000.0), 1.0);
         assert!(paste(&p, &bg, &faces.narrow(0, 0, 1), &[gone]).is_none());
+    }
+
+    #[test]
+    fn grey_faces_pasted_onto_a_grey_frame_leave_it_exactly_grey() {
+        // `color=auto` relies on this: the warp back and the paste do the same arithmetic on
+        // every channel, so R = G = B in and R = G = B out, bit for bit, whatever the
+        // interpolation and the masks.
+        let p = Paster::new(64, Device::Cpu, MaskRegions::GPEN).unwrap();
+        let grey = |shape: [i64; 4]| (Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 255.0).repeat([1, 3, 1, 1]);
+        let bg = grey([1, 1, 120, 160]).round();
+        let faces = grey([2, 1, 64, 64]);
+        // Turned, scaled and overlapping faces, one cut by the frame edge; soft random masks.
+        let turned = |(x, y): (f64, f64), scale: f64, turn: f64| {
+            let lm = template(64).map(|[a, b]| {
+                let (a, b) = (a * scale, b * scale);
+                [(a * turn.cos() - b * turn.sin() + x) as f32, (a * turn.sin() + b * turn.cos() + y) as f32]
+            });
+            align::align(&lm, 64).unwrap()
+        };
+        let alignments = [turned((30.0, 10.0), 1.3, 0.3), turned((100.0, 70.0), 0.8, -0.5)];
+        let regions = p.regions(&alignments, (120, 160));
+        let maps = Tensor::from_slice(&p.maps(&alignments, &regions)).reshape([2, 3, 2]);
+        let masks = Tensor::rand([2, 1, 64, 64], (Kind::Float, Device::Cpu));
+        for masks in [None, Some(&masks)] {
+            let out = p.paste(&bg, &faces, &regions, &maps, masks).unwrap().unwrap();
+            assert_eq!(out.faces, 2);
+            let c = |i| out.image.narrow(1, i, 1);
+            assert_eq!(max_abs(&(c(0) - c(1))), 0.0);
+            assert_eq!(max_abs(&(c(2) - c(1))), 0.0);
+            assert!(max_abs(&(out.image - bg.narrow(2, out.region.1, out.region.3).narrow(3, out.region.0, out.region.2))) > 1.0);
+        }
     }
 
     #[test]

@@ -338,6 +338,21 @@ pub fn find_parser(mask: &MaskSettings, model: Option<&Path>) -> Result<Option<P
     })
 }
 
+/// The colour restored faces are pasted in (the element's `color`); see `restorer::color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ColorMode {
+    /// Faces whose source is black and white (every pixel's channels within a level or two)
+    /// pasted as the restored luminance only, so a black-and-white frame stays so; others as
+    /// restored.
+    #[default]
+    Auto,
+    /// GPEN's colours on every face.
+    Restored,
+    /// The restored luminance with the source's chroma on every face: no colour shift, no
+    /// chroma flicker.
+    Source,
+}
+
 /// Face settings that may change between frames; pushed whole with
 /// [`Restorer::set_live`](super::Restorer::set_live).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -358,6 +373,8 @@ pub struct LiveSettings {
     /// Video: the detector runs on every Nth frame (and after a scene cut); tracks carry the
     /// faces in between.
     pub detection_interval: u32,
+    /// The colour restored faces are pasted in.
+    pub color: ColorMode,
 }
 
 impl Default for LiveSettings {
@@ -370,6 +387,7 @@ impl Default for LiveSettings {
             smoothing: 0.5,
             consistency: 0.8,
             detection_interval: 1,
+            color: ColorMode::Auto,
         }
     }
 }

@@ -40,6 +40,11 @@ impl Restorer {
         self.stream.begin_from(&self.engine, data, layout, dt, source)
     }
 
+    /// See [`Stream::set_pixel_aspect`].
+    pub fn set_pixel_aspect(&mut self, aspect: f64) {
+        self.stream.set_pixel_aspect(aspect)
+    }
+
     /// See [`Stream::output_of`].
     pub fn output_of(&self, d: &Detections) -> FrameOutput {
         self.stream.output_of(d)

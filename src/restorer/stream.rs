@@ -6,6 +6,7 @@
 
 use tch::{Device, Tensor};
 
+use super::color;
 use super::detections::Detections;
 use super::engine::Engine;
 use super::faces::FaceStream;
@@ -13,10 +14,11 @@ use super::find::find_faces;
 use super::frame::{self, PackedLayout};
 use super::given::{self, FaceSource};
 use super::outcome::{FrameOutput, Outcome};
-use super::settings::{LiveSettings, RestorerSettings};
+use super::settings::{ColorMode, LiveSettings, RestorerSettings};
 use super::temporal::Flicker;
 use super::video::VideoCounters;
 use super::work::{self, MaskChange, PasteReport};
+use crate::align::Stretch;
 use crate::detect::Face;
 use crate::error::{Error, Setting};
 use crate::memory;
@@ -41,6 +43,8 @@ enum Mode {
 #[derive(Debug)]
 pub struct Stream {
     mode: Mode,
+    /// The width of a stored pixel over its height.
+    pixel_aspect: f64,
 }
 
 impl Stream {
@@ -65,7 +69,20 @@ impl Stream {
                 ))
             }
         };
-        Ok(Stream { mode })
+        Ok(Stream { mode, pixel_aspect: 1.0 })
+    }
+
+    /// The width of the frames' stored pixels over their height (the caps' pixel aspect
+    /// ratio; 1 for square pixels, and for a ratio that is not a positive number). Faces are
+    /// found, aligned and pasted in display geometry, so GPEN sees undistorted faces; what the
+    /// stream reports of them stays in stored pixels.
+    pub fn set_pixel_aspect(&mut self, aspect: f64) {
+        self.pixel_aspect = if aspect.is_finite() && aspect > 0.0 { aspect } else { 1.0 };
+    }
+
+    /// How a whole frame's pixels are displayed.
+    fn stretch(&self) -> Stretch {
+        Stretch { x: self.pixel_aspect, y: 1.0 }
     }
 
     fn faces(&self) -> Option<&FaceStream> {
@@ -103,6 +120,36 @@ impl Stream {
         dt: f64,
         source: FaceSource,
     ) -> Result<Detections, Error> {
+        let stretch = self.stretch();
+        self.begin_picture(engine, data, layout, dt, source, stretch)
+    }
+
+    /// As [`begin_from`](Self::begin_from), for one field of an interlaced frame (`frame_dt`:
+    /// seconds since the previous frame). Fields are begun in temporal order as pictures of
+    /// their own: followed at the field rate, their pixels displayed twice as tall. The
+    /// field's `data` and `layout` are [`Field::of`](super::Field::of) and its layout; it is
+    /// finished into the same lines of the output.
+    pub fn begin_field_from(
+        &mut self,
+        engine: &Engine,
+        data: &[u8],
+        layout: &PackedLayout,
+        frame_dt: f64,
+        source: FaceSource,
+    ) -> Result<Detections, Error> {
+        let stretch = Stretch { y: 2.0, ..self.stretch() };
+        self.begin_picture(engine, data, layout, frame_dt / 2.0, source, stretch)
+    }
+
+    fn begin_picture(
+        &mut self,
+        engine: &Engine,
+        data: &[u8],
+        layout: &PackedLayout,
+        dt: f64,
+        source: FaceSource,
+        stretch: Stretch,
+    ) -> Result<Detections, Error> {
         let frame = match frame::to_tensor(data, layout, engine.device) {
             Ok(f) => f,
             // No room for the frame itself: the policy decides; a pass-through is made on the CPU.
@@ -122,17 +169,19 @@ impl Stream {
         let serial = Some(stage.arrived);
         let (detector, settings) = (&models.detector, &stage.settings);
         let found = match &source {
-            FaceSource::Detector => stage.video.next(&frame, dt, interval, |extra| find_faces(detector, settings, &frame, extra)),
+            FaceSource::Detector => stage.video.next(&frame, dt, interval, |extra| find_faces(detector, settings, &frame, stretch, extra)),
             FaceSource::Given(g) => {
-                stage.video.next_supplied(&frame, dt, |extra| given::supply(detector, settings, &frame, g, false, extra))
+                stage.video.next_supplied(&frame, dt, |extra| given::supply(detector, settings, &frame, stretch, g, false, extra))
             }
-            FaceSource::Both(g) => stage.video.next_supplied(&frame, dt, |extra| given::supply(detector, settings, &frame, g, true, extra)),
+            FaceSource::Both(g) => {
+                stage.video.next_supplied(&frame, dt, |extra| given::supply(detector, settings, &frame, stretch, g, true, extra))
+            }
         };
         match found {
             Ok(mut t) => {
-                let (thumbs, registration) = stage.register(&frame, &mut t.faces, &t.ids, models.paster.size())?;
+                let (thumbs, registration) = stage.register(&frame, &mut t.faces, &t.ids, models.paster.size(), stretch)?;
                 let (faces, ids, detected, scene_cut) = (t.faces, t.ids, t.detected, t.scene_cut);
-                Ok(Detections { faces, ids, detected, scene_cut, registration, thumbs, ..Detections::empty(frame, None, serial) })
+                Ok(Detections { faces, ids, detected, scene_cut, registration, thumbs, stretch, ..Detections::empty(frame, None, serial) })
             }
             Err(e) if e.is_out_of_memory() => {
                 memory::release_cached();
@@ -239,7 +288,7 @@ impl Stream {
 
     /// The work of one try at a frame under the engine's current plan: the faces restored.
     fn restore(&mut self, engine: &Engine, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<usize, Error> {
-        let faces = (&d.faces[..], &d.ids[..], &d.thumbs[..]);
+        let faces = (&d.faces[..], &d.ids[..], &d.thumbs[..], d.stretch);
         match &mut self.mode {
             Mode::Aligned => work::restore_aligned(engine, &d.frame, data, layout).map(|_| 1),
             Mode::DetectOnly(_) => Err(Error::Internal("a detect-only stream restores nothing".into())),
@@ -251,7 +300,12 @@ impl Stream {
                 let Some(up) = &engine.upscaler else {
                     return Err(Error::Internal("an upscaled stream on an engine without an upscaler".into()));
                 };
-                let background = up.upscale(&d.frame, engine.plan().tile.unwrap_or(0), engine.tile_overlap)?;
+                let mut background = up.upscale(&d.frame, engine.plan().tile.unwrap_or(0), engine.tile_overlap)?;
+                // A black-and-white frame leaves black and white under `auto`: an upscaling
+                // network may colour it (bicubic interpolation keeps R = G = B exactly).
+                if matches!(up, Upscaler::Net(_)) && stage.settings.live.color == ColorMode::Auto {
+                    background = color::grey_frame(&d.frame, background)?;
+                }
                 let mut restored = 0;
                 if !d.faces.is_empty() {
                     let f = up.factor();
@@ -271,7 +325,8 @@ impl Stream {
                     let (w, h) = d.size();
                     let crops_from = d.frame.f_upsample_bilinear2d([h * f, w * f], false, None, None)?.f_round()?.f_clamp(0.0, 255.0)?;
                     restored =
-                        work::restore_onto(engine, stage, &crops_from, &background, (&faces, &d.ids, &d.thumbs), None, None)?.restored;
+                        work::restore_onto(engine, stage, &crops_from, &background, (&faces, &d.ids, &d.thumbs, d.stretch), None, None)?
+                            .restored;
                 }
                 frame::write_frame(&background, data, layout)?;
                 Ok(restored)
@@ -295,8 +350,9 @@ impl Stream {
     pub fn detect(&self, engine: &Engine, data: &[u8], layout: &PackedLayout) -> Result<Detections, Error> {
         let stage = self.faces().ok_or_else(not_whole_frames)?;
         let frame = frame::to_tensor(data, layout, engine.device)?;
-        let (faces, _) = find_faces(&engine.face_models()?.detector, &stage.settings, &frame, &[])?;
-        Ok(Detections { faces, detected: true, ..Detections::empty(frame, None, None) })
+        let stretch = self.stretch();
+        let (faces, _) = find_faces(&engine.face_models()?.detector, &stage.settings, &frame, stretch, &[])?;
+        Ok(Detections { faces, detected: true, stretch, ..Detections::empty(frame, None, None) })
     }
 
     /// A still image with faces found elsewhere (another detector, a previous pass, metadata):
@@ -313,7 +369,8 @@ impl Stream {
         // The frame's tracks take up the state its predecessor left (blending, flicker meter).
         self.take_up(d);
         let stage = self.face_stream()?;
-        let mut report = work::restore_onto(engine, stage, &d.frame, &d.frame, (&d.faces, &d.ids, &d.thumbs), None, Some((data, layout)))?;
+        let mut report =
+            work::restore_onto(engine, stage, &d.frame, &d.frame, (&d.faces, &d.ids, &d.thumbs, d.stretch), None, Some((data, layout)))?;
         report.timings.registration = d.registration;
         Ok(report)
     }
@@ -351,6 +408,15 @@ impl Stream {
     /// from the device; zeros for aligned faces).
     pub fn flicker(&self) -> Result<Flicker, Error> {
         self.faces().map_or(Ok(Flicker::default()), |s| s.flicker.read())
+    }
+
+    /// Faces pasted as their luminance only so far (`color=auto` on black-and-white faces; one
+    /// read from the device).
+    pub fn faces_grey(&self) -> Result<u64, Error> {
+        match self.faces().and_then(|s| s.faces_grey.as_ref()) {
+            Some(n) => Ok(transfer::download(n)?.f_int64_value(&[])?.max(0) as u64),
+            None => Ok(0),
+        }
     }
 
     /// Restored faces kept by live tracks for blending (at most one per track).

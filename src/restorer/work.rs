@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
 use super::ahead::Ahead;
+use super::color;
 use super::engine::Engine;
 use super::faces::FaceStream;
 use super::frame::{self, PackedLayout};
 use super::paste;
+use super::settings::ColorMode;
 use super::temporal::{self, TrackState};
-use crate::align::{self, Alignment, Border};
+use crate::align::{self, Alignment, Border, Stretch};
 use crate::detect::Face;
 use crate::error::Error;
 use crate::transfer;
@@ -181,10 +183,10 @@ fn in_batches(engine: &Engine, x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor,
 
 /// The aligned crops (`N x 3 x S x S`, 0..255) of the `faces` of `frame` that align, in
 /// order, as [`restore_onto`] cuts them; `None` when none aligns.
-pub(super) fn crops_of(engine: &Engine, frame: &Tensor, faces: &[Face]) -> Result<Option<Tensor>, Error> {
+pub(super) fn crops_of(engine: &Engine, frame: &Tensor, faces: &[Face], stretch: Stretch) -> Result<Option<Tensor>, Error> {
     let _guard = tch::no_grad_guard();
     let size = engine.face_models()?.paster.size();
-    let alignments: Vec<Alignment> = faces.iter().filter_map(|f| align::align(&f.landmarks, size)).collect();
+    let alignments: Vec<Alignment> = faces.iter().filter_map(|f| align::align_stretched(&f.landmarks, size, stretch)).collect();
     if alignments.is_empty() {
         return Ok(None);
     }
@@ -198,14 +200,14 @@ pub(super) fn crops_of(engine: &Engine, frame: &Tensor, faces: &[Face]) -> Resul
 /// With `out`, the pasted region is written into the frame's memory; without, it is
 /// composed into `background` on the device (which the caller writes whole). `ahead`: the
 /// faces' crops and generator outputs, made in a batch with other frames' faces. `faces`:
-/// the faces, their tracks (none for a still image) and their registered thumbnails (none
-/// without blending).
+/// the faces, their tracks (none for a still image), their registered thumbnails (none
+/// without blending) and how the frame's pixels are displayed.
 pub(super) fn restore_onto(
     engine: &Engine,
     stage: &mut FaceStream,
     crops_from: &Tensor,
     background: &Tensor,
-    (faces, ids, thumbs): (&[Face], &[u64], &[Option<Tensor>]),
+    (faces, ids, thumbs, stretch): (&[Face], &[u64], &[Option<Tensor>], Stretch),
     ahead: Option<&Ahead>,
     out: Option<(&mut [u8], &PackedLayout)>,
 ) -> Result<PasteReport, Error> {
@@ -226,7 +228,7 @@ pub(super) fn restore_onto(
     // Each face with its track (none for still images), its alignment and its thumbnail.
     let mut aligned = Vec::with_capacity(faces.len());
     for (i, f) in faces.iter().enumerate() {
-        if let Some(a) = align::align(&f.landmarks, size) {
+        if let Some(a) = align::align_stretched(&f.landmarks, size, stretch) {
             aligned.push((f, ids.get(i).copied(), a, thumbs.get(i).and_then(Option::as_ref)));
         }
     }
@@ -302,10 +304,24 @@ pub(super) fn restore_onto(
     let t4 = Instant::now();
     let small: Vec<bool> = faces.iter().map(|f| f.width().min(f.height()) < paste::SMALL_FACE).collect();
     let restored = paster.finish(restored, &crops, &small, live.alpha)?;
-    let Some(pasted) = paster.paste(background, &restored, &regions, &paste_maps, masks.as_ref())? else {
+    // The colour (`color`) comes after temporal blending, smoothing and alpha, so the faces kept
+    // for blending stay GPEN's (blending never mixes two colour treatments, and a change of
+    // `color` while playing shows at once) and alpha's mix with the crop is coloured as a whole.
+    // Black-and-white faces (`auto`) are made grey per face in aligned space, just before the
+    // warp back, which with the paste does the same arithmetic on each channel: a grey face
+    // lands grey on a grey frame, exactly.
+    let (restored, grey) = color::grey_faces(live.color, restored, &crops)?;
+    let Some(mut pasted) = paster.paste(background, &restored, &regions, &paste_maps, masks.as_ref())? else {
         return Ok(report);
     };
     let (x0, y0, rw, rh) = pasted.region;
+    if live.color == ColorMode::Source {
+        // The source's chroma is kept in the frame, after the paste, at the frame's resolution
+        // (in aligned space it would be resampled into the crop and back): where the mask is 0
+        // the composed luma is the background's, and the frame is left exactly as it was.
+        let under = background.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?;
+        pasted.image = color::with_source_chroma(&pasted.image, &under)?;
+    }
     // The region as written, and the input under it (whole levels already: the frame's
     // bytes, or their rounded upscale), for the flicker figure, taken before `background`,
     // which may be `crops_from`, is written.
@@ -318,6 +334,16 @@ pub(super) fn restore_onto(
         None => background.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?.f_copy_(&pasted.image)?,
     }
     keep_tracks(stage, update)?;
+    if let Some(grey) = grey {
+        // Counted once the frame is written (a retry must not count it twice), faces that
+        // missed the frame left out.
+        let reached: Vec<bool> = regions.iter().map(Option::is_some).collect();
+        let n = color::count(&grey, &reached)?;
+        stage.faces_grey = Some(match stage.faces_grey.take() {
+            Some(total) => total.f_add(&n)?,
+            None => n,
+        });
+    }
     report.timings.paste = t4.elapsed();
     Ok(PasteReport { restored: pasted.faces, region: Some((x0, y0, rw, rh)), mask: Some(pasted.mask), timings: report.timings })
 }

@@ -124,15 +124,27 @@ pub fn channel_differences(got: &[u8], want: &[u8]) -> Vec<(f64, u8)> {
 /// by type so that no installed plugins are needed, with the element's `props`; returns the
 /// frames out, the element's statistics and the seconds taken. An error on the bus panics.
 pub fn run_element(props: &[(&str, &str)], frames: &[Vec<u8>], w: usize, h: usize) -> (Vec<Vec<u8>>, gst::Structure, f64) {
+    init();
+    let info =
+        gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w as u32, h as u32).fps(gst::Fraction::new(30, 1)).build().unwrap();
+    let buffers = frames.iter().map(|f| (f.clone(), gst_video::VideoBufferFlags::empty())).collect::<Vec<_>>();
+    let (out, stats, secs, errors) = run_buffers(&info.to_caps().unwrap(), props, &buffers);
+    if let Some(e) = errors.iter().find(|e| e.starts_with("error")) {
+        panic!("{e}");
+    }
+    (out, stats, secs)
+}
+
+/// As [`run_element`], for frames of any `caps`, each with its video buffer flags (fields,
+/// field order); returns the errors on the bus instead of panicking.
+pub fn run_buffers(
+    caps: &gst::Caps,
+    props: &[(&str, &str)],
+    frames: &[(Vec<u8>, gst_video::VideoBufferFlags)],
+) -> (Vec<Vec<u8>>, gst::Structure, f64, Vec<String>) {
     use gst::prelude::*;
     init();
-    let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w as u32, h as u32)
-        .fps(gst::Fraction::new(30, 1))
-        .build()
-        .unwrap()
-        .to_caps()
-        .unwrap();
-    let src = gst_app::AppSrc::builder().caps(&caps).format(gst::Format::Time).build();
+    let src = gst_app::AppSrc::builder().caps(caps).format(gst::Format::Time).build();
     let sink = gst_app::AppSink::builder().build();
     sink.set_property("sync", false);
     let filter = gst::ElementFactory::make("gpenfilter").build().unwrap();
@@ -152,9 +164,11 @@ pub fn run_element(props: &[(&str, &str)], frames: &[Vec<u8>], w: usize, h: usiz
             }
             out
         });
-        for (i, f) in frames.iter().enumerate() {
+        for (i, (f, flags)) in frames.iter().enumerate() {
             let mut b = gst::Buffer::from_slice(f.clone());
-            b.get_mut().unwrap().set_pts(gst::ClockTime::from_nseconds(i as u64 * 1_000_000_000 / 30));
+            let m = b.get_mut().unwrap();
+            m.set_pts(gst::ClockTime::from_nseconds(i as u64 * 1_000_000_000 / 30));
+            m.set_flags(gst::BufferFlags::from_bits_retain(flags.bits()));
             if src.push_buffer(b).is_err() {
                 break;
             }
@@ -163,14 +177,17 @@ pub fn run_element(props: &[(&str, &str)], frames: &[Vec<u8>], w: usize, h: usiz
         pull.join().unwrap()
     });
     let secs = t.elapsed().as_secs_f64();
-    if let Some(msg) = pipeline.bus().unwrap().pop_filtered(&[gst::MessageType::Error]) {
-        if let gst::MessageView::Error(e) = msg.view() {
-            panic!("{} ({:?})", e.error(), e.debug());
+    let mut errors = Vec::new();
+    while let Some(msg) = pipeline.bus().unwrap().pop_filtered(&[gst::MessageType::Error, gst::MessageType::Warning]) {
+        match msg.view() {
+            gst::MessageView::Error(e) => errors.push(format!("error: {} ({:?})", e.error(), e.debug())),
+            gst::MessageView::Warning(w) => errors.push(format!("warning: {} ({:?})", w.error(), w.debug())),
+            _ => {}
         }
     }
     let stats = filter.property::<gst::Structure>("stats");
     pipeline.set_state(gst::State::Null).unwrap();
-    (out, stats, secs)
+    (out, stats, secs, errors)
 }
 
 /// Plays `p` until end of stream (panics on an error), then stops it.

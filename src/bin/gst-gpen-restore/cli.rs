@@ -115,6 +115,14 @@ pub struct Cli {
     /// [default: skin+nose+glasses+eyes+brows+ears+mouth+hair+earrings+necklace+neck]
     #[arg(long, value_name = "REGIONS")]
     pub mask_regions: Option<String>,
+    /// Colour of the restored faces: auto (black-and-white faces stay black and white), restored
+    /// (GPEN's colours) or source (the source's colours under the restored luminance) [default: auto]
+    #[arg(long, value_name = "COLOR")]
+    pub color: Option<String>,
+    /// Interlaced video: auto (each field restored as a picture of its own) or frame (whole
+    /// frames, for progressive content flagged interlaced) [default: auto]
+    #[arg(long, value_name = "FIELDS")]
+    pub fields: Option<String>,
     /// What to do when memory runs short: degrade, drop, passthrough or error [default: degrade]
     #[arg(long, value_name = "POLICY")]
     pub memory_policy: Option<String>,
@@ -151,6 +159,8 @@ impl Cli {
             ("mask", &self.mask),
             ("parse-model", &self.parse_model),
             ("mask-regions", &self.mask_regions),
+            ("color", &self.color),
+            ("fields", &self.fields),
             ("memory-policy", &self.memory_policy),
             ("vram-budget", &self.vram_budget),
             ("device", &self.device),
