@@ -1,6 +1,7 @@
-//! A frame in the element, from its arrival to its output: its buffer while held, its times and
-//! the faces its output metas describe; and what is made of them (the faces message, the metas
-//! of the output, where its faces come from).
+//! A frame in the element, from its arrival to its output: the pictures it is begun as (the
+//! frame or its fields), its buffer while held, its times and the faces its output metas
+//! describe; and what is made of them (the faces message, the metas of the output, where its
+//! faces come from).
 
 use gst::prelude::*;
 
@@ -8,7 +9,8 @@ use super::enums::{FacesFrom, Fields};
 use super::meta;
 use super::stats::Stats;
 use crate::detect::Face;
-use crate::restorer::{Detections, FaceSource, Held};
+use crate::error::Error;
+use crate::restorer::{fields, Detections, Engine, FaceSource, Held, PackedLayout, Stream};
 
 /// Which lines of its buffer a begun picture holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +49,27 @@ pub fn pictures(info: &gst_video::VideoInfo, flags: gst_video::VideoFrameFlags, 
 /// A frame in flight through the element: the core's [`Held`] frame with what the element
 /// keeps of it.
 pub type Frame = Held<Arrival>;
+
+/// The `pictures` of a frame (`data` laid out as `layout`) begun on `stream`, each with the
+/// faces of `source` (a field's mapped to its own lines).
+pub fn begin_pictures(
+    engine: &Engine,
+    stream: &mut Stream,
+    pictures: Vec<Lines>,
+    data: &[u8],
+    layout: &PackedLayout,
+    dt: f64,
+    source: &FaceSource,
+) -> Vec<(Lines, Result<Detections, Error>)> {
+    let begin = |stream: &mut Stream, lines| match lines {
+        Lines::Frame => stream.begin_from(engine, data, layout, dt, source.clone()),
+        Lines::Field { top } => match fields::field(layout, top) {
+            Some(f) => stream.begin_field_from(engine, f.of(data), &f.layout, dt, f.source_in_field(source)),
+            None => Err(Error::Internal(format!("a {}-line frame has no field {top}", layout.height))),
+        },
+    };
+    pictures.into_iter().map(|lines| (lines, begin(stream, lines))).collect()
+}
 
 /// What the element keeps of a frame besides what the core began of it.
 pub struct Arrival {

@@ -450,21 +450,8 @@ impl GpenFilterImp {
                 Ok(frame) => match frame.plane_data(0) {
                     Ok(data) => {
                         let source = frames::face_source(faces_from, inbuf, (info.width(), info.height()), &mut self.stats.lock().unwrap());
-                        let layout = packed_layout(&frame);
-                        let (engine, stream) = (&state.engine, &mut state.stream);
-                        frames::pictures(&info, frame.flags(), fields)
-                            .into_iter()
-                            .map(|lines| {
-                                let begun = match lines {
-                                    Lines::Frame => stream.begin_from(engine, data, &layout, dt, source.clone()),
-                                    Lines::Field { top } => match fields::field(&layout, top) {
-                                        Some(f) => stream.begin_field_from(engine, f.of(data), &f.layout, dt, f.source_in_field(&source)),
-                                        None => Err(Error::Internal(format!("a {}-line frame has no field {top}", layout.height))),
-                                    },
-                                };
-                                (lines, begun)
-                            })
-                            .collect()
+                        let pictures = frames::pictures(&info, frame.flags(), fields);
+                        frames::begin_pictures(&state.engine, &mut state.stream, pictures, data, &packed_layout(&frame), dt, &source)
                     }
                     Err(_) => unreadable(state, &info),
                 },
