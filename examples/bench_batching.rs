@@ -18,16 +18,10 @@ mod batching;
 #[path = "common/clip.rs"]
 mod clip;
 
-use std::path::PathBuf;
-
-use batching::{random_gpen_512, Args};
+use batching::{random_gpen_512, scratch, shared, Args};
 use std::time::Instant;
 
 use gst::prelude::*;
-
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
 
 fn main() {
     let args = Args::parse();
@@ -35,7 +29,7 @@ fn main() {
     tch::set_num_threads(threads);
     gst::init().unwrap();
     gstgpen::plugin_register_static().unwrap();
-    let dir = std::env::temp_dir().join(format!("gst-gpen-bench-{}-{}", env!("CARGO_CRATE_NAME"), std::process::id()));
+    let dir = scratch(env!("CARGO_CRATE_NAME"));
     let model = random_gpen_512(&dir);
 
     let t = Instant::now();

@@ -16,24 +16,18 @@ mod batching;
 #[path = "common/clip.rs"]
 mod clip;
 
-use std::path::PathBuf;
-
-use batching::{random_gpen_512, Args};
+use batching::{random_gpen_512, scratch, shared, Args};
 use std::time::{Duration, Instant};
 
 use gstgpen::restorer::{DeviceSpec, Engine, FaceSettings, Held, Lookahead, Release, RestorerSettings, Stream};
 use gstgpen::PackedLayout;
-
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
 
 fn main() {
     let args = Args::parse();
     let (frames, face_batch, dtype, threads) = (args.frames, args.face_batch, args.dtype.clone(), args.threads);
     tch::set_num_threads(threads);
     gst::init().unwrap();
-    let dir = std::env::temp_dir().join(format!("gst-gpen-bench-{}-{}", env!("CARGO_CRATE_NAME"), std::process::id()));
+    let dir = scratch(env!("CARGO_CRATE_NAME"));
     let model = random_gpen_512(&dir);
 
     let (all, w, h) = clip::clip_frames(&shared());

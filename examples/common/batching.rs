@@ -1,10 +1,20 @@
-//! What the batching benchmarks share: their arguments and the GPEN-512 checkpoint (official
-//! shape, random weights) they run.
+//! What the batching benchmarks share: their arguments, their folders, and the GPEN-512
+//! checkpoint (official shape, random weights) they run.
 
 use std::path::{Path, PathBuf};
 
 use gstgpen::gpen::{random_state_dict, GpenConfig};
 use tch::Tensor;
+
+/// The fixtures beside the repository.
+pub fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// A folder of this run of the benchmark `name`, for the checkpoint it writes.
+pub fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("gst-gpen-bench-{name}-{}", std::process::id()))
+}
 
 /// `[--frames 16] [--latency 0,3] [--face-batch 4] [--dtype fp32|bf16] [--threads 2] [--overlap true,false]`
 pub struct Args {
