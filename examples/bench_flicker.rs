@@ -3,7 +3,7 @@
 //! `temporal-smoothing` and `temporal-consistency`, and what registration and blending cost per face.
 //!
 //! ```text
-//! cargo run --release --example bench_flicker -- [--frames N] [--threads 2] [--model tiny256|tiny512] [--sigma 0.3] [--shot K] [--color auto|restored|source]
+//! cargo run --release --example bench_flicker -- [--frames N] [--threads 2] [--model tiny256|tiny512] [--sigma 0.3] [--shot K] [--color auto|restored|source] [--setting SMOOTHING:CONSISTENCY]...
 //! ```
 //! Clips: the sample clip, shot by shot (its cuts at frames 20, 82 and 211), and a still photo
 //! (astronaut) with fresh noise in every frame (`--sigma`, 0.3 levels by default: most pixels
@@ -81,6 +81,7 @@ fn run(model: &std::path::Path, size: i64, frames: &[Vec<u8>], w: usize, h: usiz
 fn main() {
     let (mut frames, mut threads, mut model, mut sigma, mut only) = (usize::MAX, 2, "tiny256".to_owned(), 0.3, None);
     let mut color = ColorMode::Auto;
+    let mut chosen: Vec<(f64, f64)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -90,6 +91,11 @@ fn main() {
             "--model" => model = value(),
             "--sigma" => sigma = value().parse().expect("--sigma LEVELS"),
             "--shot" => only = Some(value().parse::<usize>().expect("--shot K")),
+            "--setting" => {
+                let v = value();
+                let (a, b) = v.split_once(':').expect("--setting SMOOTHING:CONSISTENCY");
+                chosen.push((a.parse().expect("smoothing"), b.parse().expect("consistency")));
+            }
             "--color" => {
                 color = match value().as_str() {
                     "auto" => ColorMode::Auto,
@@ -101,7 +107,7 @@ fn main() {
             other => {
                 panic!(
                     "unknown argument {other}; usage: [--frames N] [--threads N] [--model tiny256|tiny512] [--sigma LEVELS] [--shot K] \
-                     [--color auto|restored|source]"
+                     [--color auto|restored|source] [--setting S:C]..."
                 )
             }
         }
@@ -131,7 +137,10 @@ fn main() {
         clip.len(),
         still.len()
     );
-    let settings: [(f64, f64); 5] = [(0.0, 0.0), (0.5, 0.0), (0.5, 0.5), (0.5, 0.8), (0.5, 1.0)];
+    let settings = match chosen.is_empty() {
+        true => vec![(0.0, 0.0), (0.5, 0.0), (0.5, 0.5), (0.5, 0.8), (0.5, 1.0)],
+        false => chosen,
+    };
     println!(
         "| temporal-smoothing | temporal-consistency | {} | Hamilton, all shots | still + noise | drift | registration and blending, ms a face |",
         shots.iter().map(|(a, b)| format!("shot {a}..{b}")).collect::<Vec<_>>().join(" | ")
