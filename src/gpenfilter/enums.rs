@@ -195,7 +195,7 @@ pub enum Color {
     #[enum_value(name = "GPEN's colours on every face", nick = "restored")]
     Restored = 1,
     #[enum_value(
-        name = "The restored luminance with the source's colours on every face: no colour shift, no chroma flicker",
+        name = "The restored luminance with the source's colours on every face: no colour shift, no chroma flicker of GPEN's making",
         nick = "source"
     )]
     Source = 2,

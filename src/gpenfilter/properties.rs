@@ -433,7 +433,7 @@ pub fn specs() -> Vec<glib::ParamSpec> {
                 "Colour of the restored faces: auto (faces whose source is black and white, every pixel's channels \
                  within 2 levels, are pasted as the restored luminance only, so black-and-white frames stay so; \
                  others in GPEN's colours), restored (GPEN's colours always), source (the restored luminance with \
-                 the source's colours: no colour shift, no chroma flicker). Luminance: BT.601 weights",
+                 the source's colours: no colour shift, no chroma flicker of GPEN's making). Luminance: BT.601 weights",
             )
             .mutable_playing()
             .build(),

@@ -348,8 +348,8 @@ pub enum ColorMode {
     Auto,
     /// GPEN's colours on every face.
     Restored,
-    /// The restored luminance with the source's chroma on every face: no colour shift, no
-    /// chroma flicker.
+    /// The restored luminance with the source's chroma on every face: no colour shift and no
+    /// chroma flicker of GPEN's making.
     Source,
 }
 
