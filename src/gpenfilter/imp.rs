@@ -27,7 +27,7 @@ use super::stats::Stats;
 use crate::detect::Face;
 use crate::error::Error;
 use crate::memory;
-use crate::restorer::{fields, Detections, DeviceSpec, Engine, FrameOutput, Held, Lookahead, Outcome, Release, Stream};
+use crate::restorer::{fields, outcome, Detections, DeviceSpec, Engine, FrameOutput, Held, Lookahead, Outcome, Release, Stream};
 
 glib::wrapper! {
     pub struct GpenFilter(ObjectSubclass<GpenFilterImp>)
@@ -458,20 +458,19 @@ impl GpenFilterImp {
             },
         };
         let size = state.info.as_ref().map_or((0, 0), |i| (i.width() * factor, i.height() * factor));
-        let layout = state.info.as_ref().map(|i| crate::restorer::PackedLayout::rgb(i.width() as usize, i.height() as usize));
         let counters = state.stream.video_counters();
         drop(guard);
         let mut frames = Vec::with_capacity(begun.len());
         for (lines, begun) in begun {
-            let field = match (lines, &layout) {
-                (Lines::Field { top }, Some(l)) => fields::field(l, top),
-                _ => None,
+            let field = match lines {
+                Lines::Field { top } => Some(top),
+                Lines::Frame => None,
             };
             let mut described = None;
             if let Some(d) = begun.as_ref().ok().filter(|d| !matches!(d.decided(), Some(Outcome::Unreadable { .. }))) {
                 gst::log!(CAT, imp = self, "{} face(s) in {:?} ({lines:?})", d.faces.len(), inbuf.pts());
                 // Faces are told in the frame's pixels, a field's too.
-                let faces: Vec<Face> = d.faces.iter().map(|f| field.as_ref().map_or(*f, |l| l.face_in_frame(f))).collect();
+                let faces: Vec<Face> = d.faces.iter().map(|f| field.map_or(*f, |top| fields::face_in_frame(top, f))).collect();
                 let mut stats = self.stats.lock().unwrap();
                 stats.faces_detected += d.faces.len() as u64;
                 stats.set_video(counters);
@@ -479,7 +478,7 @@ impl GpenFilterImp {
                 if post_faces {
                     let segment = self.obj().segment();
                     let running = segment.downcast_ref::<gst::ClockTime>().and_then(|seg| inbuf.pts().and_then(|p| seg.to_running_time(p)));
-                    let s = frames::faces_message(inbuf, d, &faces, running, field.map(|f| f.top));
+                    let s = frames::faces_message(inbuf, d, &faces, running, field);
                     let _ = self.obj().post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
                 }
                 described = Some(Described { faces, ids: d.ids.clone(), restored: false, size });
@@ -509,11 +508,7 @@ impl GpenFilterImp {
             for frame in &mut frames {
                 let Some(Ok(d)) = frame.frame.take() else { continue };
                 let o = state.stream.finish(&mut state.engine, d, None);
-                outcome = Some(match (outcome, o) {
-                    (None, o) => o,
-                    (Some(Ok(a)), Ok(b)) => Ok(a.and(b)),
-                    (Some(Err(e)), _) | (_, Err(e)) => Err(e),
-                });
+                outcome = Some(outcome::and_next(outcome, o));
             }
             let plan = state.engine.plan();
             let times = frames.last().map(|f| f.payload.times);
@@ -563,11 +558,7 @@ impl GpenFilterImp {
             if let (Ok(Outcome::Restored { .. }), Some(d)) = (&o, frame.payload.described.as_mut()) {
                 d.restored = true;
             }
-            outcome = Some(match (outcome, o) {
-                (None, o) => o,
-                (Some(Ok(a)), Ok(b)) => Ok(a.and(b)),
-                (Some(Err(e)), _) | (_, Err(e)) => Err(e),
-            });
+            outcome = Some(outcome::and_next(outcome, o));
             if matches!(outcome, Some(Err(_))) {
                 break;
             }

@@ -26,24 +26,9 @@ impl Field {
         frame.get_mut(self.offset..).unwrap_or(&mut [])
     }
 
-    /// A line `y` of the field (in field pixels, fractional) as a line of the frame.
-    pub fn frame_y(&self, y: f32) -> f32 {
-        2.0 * y + if self.top { 0.0 } else { 1.0 }
-    }
-
     /// A line `y` of the frame as a line of the field.
     pub fn field_y(&self, y: f32) -> f32 {
         (y - if self.top { 0.0 } else { 1.0 }) / 2.0
-    }
-
-    /// A face found in the field, in the frame's pixels (what messages and metas describe).
-    pub fn face_in_frame(&self, f: &Face) -> Face {
-        let [x1, y1, x2, y2] = f.bbox;
-        Face {
-            bbox: [x1, self.frame_y(y1), x2, self.frame_y(y2)],
-            score: f.score,
-            landmarks: f.landmarks.map(|[x, y]| [x, self.frame_y(y)]),
-        }
     }
 
     /// Faces given in the frame's pixels (metadata), in the field's.
@@ -67,6 +52,18 @@ impl Field {
             FaceSource::Both(g) => FaceSource::Both(map(g)),
         }
     }
+}
+
+/// A line `y` of the `top` field or the other (in field pixels, fractional) as a line of the frame.
+fn frame_y(top: bool, y: f32) -> f32 {
+    2.0 * y + if top { 0.0 } else { 1.0 }
+}
+
+/// A face found in the `top` field or the other, in the frame's pixels (what messages and metas
+/// describe).
+pub fn face_in_frame(top: bool, f: &Face) -> Face {
+    let [x1, y1, x2, y2] = f.bbox;
+    Face { bbox: [x1, frame_y(top, y1), x2, frame_y(top, y2)], score: f.score, landmarks: f.landmarks.map(|[x, y]| [x, frame_y(top, y)]) }
 }
 
 /// The field of a frame of `layout` that holds its even lines (`top`) or its odd ones; `None`
@@ -101,7 +98,7 @@ mod tests {
             (0..f.layout.height).map(|y| data[y * f.layout.stride]).collect()
         };
         assert_eq!((lines(&second), lines(&first)), (vec![0, 2, 4], vec![1, 3]));
-        assert_eq!((second.frame_y(2.0), first.frame_y(1.0)), (4.0, 3.0));
+        assert_eq!((frame_y(second.top, 2.0), frame_y(first.top, 1.0)), (4.0, 3.0));
         assert_eq!((second.field_y(4.0), first.field_y(3.0)), (2.0, 1.0));
         // Writing a field touches its lines only.
         let mut out = frame.clone();

@@ -22,7 +22,7 @@ mod given;
 pub mod ladder;
 mod lock;
 mod lookahead;
-mod outcome;
+pub mod outcome;
 pub mod paste;
 mod policy;
 pub mod settings;

@@ -1,5 +1,6 @@
 //! What becomes of a frame: the fates the core decides, and what a frame's memory needs for it.
 
+use crate::error::Error;
 use crate::memory::Plan;
 
 /// What became of a frame. The core alone decides it; callers map it to their own terms (the
@@ -46,6 +47,16 @@ impl Outcome {
     }
 }
 
+/// The outcome of a frame's pictures so far (`None` before the first) with the next picture's:
+/// [`Outcome::and`], or the first error.
+pub fn and_next(so_far: Option<Result<Outcome, Error>>, next: Result<Outcome, Error>) -> Result<Outcome, Error> {
+    match (so_far, next) {
+        (None, o) => o,
+        (Some(Ok(a)), Ok(b)) => Ok(a.and(b)),
+        (Some(Err(e)), _) | (_, Err(e)) => Err(e),
+    }
+}
+
 /// What becomes of a frame's memory when it is finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameOutput {
@@ -56,4 +67,24 @@ pub enum FrameOutput {
     Unchanged,
     /// The policy drops the frame.
     Dropped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frames_fields_give_one_outcome() {
+        let plan = Plan { size: 512, half: false, face_batch: 4, tile: None, parse: false };
+        let restored = |faces| Outcome::Restored { faces, plan, retried: false };
+        let dropped = Outcome::Dropped { reason: "budget".into() };
+        assert_eq!(restored(1).and(restored(2)), restored(3));
+        assert_eq!(Outcome::NoFaces.and(restored(2)), restored(2));
+        assert_eq!(restored(2).and(dropped.clone()), dropped);
+        assert_eq!(Outcome::PassedThrough { reason: "x".into() }.and(restored(1)), Outcome::PassedThrough { reason: "x".into() });
+        assert_eq!(Outcome::Described { faces: 1 }.and(Outcome::NoFaces), Outcome::Described { faces: 1 });
+        assert_eq!(and_next(None, Ok(Outcome::NoFaces)).unwrap(), Outcome::NoFaces);
+        assert!(and_next(Some(Ok(restored(1))), Err(Error::NotNegotiated)).is_err());
+        assert!(and_next(Some(Err(Error::NotNegotiated)), Ok(restored(1))).is_err());
+    }
 }
