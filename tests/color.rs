@@ -6,23 +6,10 @@
 mod common;
 
 use gst::prelude::*;
-use gstgpen::restorer::{
-    ColorMode, DeviceSpec, FaceSettings, LiveSettings, Outcome, PackedLayout, PasteReport, Restorer, RestorerSettings, UpscaleSettings,
-};
+use gstgpen::restorer::{ColorMode, LiveSettings, Outcome, PackedLayout, PasteReport, Restorer, RestorerSettings, UpscaleSettings};
 
 fn restorer(color: ColorMode) -> Restorer {
-    Restorer::new(&RestorerSettings {
-        model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
-        size: 256,
-        device: DeviceSpec::Cpu,
-        faces: FaceSettings {
-            detector_model: Some(common::detector()),
-            live: LiveSettings { color, ..Default::default() },
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .unwrap()
+    Restorer::new(&common::tiny_settings(LiveSettings { color, ..Default::default() })).unwrap()
 }
 
 fn image(name: &str) -> (Vec<u8>, usize, usize) {
@@ -247,20 +234,12 @@ fn an_upscaling_network_does_not_colour_a_black_and_white_frame_under_auto() {
     let bw = black_and_white(&rgb);
     let run = |color: ColorMode, input: &[u8]| {
         let mut r = Restorer::new(&RestorerSettings {
-            model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
-            size: 256,
-            device: DeviceSpec::Cpu,
-            faces: FaceSettings {
-                detector_model: Some(common::detector()),
-                live: LiveSettings { color, ..Default::default() },
-                ..Default::default()
-            },
             upscale: UpscaleSettings {
                 factor: 2,
                 model: Some(common::shared().join("fixtures/rrdbnet/rrdbnet-x2-tiny.pth")),
                 ..Default::default()
             },
-            ..Default::default()
+            ..common::tiny_settings(LiveSettings { color, ..Default::default() })
         })
         .unwrap();
         let d = r.begin(input, &PackedLayout::rgb(w, h), 1.0 / 30.0).unwrap();

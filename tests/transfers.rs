@@ -77,21 +77,13 @@ fn each_frame_waits_for_the_device_twice() {
     // faces are composed into the upscaled frame on the device, which comes down once.
     let (photo, pw, ph) = common::decode_image(&common::shared().join("media/images/two_people.jpg"));
     let mut r = Restorer::new(&RestorerSettings {
-        model: Some(common::gpen_fixture("gpen-256-tiny.pth")),
-        size: 256,
-        device: DeviceSpec::Cpu,
-        faces: FaceSettings {
-            detector_model: Some(common::detector()),
-            live: LiveSettings { consistency: 0.0, ..Default::default() },
-            ..Default::default()
-        },
         upscale: UpscaleSettings {
             factor: 2,
             model: Some(common::shared().join("fixtures/rrdbnet/rrdbnet-x2-tiny.pth")),
             tile: 256,
             overlap: 32,
         },
-        ..Default::default()
+        ..common::tiny_settings(LiveSettings { consistency: 0.0, ..Default::default() })
     })
     .unwrap();
     for i in 0..2 {

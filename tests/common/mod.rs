@@ -67,6 +67,19 @@ pub fn rgb_tensor(rgb: &[u8], w: usize, h: usize) -> tch::Tensor {
     tch::Tensor::from_slice(rgb).reshape([h as i64, w as i64, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(tch::Kind::Float)
 }
 
+/// The core's settings for the tiny GPEN-256 fixture on the CPU, faces found by [`detector`]
+/// with the `live` settings.
+pub fn tiny_settings(live: gstgpen::restorer::LiveSettings) -> gstgpen::restorer::RestorerSettings {
+    use gstgpen::restorer::{DeviceSpec, FaceSettings, RestorerSettings};
+    RestorerSettings {
+        model: Some(gpen_fixture("gpen-256-tiny.pth")),
+        size: 256,
+        device: DeviceSpec::Cpu,
+        faces: FaceSettings { detector_model: Some(detector()), live, ..Default::default() },
+        ..Default::default()
+    }
+}
+
 /// A `gpenfilter` on the CPU with the tiny 256 fixture: restoring whole aligned frames, or
 /// finding faces with [`detector`].
 pub fn tiny_element(aligned: bool) -> gst::Element {
