@@ -81,7 +81,7 @@ if ! .venv/bin/python -c "import torch, safetensors; assert torch.__version__.st
   echo "setup: installing torch==$TORCH_VERSION into .venv (about 5 GB)"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q "torch==$TORCH_VERSION" safetensors numpy
+  .venv/bin/pip install -q --no-cache-dir "torch==$TORCH_VERSION" safetensors numpy   # no 3 GB copy in pip's cache
 fi
 # Ray runs scripts/restore-on-ray.py (the segments of long inputs as Ray tasks) and its tests,
 # which start a local Ray. 2.60.0 has wheels for the venv's Python (3.10 to 3.13).
