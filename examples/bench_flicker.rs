@@ -70,8 +70,8 @@ fn run(model: &std::path::Path, size: i64, frames: &[Vec<u8>], w: usize, h: usiz
     let (mut faces, mut temporal) = (0, Duration::ZERO);
     for f in frames {
         let mut out = f.clone();
-        let d = r.begin(f, &layout, 1.0 / 25.0).expect("detect");
-        let report = r.restore_faces(&d, &mut out, &layout).expect("restore");
+        let d = r.begin(f, layout, 1.0 / 25.0).expect("detect");
+        let report = r.restore_faces(&d, &mut out, layout).expect("restore");
         faces += report.restored;
         temporal += report.timings.temporal + report.timings.registration;
     }

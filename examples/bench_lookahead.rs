@@ -66,7 +66,7 @@ fn main() {
             finished += 1;
         };
         for f in &clip {
-            let begun = stream.begin(&engine, f, &layout, 1.001 / 30.0);
+            let begun = stream.begin(&engine, f, layout, 1.001 / 30.0);
             ahead.push(&engine, &stream, Held::new(f.clone(), begun, Duration::ZERO), &mut warn);
             while let Release::Ready(held) = ahead.release(&engine, &stream, false, &|| false, &mut warn) {
                 finish(held, &mut engine, &mut stream);

@@ -78,13 +78,13 @@ fn main() {
             ..Default::default()
         })
         .expect("restorer");
-        let d = r.detect(&input, &layout).expect("detect");
+        let d = r.detect(&input, layout).expect("detect");
         assert_eq!(d.faces.len(), 1);
         let mut times = Vec::new();
         for _ in 0..=reps {
             let mut out = input.clone();
             let t = Instant::now();
-            r.restore_faces(&d, &mut out, &layout).expect("restore");
+            r.restore_faces(&d, &mut out, layout).expect("restore");
             times.push(t.elapsed().as_secs_f64());
         }
         times.remove(0); // warm-up
@@ -143,7 +143,7 @@ fn hamilton(first: usize) {
         let (t, mut faces) = (Instant::now(), 0);
         for f in &frames {
             let mut out = f.clone();
-            if let gstgpen::restorer::Outcome::Restored { faces: n, .. } = r.process(&mut out, &layout, 1.0 / 25.0).unwrap() {
+            if let gstgpen::restorer::Outcome::Restored { faces: n, .. } = r.process(&mut out, layout, 1.0 / 25.0).unwrap() {
                 faces += n;
             }
         }

@@ -145,7 +145,7 @@ fn main() {
                 let mut out = bytes.clone();
                 for _ in 0..warmup {
                     out.copy_from_slice(&bytes);
-                    if let Err(e) = r.process(&mut out, &layout, 1.0 / 30.0) {
+                    if let Err(e) = r.process(&mut out, layout, 1.0 / 30.0) {
                         println!("  warm-up error: {e}");
                     }
                 }
@@ -157,7 +157,7 @@ fn main() {
                 for _ in 0..frames {
                     out.copy_from_slice(&bytes);
                     let t = Instant::now();
-                    let outcome = r.process(&mut out, &layout, 1.0 / 30.0);
+                    let outcome = r.process(&mut out, layout, 1.0 / 30.0);
                     busy += t.elapsed();
                     match outcome {
                         Ok(Outcome::Restored { retried, .. }) => {

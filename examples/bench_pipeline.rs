@@ -112,10 +112,10 @@ fn main() {
         let mut faces = 0;
         for _ in 0..reps + 1 {
             let t = Instant::now();
-            let det = restorer.detect(&bytes, &layout).unwrap();
+            let det = restorer.detect(&bytes, layout).unwrap();
             detect.push(t.elapsed());
             let mut out = bytes.clone();
-            let report = restorer.restore_faces(&det, &mut out, &layout).unwrap();
+            let report = restorer.restore_faces(&det, &mut out, layout).unwrap();
             crop.push(report.timings.crop);
             paste.push(report.timings.paste);
             faces = report.restored;
@@ -141,7 +141,7 @@ fn main() {
 /// smoothing (what `temporal-smoothing` and `detection-interval` add to every frame).
 fn tracking(restorer: &Restorer, frame: &Tensor, reps: usize) {
     let (bytes, layout) = to_bytes(frame);
-    let faces = restorer.detect(&bytes, &layout).unwrap().faces;
+    let faces = restorer.detect(&bytes, layout).unwrap().faces;
     let frames = 300 * reps;
     let mut scenes = SceneChange::default();
     let mut tracker = Tracker::new(TrackerSettings::default());
@@ -187,11 +187,11 @@ fn detection_interval(restorer_with: &dyn Fn(u32) -> Restorer, frame: &Tensor, f
             let moved = frame.roll([i as i64], [3]);
             let (bytes, layout) = to_bytes(&moved);
             let t = Instant::now();
-            let det = r.begin(&bytes, &layout, 1.0 / 30.0).unwrap();
+            let det = r.begin(&bytes, layout, 1.0 / 30.0).unwrap();
             detect += t.elapsed();
             let mut out = bytes.clone();
             let t = Instant::now();
-            let report = r.restore_faces(&det, &mut out, &layout).unwrap();
+            let report = r.restore_faces(&det, &mut out, layout).unwrap();
             restore += t.elapsed();
             faces += report.restored;
         }

@@ -525,14 +525,14 @@ mod core {
         let (mut ahead, _) = Lookahead::new(8, true);
         let mut warn = |e| panic!("{e}");
         for (i, f) in clip.iter().enumerate() {
-            let begun = stream.begin(&engine, f, &layout, 0.04);
+            let begun = stream.begin(&engine, f, layout, 0.04);
             ahead.push(&engine, &stream, Held::new(i, begun, Duration::ZERO), &mut warn);
         }
         assert!(matches!(ahead.release(&engine, &stream, false, &|| false, &mut warn), Release::NotYet), "under the latency");
         assert_eq!(ahead.flush(), 4);
         assert!(matches!(ahead.release(&engine, &stream, true, &|| false, &mut warn), Release::NotYet), "nothing left to drain");
         // The batch that was in flight, if any, is discarded as it lands: new frames go on.
-        let begun = stream.begin(&engine, &clip[0], &layout, 0.04);
+        let begun = stream.begin(&engine, &clip[0], layout, 0.04);
         ahead.push(&engine, &stream, Held::new(9, begun, Duration::ZERO), &mut warn);
         match ahead.release(&engine, &stream, true, &|| false, &mut warn) {
             Release::Ready(held) => assert_eq!(held.payload, 9),
@@ -554,7 +554,7 @@ mod core {
         let (mut ahead, _) = Lookahead::new(1, true);
         let mut warn = |e| panic!("{e}");
         for (i, f) in clip.iter().enumerate() {
-            let begun = stream.begin(&engine, f, &layout, 0.04);
+            let begun = stream.begin(&engine, f, layout, 0.04);
             ahead.push(&engine, &stream, Held::new(i, begun, Duration::ZERO), &mut warn);
         }
         assert!(ahead.forward_running() || ahead.len() == 2);

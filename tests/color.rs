@@ -42,11 +42,11 @@ fn coloured(rgb: &[u8]) -> usize {
 fn restore(color: ColorMode, input: &[u8], found_on: Option<&[u8]>, (w, h): (usize, usize)) -> (Vec<u8>, PasteReport, u64) {
     let mut r = restorer(color);
     let layout = PackedLayout::rgb(w, h);
-    let faces = r.detect(found_on.unwrap_or(input), &layout).unwrap().faces;
+    let faces = r.detect(found_on.unwrap_or(input), layout).unwrap().faces;
     assert!(!faces.is_empty());
-    let d = r.with_faces(input, &layout, faces).unwrap();
+    let d = r.with_faces(input, layout, faces).unwrap();
     let mut out = input.to_vec();
-    let report = r.restore_faces(&d, &mut out, &layout).unwrap();
+    let report = r.restore_faces(&d, &mut out, layout).unwrap();
     let grey = r.stream.faces_grey().unwrap();
     (out, report, grey)
 }
@@ -69,7 +69,7 @@ fn face_pixels<'a>(rgb: &'a [u8], w: usize, boxes: &[[f32; 4]]) -> Vec<&'a [u8]>
 }
 
 fn boxes(input: &[u8], (w, h): (usize, usize)) -> Vec<[f32; 4]> {
-    restorer(ColorMode::Restored).detect(input, &PackedLayout::rgb(w, h)).unwrap().faces.iter().map(|f| f.bbox).collect()
+    restorer(ColorMode::Restored).detect(input, PackedLayout::rgb(w, h)).unwrap().faces.iter().map(|f| f.bbox).collect()
 }
 
 #[test]
@@ -183,7 +183,7 @@ fn color_may_change_between_frames() {
     let mut r = restorer(ColorMode::Restored);
     let frame = |r: &mut Restorer| {
         let mut out = bw.clone();
-        r.process(&mut out, &layout, 1.0 / 30.0).unwrap();
+        r.process(&mut out, layout, 1.0 / 30.0).unwrap();
         out
     };
     let first = frame(&mut r);
@@ -242,7 +242,7 @@ fn an_upscaling_network_does_not_colour_a_black_and_white_frame_under_auto() {
             ..common::tiny_settings(LiveSettings { color, ..Default::default() })
         })
         .unwrap();
-        let d = r.begin(input, &PackedLayout::rgb(w, h), 1.0 / 30.0).unwrap();
+        let d = r.begin(input, PackedLayout::rgb(w, h), 1.0 / 30.0).unwrap();
         let mut out = vec![0u8; w * h * 12];
         let outcome = r.finish(d, Some((&mut out, &PackedLayout::rgb(2 * w, 2 * h)))).unwrap();
         assert!(matches!(outcome, Outcome::Restored { faces: 2, .. }), "{outcome:?}");

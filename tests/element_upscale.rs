@@ -188,7 +188,7 @@ fn the_memory_ladder_shrinks_tiles() {
     let budget = (need_small + (need_whole - need_small) / 2).div_ceil(1 << 20);
     let mut r = Restorer::new(&settings(budget)).unwrap();
     let layout = PackedLayout::rgb(w, h);
-    let det = r.begin(&rgb, &layout, 1.0 / 30.0).unwrap();
+    let det = r.begin(&rgb, layout, 1.0 / 30.0).unwrap();
     let out_layout = PackedLayout::rgb(2 * w, 2 * h);
     let mut out = vec![0u8; 4 * w * h * 3];
     let outcome = r.finish(det, Some((&mut out, &out_layout))).unwrap();

@@ -23,9 +23,9 @@ fn solvay_faces_are_restored_and_nothing_else_changes() {
     let (input, w, h) = common::decode_image(&common::shared().join("media/images/solvay_conference_1927.png"));
     let mut r = restorer(1.0);
     let layout = PackedLayout::rgb(w, h);
-    let det = r.detect(&input, &layout).unwrap();
+    let det = r.detect(&input, layout).unwrap();
     let mut out = input.clone();
-    let report = r.restore_faces(&det, &mut out, &layout).unwrap();
+    let report = r.restore_faces(&det, &mut out, layout).unwrap();
     println!("solvay: {} faces detected, {} restored", det.faces.len(), report.restored);
     assert!(report.restored >= 27, "only {} of 29 faces restored", report.restored);
     // Every pixel outside the pasted masks is bit-identical.
@@ -53,16 +53,16 @@ fn alpha_zero_gives_back_the_original_faces() {
     let (input, w, h) = common::decode_image(&common::shared().join("media/images/two_people.jpg"));
     let mut r = restorer(0.0);
     let layout = PackedLayout::rgb(w, h);
-    let det = r.detect(&input, &layout).unwrap();
+    let det = r.detect(&input, layout).unwrap();
     assert!(!det.faces.is_empty());
     let mut out = input.clone();
-    r.restore_faces(&det, &mut out, &layout).unwrap();
+    r.restore_faces(&det, &mut out, layout).unwrap();
     // Warped into the crop and back again: only interpolation error remains.
     let mean = out.iter().zip(&input).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / out.len() as f64;
     println!("alpha=0: mean abs change {mean:.3} levels");
     assert!(mean < 0.5, "{mean}");
     let mut restored = input.clone();
-    restorer(1.0).restore_faces(&det, &mut restored, &layout).unwrap();
+    restorer(1.0).restore_faces(&det, &mut restored, layout).unwrap();
     let changed = restored.iter().zip(&input).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / out.len() as f64;
     assert!(changed > 4.0 * mean.max(0.1), "alpha=1 changed {changed}, alpha=0 {mean}");
 }
@@ -73,11 +73,11 @@ fn a_face_cut_by_the_frame_edge_is_restored_without_a_black_band() {
     let (input, w, h) = common::decode_image(&common::shared().join("media/images/obama_partial_face.jpg"));
     let mut r = restorer(1.0);
     let layout = PackedLayout::rgb(w, h);
-    let det = r.detect(&input, &layout).unwrap();
+    let det = r.detect(&input, layout).unwrap();
     assert_eq!(det.faces.len(), 1);
     assert!(det.faces[0].bbox[0] < 0.0, "the face should extend past the left edge");
     let mut out = input.clone();
-    assert_eq!(r.restore_faces(&det, &mut out, &layout).unwrap().restored, 1);
+    assert_eq!(r.restore_faces(&det, &mut out, layout).unwrap().restored, 1);
     // The crop replicates the edge where GPEN's is black.
     let frame = common::rgb_tensor(&input, w, h);
     let a = align(&det.faces[0].landmarks, 256).unwrap();
@@ -197,7 +197,7 @@ fn a_face_that_fills_the_frame_is_found_by_the_reduced_pass() {
     let bytes = common::rgb_bytes(&big);
     let layout = PackedLayout::rgb(3 * w, 3 * h);
     let r = restorer(1.0);
-    let faces = r.detect(&bytes, &layout).unwrap().faces;
+    let faces = r.detect(&bytes, layout).unwrap().faces;
     // The box found at 512 px (fd1mb fixture), scaled x3: exactly one face on it (no fragments
     // of it), within 5 % of the face size. (The flag's stars give a false positive elsewhere.)
     let want = [181.49 * 3.0, 95.21 * 3.0, 354.94 * 3.0, 312.51 * 3.0];
@@ -247,10 +247,10 @@ fn frames_restored_one_by_one_carry_their_tracks() {
     let mut r = restorer(1.0);
     let layout = PackedLayout::rgb(w, h);
     for _ in 0..3 {
-        let d = r.begin(&input, &layout, 1.0 / 25.0).unwrap();
+        let d = r.begin(&input, layout, 1.0 / 25.0).unwrap();
         assert_eq!(d.faces.len(), 1);
         let mut out = input.clone();
-        assert_eq!(r.restore_faces(&d, &mut out, &layout).unwrap().restored, 1);
+        assert_eq!(r.restore_faces(&d, &mut out, layout).unwrap().restored, 1);
     }
     let f = r.flicker().unwrap();
     assert_eq!(f.pairs, 2, "{f:?}");

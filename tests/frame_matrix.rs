@@ -108,9 +108,9 @@ fn padded_rows_restore_like_packed_ones() {
     })
     .unwrap();
     let layout = PackedLayout::rgb(w, h);
-    let det = restorer.detect(&packed, &layout).unwrap();
+    let det = restorer.detect(&packed, layout).unwrap();
     let mut expected = packed.clone();
-    assert_eq!(restorer.restore_faces(&det, &mut expected, &layout).unwrap().restored, 1);
+    assert_eq!(restorer.restore_faces(&det, &mut expected, layout).unwrap().restored, 1);
     assert_ne!(expected, packed);
     for y in 0..h {
         assert_eq!(&out[y * stride..y * stride + w * 3], &expected[y * w * 3..(y + 1) * w * 3], "row {y}");

@@ -100,9 +100,9 @@ fn regions_choose_what_the_restored_face_replaces_and_memory_drops_parsing_first
     let layout = PackedLayout::rgb(w, h);
     let changed = |regions: MaskRegions| {
         let mut r = Restorer::new(&settings(MaskSettings { mode: MaskMode::Parse, parse_model: Some(parsenet()), regions })).unwrap();
-        let d = r.detect(&input, &layout).unwrap();
+        let d = r.detect(&input, layout).unwrap();
         let mut out = input.clone();
-        r.restore_faces(&d, &mut out, &layout).unwrap();
+        r.restore_faces(&d, &mut out, layout).unwrap();
         out.chunks(3).zip(input.chunks(3)).filter(|(a, b)| a != b).count()
     };
     let (gpen, skin_only, nothing) = (changed(MaskRegions::GPEN), changed(MaskRegions(1 << 1)), changed(MaskRegions(0)));
@@ -127,7 +127,7 @@ fn regions_choose_what_the_restored_face_replaces_and_memory_drops_parsing_first
     })
     .unwrap();
     let mut out = input.clone();
-    let outcome = r.process(&mut out, &layout, 1.0 / 25.0).unwrap();
+    let outcome = r.process(&mut out, layout, 1.0 / 25.0).unwrap();
     assert!(matches!(outcome, Outcome::Restored { faces: 1, .. }), "{outcome:?}");
     assert!(!r.plan().parse && r.plan().half && r.plan().size == 512, "plan {}", r.plan());
     assert_eq!(r.parse_model(), None, "the parser is unloaded with its rung");

@@ -90,7 +90,7 @@ fn each_frame_waits_for_the_device_twice() {
         let layout = PackedLayout::rgb(pw, ph);
         let mut out = vec![0u8; 4 * pw * ph * 3];
         let before = transfers();
-        let d = r.begin(&photo, &layout, 1.0 / 25.0).unwrap();
+        let d = r.begin(&photo, layout, 1.0 / 25.0).unwrap();
         let outcome = r.finish(d, Some((&mut out, &PackedLayout::rgb(2 * pw, 2 * ph)))).unwrap();
         let after = transfers();
         assert!(matches!(outcome, Outcome::Restored { faces: 2, .. }), "{outcome:?}");

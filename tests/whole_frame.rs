@@ -70,9 +70,9 @@ fn check(mode: MaskMode, output: &str) {
         let layout = PackedLayout::rgb(w, h);
         let faces = faces_of(&case);
         assert_eq!(faces.len() as u64, case["faces_at_or_above_0.9"].as_u64().unwrap());
-        let d = r.with_faces(&input, &layout, faces).unwrap();
+        let d = r.with_faces(&input, layout, faces).unwrap();
         let mut out = input.clone();
-        let pasted = r.restore_faces(&d, &mut out, &layout).unwrap();
+        let pasted = r.restore_faces(&d, &mut out, layout).unwrap();
         let png = case["outputs"][output]["png"].as_str().unwrap();
         let (want, ww, wh) = common::decode_image(&common::shared().join("fixtures/whole-frame").join(png));
         assert_eq!((ww, wh), (w, h));
@@ -110,9 +110,9 @@ fn parsing_masks_keep_the_background_and_differ_from_the_rectangle() {
     let layout = PackedLayout::rgb(w, h);
     let run = |mode| {
         let mut r = restorer(mode);
-        let d = r.with_faces(&input, &layout, faces_of(case)).unwrap();
+        let d = r.with_faces(&input, layout, faces_of(case)).unwrap();
         let mut out = input.clone();
-        r.restore_faces(&d, &mut out, &layout).unwrap();
+        r.restore_faces(&d, &mut out, layout).unwrap();
         out
     };
     let (parse, rect) = (run(MaskMode::Parse), run(MaskMode::Rectangle));
@@ -129,7 +129,7 @@ fn default_detection_finds_every_face_gpen_restores_on_solvay() {
     let (input, w, h) = decode("solvay_conference_1927.png");
     let layout = PackedLayout::rgb(w, h);
     let r = restorer(MaskMode::Rectangle);
-    let found = r.detect(&input, &layout).unwrap().faces;
+    let found = r.detect(&input, layout).unwrap().faces;
     let want = faces_of(&case);
     let matched = want.iter().filter(|g| found.iter().any(|f| gstgpen::detect::iou(&f.bbox, &g.bbox) > 0.5)).count();
     println!("solvay: default settings find {} faces, {matched} of GPEN's {}", found.len(), want.len());

@@ -10,7 +10,7 @@ use super::meta;
 use super::stats::Stats;
 use crate::detect::Face;
 use crate::error::Error;
-use crate::restorer::{fields, Detections, Engine, FaceSource, Held, PackedLayout, Stream};
+use crate::restorer::{fields, Detections, Engine, FaceSource, FrameLayout, Held, Planes, Stream};
 
 /// Which lines of its buffer a begun picture holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,17 +25,18 @@ pub enum Lines {
 /// The pictures a frame is restored as, in temporal order: the whole frame, or its fields.
 /// `flags` are the mapped frame's, which GStreamer derives from the caps and the buffer:
 /// interleaved streams are interlaced throughout, mixed ones where the buffer says so. The
-/// field order is the caps' where they give one, else the buffer's TFF flag; a frame flagged
-/// ONEFIELD holds the field TFF names only (the other lines are left as they are). A frame of
-/// an odd number of lines is taken whole.
-pub fn pictures(info: &gst_video::VideoInfo, flags: gst_video::VideoFrameFlags, fields: Fields) -> Vec<Lines> {
+/// field order is the caps' `order` where they give one, else the buffer's TFF flag; a frame
+/// flagged ONEFIELD holds the field TFF names only (the other lines are left as they are). A
+/// frame whose lines do not divide into two fields is taken whole: one of an odd number of
+/// lines, whose fields could not be upscaled into the output's, and a 4:2:0 one of a height not
+/// divisible by 4, whose chroma rows would not make both fields' chroma.
+pub fn pictures(layout: &FrameLayout, flags: gst_video::VideoFrameFlags, order: gst_video::VideoFieldOrder, fields: Fields) -> Vec<Lines> {
     use gst_video::{VideoFieldOrder, VideoFrameFlags as F};
-    // An interlaced frame has an even number of lines (a field each); one with an odd number is
-    // taken whole, where its fields could not be upscaled into the output's.
-    if fields == Fields::Frame || !flags.contains(F::INTERLACED) || info.height() % 2 == 1 {
+    let splits = layout.height().is_multiple_of(2) && fields::fields(layout, true).is_some();
+    if fields == Fields::Frame || !flags.contains(F::INTERLACED) || !splits {
         return vec![Lines::Frame];
     }
-    let top_first = match info.field_order() {
+    let top_first = match order {
         VideoFieldOrder::TopFieldFirst => true,
         VideoFieldOrder::BottomFieldFirst => false,
         _ => flags.contains(F::TFF),
@@ -56,16 +57,16 @@ pub fn begin_pictures(
     engine: &Engine,
     stream: &mut Stream,
     pictures: Vec<Lines>,
-    data: &[u8],
-    layout: &PackedLayout,
+    data: Planes<'_>,
+    layout: &FrameLayout,
     dt: f64,
     source: &FaceSource,
 ) -> Vec<(Lines, Result<Detections, Error>)> {
     let begin = |stream: &mut Stream, lines| match lines {
         Lines::Frame => stream.begin_from(engine, data, layout, dt, source.clone()),
         Lines::Field { top } => match fields::field(layout, top) {
-            Some(f) => stream.begin_field_from(engine, f.of(data), &f.layout, dt, f.source_in_field(source)),
-            None => Err(Error::Internal(format!("a {}-line frame has no field {top}", layout.height))),
+            Some(f) => stream.begin_field_from(engine, f.of(data), f.layout, dt, f.source_in_field(source)),
+            None => Err(Error::Internal(format!("a {}-line frame has no field {top}", layout.height()))),
         },
     };
     pictures.into_iter().map(|lines| (lines, begin(stream, lines))).collect()
@@ -243,7 +244,8 @@ mod tests {
 
     fn of(mode: M, order: VideoFieldOrder, buffer: B, fields: Fields) -> Vec<Lines> {
         let (info, f) = flags(mode, order, buffer);
-        pictures(&info, f, fields)
+        let layout = FrameLayout::Rgb(crate::restorer::PackedLayout::rgb(info.width() as usize, info.height() as usize));
+        pictures(&layout, f, info.field_order(), fields)
     }
 
     #[test]

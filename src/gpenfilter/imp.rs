@@ -19,7 +19,7 @@ use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use super::caps::{frame_interval, packed_layout, scale_caps};
+use super::caps::{self, frame_interval, scale_caps};
 use super::frames::{self, Arrival, Described, Frame, FrameTimes, Lines};
 use super::properties::{self, Settings};
 use super::report::{self, start_error, CAT};
@@ -27,7 +27,9 @@ use super::stats::Stats;
 use crate::detect::Face;
 use crate::error::Error;
 use crate::memory;
-use crate::restorer::{fields, outcome, Detections, DeviceSpec, Engine, FrameOutput, Held, Lookahead, Outcome, Release, Stream};
+use crate::restorer::{
+    fields, outcome, Detections, DeviceSpec, Engine, FrameLayout, FrameOutput, Held, Lookahead, Outcome, PlanesMut, Release, Stream,
+};
 
 glib::wrapper! {
     pub struct GpenFilter(ObjectSubclass<GpenFilterImp>)
@@ -143,9 +145,8 @@ impl ElementImpl for GpenFilterImp {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: Lazy<Vec<gst::PadTemplate>> = Lazy::new(|| {
-            use gst_video::VideoFormat as F;
             let caps = gst_video::VideoCapsBuilder::new()
-                .format_list([F::Rgb, F::Bgr, F::Rgbx, F::Bgrx, F::Xrgb, F::Xbgr, F::Rgba, F::Bgra, F::Argb, F::Abgr])
+                .format_list(caps::FORMATS)
                 // Interlaced frames are restored field by field; one field per buffer
                 // (alternate) is refused in accept_caps, saying what to do.
                 .field("interlace-mode", gst::List::new(["progressive", "interleaved", "mixed"]))
@@ -447,13 +448,13 @@ impl GpenFilterImp {
                 // A buffer that does not hold the frame its caps describe (too small: a wrong
                 // size or stride upstream).
                 Err(_) => unreadable(state, &info),
-                Ok(frame) => match frame.plane_data(0) {
-                    Ok(data) => {
+                Ok(frame) => match caps::frame_layout(&frame) {
+                    Some(layout) => {
                         let source = frames::face_source(faces_from, inbuf, (info.width(), info.height()), &mut self.stats.lock().unwrap());
-                        let pictures = frames::pictures(&info, frame.flags(), fields);
-                        frames::begin_pictures(&state.engine, &mut state.stream, pictures, data, &packed_layout(&frame), dt, &source)
+                        let pictures = frames::pictures(&layout, frame.flags(), info.field_order(), fields);
+                        frames::begin_pictures(&state.engine, &mut state.stream, pictures, caps::planes(&frame), &layout, dt, &source)
                     }
-                    Err(_) => unreadable(state, &info),
+                    None => vec![(Lines::Frame, Err(Error::NotNegotiated))],
                 },
             },
         };
@@ -507,7 +508,7 @@ impl GpenFilterImp {
             let mut outcome: Option<Result<Outcome, Error>> = None;
             for frame in &mut frames {
                 let Some(Ok(d)) = frame.frame.take() else { continue };
-                let o = state.stream.finish(&mut state.engine, d, None);
+                let o = state.stream.finish(&mut state.engine, d, None::<(PlanesMut, FrameLayout)>);
                 outcome = Some(outcome::and_next(outcome, o));
             }
             let plan = state.engine.plan();
@@ -538,22 +539,26 @@ impl GpenFilterImp {
         let took: Duration = frames.iter().map(|f| f.took).sum();
         let started = Instant::now().checked_sub(took).unwrap_or_else(Instant::now);
         let times = frames.last().map_or_else(|| FrameTimes::of(out.buffer()), |f| f.payload.times);
-        let layout = packed_layout(out);
+        let Some(layout) = caps::frame_layout(out) else {
+            let plan = state.engine.plan();
+            drop(guard);
+            return self.conclude(Err(Error::NotNegotiated), plan, times, started);
+        };
         let mut outcome: Option<Result<Outcome, Error>> = None;
         for frame in &mut frames {
             let o = match frame.frame.take() {
                 None => Err(Error::Internal("a frame reached the transform without being begun".into())),
                 Some(Err(e)) => Err(e),
-                Some(Ok(d)) => match out.plane_data_mut(0) {
-                    Ok(data) => match frame.payload.lines {
-                        Lines::Frame => state.stream.finish(&mut state.engine, d, Some((data, &layout))),
+                Some(Ok(d)) => {
+                    let planes = PlanesMut(out.planes_data_mut());
+                    match frame.payload.lines {
+                        Lines::Frame => state.stream.finish(&mut state.engine, d, Some((planes, layout))),
                         Lines::Field { top } => match fields::field(&layout, top) {
-                            Some(f) => state.stream.finish(&mut state.engine, d, Some((f.of_mut(data), &f.layout))),
-                            None => Err(Error::OutputMismatch(format!("a {}-line output has no field {top}", layout.height))),
+                            Some(f) => state.stream.finish(&mut state.engine, d, Some((f.of_mut(planes), f.layout))),
+                            None => Err(Error::OutputMismatch(format!("a {}-line output has no field {top}", layout.height()))),
                         },
-                    },
-                    Err(e) => Err(Error::OutputMismatch(format!("cannot map the output frame: {e}"))),
-                },
+                    }
+                }
             };
             if let (Ok(Outcome::Restored { .. }), Some(d)) = (&o, frame.payload.described.as_mut()) {
                 d.restored = true;

@@ -20,6 +20,8 @@ mod properties;
 mod report;
 mod stats;
 
+// How a mapped GStreamer frame lies in memory, for applications that hand frames to the core.
+pub use caps::{frame_layout, planes, FORMATS};
 pub use enums::{DetectorVariant, FacesFrom, Mask, MaskRegions, MemoryPolicy, Size, Upscale};
 pub use imp::GpenFilter;
 

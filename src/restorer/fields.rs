@@ -2,28 +2,35 @@
 //! taken. A field is a picture of its own, half a frame period after the one before, whose
 //! pixels are displayed twice as tall; restored faces go back into its lines only.
 
-use super::frame::PackedLayout;
 use super::given::{FaceSource, GivenFace};
+use super::layout::{FrameLayout, Planes, PlanesMut};
 use crate::detect::Face;
 
-/// One field of a frame: its lines as a picture of their own, `offset` bytes into the frame.
+/// One field of a frame: its lines as a picture of their own, in the frame's planes (`offset`
+/// bytes into the first plane: the RGB family's second line; the other layouts place each
+/// plane's lines themselves).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Field {
     pub offset: usize,
-    pub layout: PackedLayout,
+    pub layout: FrameLayout,
     /// The field of the frame's even lines (0, 2, 4, …).
     pub top: bool,
 }
 
 impl Field {
-    /// The bytes of the field inside the frame's bytes.
-    pub fn of<'a>(&self, frame: &'a [u8]) -> &'a [u8] {
-        frame.get(self.offset..).unwrap_or(&[])
+    /// The planes of the field inside the frame's planes.
+    pub fn of<'a>(&self, frame: impl Into<Planes<'a>>) -> Planes<'a> {
+        let mut planes = frame.into();
+        planes.0[0] = planes.0[0].get(self.offset..).unwrap_or(&[]);
+        planes
     }
 
     /// As [`of`](Self::of), to write the field's lines.
-    pub fn of_mut<'a>(&self, frame: &'a mut [u8]) -> &'a mut [u8] {
-        frame.get_mut(self.offset..).unwrap_or(&mut [])
+    pub fn of_mut<'a>(&self, frame: impl Into<PlanesMut<'a>>) -> PlanesMut<'a> {
+        let mut planes = frame.into();
+        let first = std::mem::take(&mut planes.0[0]);
+        planes.0[0] = first.get_mut(self.offset..).unwrap_or(&mut []);
+        planes
     }
 
     /// A line `y` of the frame as a line of the field.
@@ -68,15 +75,19 @@ pub fn face_in_frame(top: bool, f: &Face) -> Face {
 
 /// The field of a frame of `layout` that holds its even lines (`top`) or its odd ones; `None`
 /// when the frame has no such line.
-pub fn field(layout: &PackedLayout, top: bool) -> Option<Field> {
-    let height = if top { layout.height.div_ceil(2) } else { layout.height / 2 };
-    let offset = if top { 0 } else { layout.stride };
-    (height > 0).then_some(Field { offset, layout: PackedLayout { height, stride: 2 * layout.stride, ..*layout }, top })
+pub fn field(layout: &FrameLayout, top: bool) -> Option<Field> {
+    let first = if top { 0 } else { 1 };
+    let offset = match layout {
+        FrameLayout::Rgb(l) => first * l.stride,
+        FrameLayout::Yuv(_) => 0,
+    };
+    Some(Field { offset, layout: layout.field(first)?, top })
 }
 
 /// The two fields of a frame of `layout`, in temporal order (`top_first`: the even lines were
-/// taken first); `None` for a frame of one line, which holds one field only.
-pub fn fields(layout: &PackedLayout, top_first: bool) -> Option<[Field; 2]> {
+/// taken first); `None` for a frame of one line, which holds one field only, and for one whose
+/// chroma rows do not divide into its fields'.
+pub fn fields(layout: &FrameLayout, top_first: bool) -> Option<[Field; 2]> {
     let (top, bottom) = (field(layout, true)?, field(layout, false)?);
     Some(if top_first { [top, bottom] } else { [bottom, top] })
 }
@@ -84,18 +95,20 @@ pub fn fields(layout: &PackedLayout, top_first: bool) -> Option<[Field; 2]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::restorer::PackedLayout;
 
     #[test]
     fn fields_hold_alternate_lines_in_temporal_order() {
         // 3 x 5 RGB frame; byte value = line number.
-        let layout = PackedLayout::rgb(3, 5);
+        let layout = FrameLayout::Rgb(PackedLayout::rgb(3, 5));
         let frame: Vec<u8> = (0..5u8).flat_map(|y| [y; 9]).collect();
         let [first, second] = fields(&layout, false).unwrap();
         assert!(!first.top && second.top, "bottom field first");
+        let FrameLayout::Rgb(field_layout) = first.layout else { unreachable!() };
         let lines = |f: &Field| -> Vec<u8> {
             let data = f.of(&frame);
-            f.layout.check(data.len()).unwrap();
-            (0..f.layout.height).map(|y| data[y * f.layout.stride]).collect()
+            f.layout.check(data.lens()).unwrap();
+            (0..f.layout.height()).map(|y| data.0[0][y * field_layout.stride]).collect()
         };
         assert_eq!((lines(&second), lines(&first)), (vec![0, 2, 4], vec![1, 3]));
         assert_eq!((frame_y(second.top, 2.0), frame_y(first.top, 1.0)), (4.0, 3.0));
@@ -103,10 +116,10 @@ mod tests {
         // Writing a field touches its lines only.
         let mut out = frame.clone();
         let f = fields(&layout, true).unwrap()[1];
-        for y in 0..f.layout.height {
-            f.of_mut(&mut out)[y * f.layout.stride] = 99;
+        for y in 0..f.layout.height() {
+            f.of_mut(&mut out).0[0][y * field_layout.stride] = 99;
         }
         assert_eq!(out.iter().step_by(9).copied().collect::<Vec<_>>(), vec![0, 99, 2, 99, 4]);
-        assert!(fields(&PackedLayout::rgb(3, 1), true).is_none());
+        assert!(fields(&FrameLayout::Rgb(PackedLayout::rgb(3, 1)), true).is_none());
     }
 }

@@ -1,56 +1,15 @@
-//! Frames in memory: the byte layout of a packed 8-bit RGB-family frame, the one upload of a
-//! frame to the device, and the writes back. The only `unsafe` code of the core is here: views
-//! of the caller's bytes as tensors, after their layout was checked against the buffer.
-//! Frames go up and down through [`crate::transfer`], which counts the copies.
+//! Frames in memory: the one upload of a frame to the device, as R′G′B′, and the writes back
+//! in the frame's own format, whole or a pasted region only. The only `unsafe` code of the
+//! core is here: views of the caller's bytes as tensors, after their layout was checked against
+//! the planes. Frames go up and down through [`crate::transfer`], which counts the copies: one
+//! upload per frame, one download per write, whatever the number of planes.
 
 use tch::{Device, Kind, Tensor};
 
+use super::layout::{FrameLayout, PackedLayout, Planes, PlanesMut, Samples, YuvLayout};
+use super::yuv;
 use crate::error::Error;
 use crate::transfer;
-
-/// Where the colour channels of a packed 8-bit RGB-like frame are, and how rows are laid out.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PackedLayout {
-    pub width: usize,
-    pub height: usize,
-    /// Bytes from one row to the next (at least `width * pixel_stride`).
-    pub stride: usize,
-    /// Bytes per pixel: 3 or 4.
-    pub pixel_stride: usize,
-    /// Byte offsets of R, G and B inside a pixel.
-    pub rgb_offsets: [usize; 3],
-}
-
-impl PackedLayout {
-    /// A tightly packed RGB frame.
-    pub fn rgb(width: usize, height: usize) -> Self {
-        PackedLayout { width, height, stride: width * 3, pixel_stride: 3, rgb_offsets: [0, 1, 2] }
-    }
-
-    /// Checks that every pixel of the layout lies inside a buffer of `len` bytes.
-    pub fn check(&self, len: usize) -> Result<(), Error> {
-        let row = self.width.checked_mul(self.pixel_stride);
-        let ok = self.width > 0
-            && self.height > 0
-            && self.rgb_offsets.iter().all(|&o| o < self.pixel_stride)
-            && row.is_some_and(|r| r <= self.stride)
-            && (self.height - 1).checked_mul(self.stride).and_then(|b| b.checked_add(row?)).is_some_and(|n| n <= len);
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::BufferTooSmall { have: len, layout: format!("{self:?}") })
-        }
-    }
-
-    /// `(width, height)` as tensor sizes.
-    pub fn size(&self) -> (i64, i64) {
-        (self.width as i64, self.height as i64)
-    }
-
-    fn channels(&self) -> Result<Tensor, Error> {
-        Ok(Tensor::f_from_slice(&self.rgb_offsets.map(|o| o as i64))?)
-    }
-}
 
 /// Packed 8-bit frame memory as a `H x W x pixel_stride` tensor over the same bytes.
 ///
@@ -67,17 +26,96 @@ unsafe fn view(ptr: *const u8, layout: &PackedLayout) -> Result<Tensor, Error> {
     )?)
 }
 
-/// The frame's R, G, B bytes as a float `1 x 3 x H x W` tensor (0..255) on `device`: the one
-/// upload of a frame. The bytes are gathered into a pinned buffer when uploading to CUDA, so
-/// the copy does not wait for the device.
-pub fn to_tensor(data: &[u8], layout: &PackedLayout, device: Device) -> Result<Tensor, Error> {
-    layout.check(data.len())?;
+/// One component's samples as a `height x width` tensor over the plane's bytes (`Int16` for
+/// two-byte samples, read little-endian: the host's order, see [`check`]).
+///
+/// # Safety
+/// The layout holding `s` must have passed [`check`] for the plane at `ptr`, which must stay
+/// valid and must not be written through other paths while the tensor is used.
+unsafe fn samples_view(ptr: *const u8, s: &Samples) -> Result<Tensor, Error> {
+    let (kind, b) = if s.wide { (Kind::Int16, 2) } else { (Kind::Uint8, 1) };
+    Ok(Tensor::f_from_blob(
+        ptr.add(s.offset),
+        &[s.height as i64, s.width as i64],
+        &[(s.stride / b) as i64, (s.step / b) as i64],
+        kind,
+        Device::Cpu,
+    )?)
+}
+
+/// `layout` against the planes' lengths; two-byte samples need a little-endian host.
+fn check(layout: &FrameLayout, lens: [usize; 4]) -> Result<(), Error> {
+    if let FrameLayout::Yuv(l) = layout {
+        if l.luma.wide && cfg!(target_endian = "big") {
+            return Err(Error::OutputMismatch("little-endian samples on a big-endian host".into()));
+        }
+    }
+    layout.check(lens)
+}
+
+fn channels(layout: &PackedLayout) -> Result<Tensor, Error> {
+    Ok(Tensor::f_from_slice(&layout.rgb_offsets.map(|o| o as i64))?)
+}
+
+/// The frame as a float `1 x 3 x H x W` R′G′B′ tensor (0..255, whole levels) on `device`: the
+/// one upload of a frame. Y′CbCr and grey frames go up as their samples and are converted
+/// there, as `videoconvert` would to 8-bit RGB. The bytes are gathered into a pinned buffer
+/// when uploading to CUDA, so the copy does not wait for the device.
+pub fn to_tensor<'a>(planes: impl Into<Planes<'a>>, layout: impl Into<FrameLayout>, device: Device) -> Result<Tensor, Error> {
+    let (planes, layout) = (planes.into(), layout.into());
+    check(&layout, planes.lens())?;
     let _guard = tch::no_grad_guard();
-    // SAFETY: checked above; `data` is borrowed for the whole function and only read.
-    let bytes = unsafe { view(data.as_ptr(), layout)? };
-    let rgb = bytes.f_index_select(2, &layout.channels()?)?; // a copy: the view is not kept
-    let rgb = transfer::upload_pinned(&rgb, device)?;
-    Ok(rgb.f_permute([2, 0, 1])?.f_unsqueeze(0)?.f_to_kind(Kind::Float)?)
+    match &layout {
+        FrameLayout::Rgb(l) => {
+            // SAFETY: checked above; the planes are borrowed for the whole function and only read.
+            let bytes = unsafe { view(planes.0[0].as_ptr(), l)? };
+            let rgb = bytes.f_index_select(2, &channels(l)?)?; // a copy: the view is not kept
+            let rgb = transfer::upload_pinned(&rgb, device)?;
+            Ok(rgb.f_permute([2, 0, 1])?.f_unsqueeze(0)?.f_to_kind(Kind::Float)?)
+        }
+        FrameLayout::Yuv(l) => yuv_to_tensor(planes, l, device),
+    }
+}
+
+/// The components of a Y′CbCr or grey frame: luma first.
+fn components(l: &YuvLayout) -> Vec<Samples> {
+    std::iter::once(l.luma).chain(l.chroma.into_iter().flatten()).collect()
+}
+
+fn yuv_to_tensor(planes: Planes<'_>, l: &YuvLayout, device: Device) -> Result<Tensor, Error> {
+    let comps = components(l);
+    let mut flat = Vec::with_capacity(comps.len());
+    for s in &comps {
+        // SAFETY: the caller checked the layout against these planes, borrowed and only read.
+        let v = unsafe { samples_view(planes.0[s.plane].as_ptr(), s)? };
+        flat.push(v.f_reshape([-1])?);
+    }
+    // One gathering copy (the views are not kept), one upload.
+    let samples = transfer::upload_pinned(&Tensor::f_cat(&flat, 0)?, device)?;
+    let codes = code_values(&samples, l.luma)?;
+    let mut parts = Vec::with_capacity(comps.len());
+    let mut start = 0;
+    for s in &comps {
+        let n = (s.width * s.height) as i64;
+        parts.push(codes.f_narrow(0, start, n)?.f_reshape([1, 1, s.height as i64, s.width as i64])?);
+        start += n;
+    }
+    let full = (l.height as i64, l.width as i64);
+    let chroma = match &parts[..] {
+        [_, cb, cr] => Some((yuv::upsample(cb, l.sub, l.siting, full)?, yuv::upsample(cr, l.sub, l.siting, full)?)),
+        _ => None,
+    };
+    let rgb = l.colorimetry.to_rgb(&parts[0], chroma.as_ref().map(|(b, r)| (b, r)))?;
+    Ok(rgb.f_round()?.f_clamp(0.0, 255.0)?)
+}
+
+/// Samples as float code values: two-byte ones read unsigned and shifted down.
+fn code_values(samples: &Tensor, s: Samples) -> Result<Tensor, Error> {
+    if !s.wide {
+        return Ok(samples.f_to_kind(Kind::Float)?);
+    }
+    let v = samples.f_to_kind(Kind::Int)?.f_bitwise_and(0xffff)?.f_bitwise_right_shift_tensor_scalar(s.shift as i64)?;
+    Ok(v.f_to_kind(Kind::Float)?)
 }
 
 /// A float `1 x 3 x H x W` image (0..255) as `H x W x 3` bytes on the host, rounded and
@@ -112,13 +150,88 @@ pub fn write_rgb(rgb: &Tensor, (x0, y0): (i64, i64), data: &mut [u8], layout: &P
         let _ = all.f_fill_(255)?;
     }
     let mut patch = all.f_narrow(0, y0, h)?.f_narrow(1, x0, w)?;
-    let _ = patch.f_index_copy_(2, &layout.channels()?, rgb)?;
+    let _ = patch.f_index_copy_(2, &channels(layout)?, rgb)?;
     Ok(())
 }
 
-/// Writes a whole float `1 x 3 x H x W` frame (rounded, saturated); other bytes become 255.
-pub fn write_frame(frame: &Tensor, data: &mut [u8], layout: &PackedLayout) -> Result<(), Error> {
-    write_rgb(&to_bytes(frame)?, (0, 0), data, layout, true)
+/// Writes a whole float `1 x 3 x H x W` R′G′B′ frame (rounded, saturated) in the frame's
+/// format; in the RGB family, other bytes become 255.
+pub fn write_frame<'a>(frame: &Tensor, out: impl Into<PlanesMut<'a>>, layout: impl Into<FrameLayout>) -> Result<(), Error> {
+    let (mut out, layout) = (out.into(), layout.into());
+    check(&layout, out.lens())?;
+    match &layout {
+        FrameLayout::Rgb(l) => write_rgb(&to_bytes(frame)?, (0, 0), out.0[0], l, true),
+        FrameLayout::Yuv(l) => {
+            let (h, w) = (l.height as i64, l.width as i64);
+            let rgb = frame.f_round()?.f_clamp(0.0, 255.0)?;
+            let (y, chroma) = l.colorimetry.from_rgb(&rgb, l.chroma.is_none(), true)?;
+            let mut values = vec![((0, 0), y)];
+            if let Some((cb, cr)) = chroma {
+                let sub = |c: &Tensor| yuv::subsample(c, (0, 0), (w, h), l.sub, l.siting);
+                let ((_, cb), (_, cr)) = (sub(&cb)?, sub(&cr)?);
+                values.extend([((0, 0), cb), ((0, 0), cr)]);
+            }
+            write_samples(&values, false, &mut out, l)
+        }
+    }
+}
+
+/// Writes faces composed over the frame rectangle at `(x0, y0)`: `bytes` (the composition as
+/// [`quantize`]d, for the RGB family) or, for Y′CbCr and grey frames, the change from `under`
+/// (the frame as uploaded there) to `image` (the composition, float) added to the samples.
+/// Where the composition equals the frame, no sample changes; chroma samples shared with pixels
+/// outside the rectangle take the change of their pixels inside it only.
+pub fn write_pasted(
+    (bytes, image, under): (&Tensor, &Tensor, &Tensor),
+    (x0, y0): (i64, i64),
+    mut out: PlanesMut<'_>,
+    layout: &FrameLayout,
+) -> Result<(), Error> {
+    check(layout, out.lens())?;
+    match layout {
+        FrameLayout::Rgb(l) => write_rgb(&download_rgb(bytes)?, (x0, y0), out.0[0], l, false),
+        FrameLayout::Yuv(l) => {
+            let (h, w) = (l.height as i64, l.width as i64);
+            let (dy, chroma) = l.colorimetry.from_rgb(&image.f_sub(under)?, l.chroma.is_none(), false)?;
+            let mut changes = vec![((x0, y0), dy)];
+            if let Some((cb, cr)) = chroma {
+                let sub = |c: &Tensor| yuv::subsample(c, (x0, y0), (w, h), l.sub, l.siting);
+                let ((rect, cb), (_, cr)) = (sub(&cb)?, sub(&cr)?);
+                changes.extend([((rect.x0, rect.y0), cb), ((rect.x0, rect.y0), cr)]);
+            }
+            write_samples(&changes, true, &mut out, l)
+        }
+    }
+}
+
+/// Writes each component's `values` (`1 x 1 x h x w` float, on the device; luma, then Cb and
+/// Cr) at their sample positions, rounded and saturated: new values, or (`add`) changes added
+/// to the samples there. One download for all.
+fn write_samples(values: &[((i64, i64), Tensor)], add: bool, out: &mut PlanesMut<'_>, l: &YuvLayout) -> Result<(), Error> {
+    let flat: Vec<Tensor> = values.iter().map(|(_, v)| v.f_reshape([-1])).collect::<Result<_, _>>()?;
+    let host = transfer::download(&Tensor::f_cat(&flat, 0)?.f_to_kind(Kind::Float)?)?;
+    let max = l.colorimetry.max();
+    let mut start = 0;
+    for (s, ((cx, cy), v)) in components(l).iter().zip(values) {
+        let (h, w) = (v.size()[2], v.size()[3]);
+        if cx < &0 || cy < &0 || *cx + w > s.width as i64 || *cy + h > s.height as i64 {
+            return Err(Error::OutputMismatch(format!("{w}x{h} samples at ({cx}, {cy}) outside {}x{}", s.width, s.height)));
+        }
+        let new = host.f_narrow(0, start, h * w)?.f_reshape([h, w])?;
+        start += h * w;
+        // SAFETY: the caller checked the layout against these planes, exclusively borrowed here.
+        let all = unsafe { samples_view(out.0[s.plane].as_mut_ptr(), s)? };
+        let mut rect = all.f_narrow(0, *cy, h)?.f_narrow(1, *cx, w)?;
+        let new = if add { code_values(&rect, *s)?.f_add(&new)? } else { new };
+        let new = new.f_round()?.f_clamp(0.0, max)?;
+        let new = if s.wide {
+            new.f_to_kind(Kind::Int)?.f_bitwise_left_shift_tensor_scalar(s.shift as i64)?.f_to_kind(Kind::Int16)?
+        } else {
+            new.f_to_kind(Kind::Uint8)?
+        };
+        rect.f_copy_(&new)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -141,26 +254,9 @@ mod tests {
     }
 
     #[test]
-    fn layouts_that_overrun_the_buffer_are_refused() {
-        let ok = PackedLayout::rgb(4, 3);
-        assert!(ok.check(36).is_ok());
-        assert!(ok.check(35).is_err());
-        // The last row needs only its pixels, not a whole stride.
-        let padded = PackedLayout { stride: 16, ..ok };
-        assert!(padded.check(2 * 16 + 12).is_ok());
-        assert!(padded.check(2 * 16 + 11).is_err());
-        assert!(PackedLayout { stride: 11, ..ok }.check(100).is_err(), "stride shorter than a row");
-        assert!(PackedLayout { rgb_offsets: [0, 1, 3], ..ok }.check(100).is_err(), "offset outside the pixel");
-        assert!(PackedLayout { width: 0, ..ok }.check(100).is_err());
-        let huge = PackedLayout { width: usize::MAX / 2, height: 3, stride: usize::MAX, pixel_stride: 3, rgb_offsets: [0, 1, 2] };
-        assert!(huge.check(100).is_err(), "overflow must not pass");
-        assert!(matches!(ok.check(1), Err(Error::BufferTooSmall { have: 1, .. })));
-    }
-
-    #[test]
     fn upload_reads_channels_by_offset_and_skips_padding() {
         let (data, layout) = padded(5, 3);
-        let t = to_tensor(&data, &layout, Device::Cpu).unwrap();
+        let t = to_tensor(&data, layout, Device::Cpu).unwrap();
         assert_eq!(t.size(), [1, 3, 3, 5]);
         assert_eq!(t.kind(), Kind::Float);
         let at = |c: i64, y: i64, x: i64| t.double_value(&[0, c, y, x]);
@@ -171,10 +267,10 @@ mod tests {
     #[test]
     fn writes_round_trip_and_leave_the_rest_alone() {
         let (data, layout) = padded(6, 4);
-        let frame = to_tensor(&data, &layout, Device::Cpu).unwrap();
+        let frame = to_tensor(&data, layout, Device::Cpu).unwrap();
         // A whole frame written back gives the same colour bytes, alpha 255, padding untouched.
         let mut out = vec![0u8; data.len()];
-        write_frame(&(frame.shallow_clone() + 0.4), &mut out, &layout).unwrap();
+        write_frame(&(frame.shallow_clone() + 0.4), &mut out, layout).unwrap();
         for y in 0..4 {
             let row = &out[y * layout.stride..][..layout.stride];
             for x in 0..6 {
@@ -201,7 +297,7 @@ mod tests {
         }
         // Values saturate instead of wrapping.
         let mut out = vec![0u8; data.len()];
-        write_frame(&(frame * 100.0 - 50.0), &mut out, &layout).unwrap();
+        write_frame(&(frame * 100.0 - 50.0), &mut out, layout).unwrap();
         assert_eq!(out[layout.stride + 16..layout.stride + 19], [255, 50, 255], "B, G, R of pixel (4, 1)");
         assert_eq!(out[0..3], [0, 0, 0]);
     }

@@ -3,8 +3,8 @@
 
 use super::detections::Detections;
 use super::engine::Engine;
-use super::frame::PackedLayout;
 use super::given::FaceSource;
+use super::layout::{FrameLayout, Planes, PlanesMut};
 use super::outcome::{FrameOutput, Outcome};
 use super::settings::{LiveSettings, RestorerSettings};
 use super::stream::Stream;
@@ -31,12 +31,18 @@ impl Restorer {
     }
 
     /// See [`Stream::begin`].
-    pub fn begin(&mut self, data: &[u8], layout: &PackedLayout, dt: f64) -> Result<Detections, Error> {
+    pub fn begin<'a>(&mut self, data: impl Into<Planes<'a>>, layout: impl Into<FrameLayout>, dt: f64) -> Result<Detections, Error> {
         self.stream.begin(&self.engine, data, layout, dt)
     }
 
     /// See [`Stream::begin_from`].
-    pub fn begin_from(&mut self, data: &[u8], layout: &PackedLayout, dt: f64, source: FaceSource) -> Result<Detections, Error> {
+    pub fn begin_from<'a>(
+        &mut self,
+        data: impl Into<Planes<'a>>,
+        layout: impl Into<FrameLayout>,
+        dt: f64,
+        source: FaceSource,
+    ) -> Result<Detections, Error> {
         self.stream.begin_from(&self.engine, data, layout, dt, source)
     }
 
@@ -51,27 +57,37 @@ impl Restorer {
     }
 
     /// See [`Stream::finish`].
-    pub fn finish(&mut self, d: Detections, out: Option<(&mut [u8], &PackedLayout)>) -> Result<Outcome, Error> {
+    pub fn finish<'a>(&mut self, d: Detections, out: Option<(impl Into<PlanesMut<'a>>, impl Into<FrameLayout>)>) -> Result<Outcome, Error> {
         self.stream.finish(&mut self.engine, d, out)
     }
 
     /// Both stages on a frame restored in place (no upscaling).
-    pub fn process(&mut self, data: &mut [u8], layout: &PackedLayout, dt: f64) -> Result<Outcome, Error> {
+    pub fn process<'a>(&mut self, data: impl Into<PlanesMut<'a>>, layout: impl Into<FrameLayout>, dt: f64) -> Result<Outcome, Error> {
         self.stream.process(&mut self.engine, data, layout, dt)
     }
 
     /// See [`Stream::detect`].
-    pub fn detect(&self, data: &[u8], layout: &PackedLayout) -> Result<Detections, Error> {
+    pub fn detect<'a>(&self, data: impl Into<Planes<'a>>, layout: impl Into<FrameLayout>) -> Result<Detections, Error> {
         self.stream.detect(&self.engine, data, layout)
     }
 
     /// See [`Stream::with_faces`].
-    pub fn with_faces(&self, data: &[u8], layout: &PackedLayout, faces: Vec<Face>) -> Result<Detections, Error> {
+    pub fn with_faces<'a>(
+        &self,
+        data: impl Into<Planes<'a>>,
+        layout: impl Into<FrameLayout>,
+        faces: Vec<Face>,
+    ) -> Result<Detections, Error> {
         self.stream.with_faces(&self.engine, data, layout, faces)
     }
 
     /// See [`Stream::restore_faces`].
-    pub fn restore_faces(&mut self, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<PasteReport, Error> {
+    pub fn restore_faces<'a>(
+        &mut self,
+        d: &Detections,
+        data: impl Into<PlanesMut<'a>>,
+        layout: impl Into<FrameLayout>,
+    ) -> Result<PasteReport, Error> {
         self.stream.restore_faces(&self.engine, d, data, layout)
     }
 

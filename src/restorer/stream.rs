@@ -11,8 +11,9 @@ use super::detections::Detections;
 use super::engine::Engine;
 use super::faces::FaceStream;
 use super::find::find_faces;
-use super::frame::{self, PackedLayout};
+use super::frame;
 use super::given::{self, FaceSource};
+use super::layout::{FrameLayout, Planes, PlanesMut};
 use super::outcome::{FrameOutput, Outcome};
 use super::settings::{ColorMode, LiveSettings, RestorerSettings};
 use super::temporal::Flicker;
@@ -106,22 +107,28 @@ impl Stream {
     /// Stage one of a frame: the frame uploaded and, for whole frames, its faces followed along
     /// tracks (`dt`: seconds since the previous frame). A detector that runs out of memory
     /// leaves the frame to the memory policy: the result then carries the frame's fate.
-    pub fn begin(&mut self, engine: &Engine, data: &[u8], layout: &PackedLayout, dt: f64) -> Result<Detections, Error> {
+    pub fn begin<'a>(
+        &mut self,
+        engine: &Engine,
+        data: impl Into<Planes<'a>>,
+        layout: impl Into<FrameLayout>,
+        dt: f64,
+    ) -> Result<Detections, Error> {
         self.begin_from(engine, data, layout, dt, FaceSource::Detector)
     }
 
     /// As [`begin`](Self::begin), with the frame's faces from `source`: the detector, faces
     /// found elsewhere, or both. Given faces are followed along tracks as detected ones are.
-    pub fn begin_from(
+    pub fn begin_from<'a>(
         &mut self,
         engine: &Engine,
-        data: &[u8],
-        layout: &PackedLayout,
+        data: impl Into<Planes<'a>>,
+        layout: impl Into<FrameLayout>,
         dt: f64,
         source: FaceSource,
     ) -> Result<Detections, Error> {
         let stretch = self.stretch();
-        self.begin_picture(engine, data, layout, dt, source, stretch)
+        self.begin_picture(engine, data.into(), layout.into(), dt, source, stretch)
     }
 
     /// As [`begin_from`](Self::begin_from), for one field of an interlaced frame (`frame_dt`:
@@ -129,23 +136,23 @@ impl Stream {
     /// their own: followed at the field rate, their pixels displayed twice as tall. The
     /// field's `data` and `layout` are [`Field::of`](super::Field::of) and its layout; it is
     /// finished into the same lines of the output.
-    pub fn begin_field_from(
+    pub fn begin_field_from<'a>(
         &mut self,
         engine: &Engine,
-        data: &[u8],
-        layout: &PackedLayout,
+        data: impl Into<Planes<'a>>,
+        layout: impl Into<FrameLayout>,
         frame_dt: f64,
         source: FaceSource,
     ) -> Result<Detections, Error> {
         let stretch = Stretch { y: 2.0, ..self.stretch() };
-        self.begin_picture(engine, data, layout, frame_dt / 2.0, source, stretch)
+        self.begin_picture(engine, data.into(), layout.into(), frame_dt / 2.0, source, stretch)
     }
 
     fn begin_picture(
         &mut self,
         engine: &Engine,
-        data: &[u8],
-        layout: &PackedLayout,
+        data: Planes<'_>,
+        layout: FrameLayout,
         dt: f64,
         source: FaceSource,
         stretch: Stretch,
@@ -237,7 +244,12 @@ impl Stream {
     /// into `out` (the input buffer itself for in-place use, or the output frame when
     /// upscaling). `out` may be `None` when nothing is written ([`output_of`](Self::output_of)
     /// is not [`FrameOutput::Written`]).
-    pub fn finish(&mut self, engine: &mut Engine, d: Detections, out: Option<(&mut [u8], &PackedLayout)>) -> Result<Outcome, Error> {
+    pub fn finish<'a>(
+        &mut self,
+        engine: &mut Engine,
+        d: Detections,
+        out: Option<(impl Into<PlanesMut<'a>>, impl Into<FrameLayout>)>,
+    ) -> Result<Outcome, Error> {
         self.take_up(&d);
         if self.output_of(&d) != FrameOutput::Written {
             return Ok(match (d.decided, &self.mode) {
@@ -249,16 +261,18 @@ impl Stream {
         let Some((data, layout)) = out else {
             return Err(Error::Internal("this frame is written, but no output frame was given".into()));
         };
+        let (mut data, layout) = (data.into(), layout.into());
         let (w, h) = d.size();
         let f = engine.upscale_factor();
         if layout.size() != (w * f, h * f) {
             let upscaled = if f > 1 { format!(" upscaled x{f}") } else { String::new() };
             return Err(Error::OutputMismatch(format!(
                 "a {w}x{h} frame{upscaled} does not fill a {}x{} output",
-                layout.width, layout.height
+                layout.width(),
+                layout.height()
             )));
         }
-        let bicubic = |data: &mut [u8]| -> Result<(), Error> {
+        let bicubic = |data: PlanesMut<'_>| -> Result<(), Error> {
             frame::write_frame(&Upscaler::Bicubic(f).upscale(&d.frame.f_to_device(Device::Cpu)?, 0, 0)?, data, layout)
         };
         if let Some(outcome @ Outcome::PassedThrough { .. }) = &d.decided {
@@ -266,10 +280,7 @@ impl Stream {
             return Ok(outcome.clone());
         }
         let faces = if matches!(self.mode, Mode::Aligned) { 1 } else { d.faces.len() };
-        let outcome = {
-            let data = &mut *data;
-            engine.run(faces, (w, h), &mut |engine: &Engine| self.restore(engine, &d, data, layout))?
-        };
+        let outcome = engine.run(faces, (w, h), &mut |engine: &Engine| self.restore(engine, &d, data.reborrow(), &layout))?;
         match outcome {
             Outcome::Restored { faces: 0, .. } => Ok(Outcome::NoFaces),
             Outcome::PassedThrough { .. } if f > 1 => {
@@ -281,13 +292,20 @@ impl Stream {
     }
 
     /// Both stages on a frame restored in place (no upscaling).
-    pub fn process(&mut self, engine: &mut Engine, data: &mut [u8], layout: &PackedLayout, dt: f64) -> Result<Outcome, Error> {
-        let d = self.begin(engine, data, layout, dt)?;
+    pub fn process<'a>(
+        &mut self,
+        engine: &mut Engine,
+        data: impl Into<PlanesMut<'a>>,
+        layout: impl Into<FrameLayout>,
+        dt: f64,
+    ) -> Result<Outcome, Error> {
+        let (data, layout) = (data.into(), layout.into());
+        let d = self.begin(engine, data.as_planes(), layout, dt)?;
         self.finish(engine, d, Some((data, layout)))
     }
 
     /// The work of one try at a frame under the engine's current plan: the faces restored.
-    fn restore(&mut self, engine: &Engine, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<usize, Error> {
+    fn restore(&mut self, engine: &Engine, d: &Detections, data: PlanesMut<'_>, layout: &FrameLayout) -> Result<usize, Error> {
         let faces = (&d.faces[..], &d.ids[..], &d.thumbs[..], d.stretch);
         match &mut self.mode {
             Mode::Aligned => work::restore_aligned(engine, &d.frame, data, layout).map(|_| 1),
@@ -347,7 +365,7 @@ impl Stream {
 
     /// A still image's faces (no tracking), best first, filtered by size and count; keep the
     /// result for [`restore_faces`](Self::restore_faces).
-    pub fn detect(&self, engine: &Engine, data: &[u8], layout: &PackedLayout) -> Result<Detections, Error> {
+    pub fn detect<'a>(&self, engine: &Engine, data: impl Into<Planes<'a>>, layout: impl Into<FrameLayout>) -> Result<Detections, Error> {
         let stage = self.faces().ok_or_else(not_whole_frames)?;
         let frame = frame::to_tensor(data, layout, engine.device)?;
         let stretch = self.stretch();
@@ -358,19 +376,38 @@ impl Stream {
     /// A still image with faces found elsewhere (another detector, a previous pass, metadata):
     /// the frame uploaded with `faces`, ready for [`restore_faces`](Self::restore_faces) or
     /// [`finish`](Self::finish).
-    pub fn with_faces(&self, engine: &Engine, data: &[u8], layout: &PackedLayout, faces: Vec<Face>) -> Result<Detections, Error> {
+    pub fn with_faces<'a>(
+        &self,
+        engine: &Engine,
+        data: impl Into<Planes<'a>>,
+        layout: impl Into<FrameLayout>,
+        faces: Vec<Face>,
+    ) -> Result<Detections, Error> {
         let frame = frame::to_tensor(data, layout, engine.device)?;
         Ok(Detections { faces, ..Detections::empty(frame, None, None) })
     }
 
     /// Restores the detected faces and pastes them back into the frame in place, with no
     /// memory policy (for tests and benchmarks of the stages).
-    pub fn restore_faces(&mut self, engine: &Engine, d: &Detections, data: &mut [u8], layout: &PackedLayout) -> Result<PasteReport, Error> {
+    pub fn restore_faces<'a>(
+        &mut self,
+        engine: &Engine,
+        d: &Detections,
+        data: impl Into<PlanesMut<'a>>,
+        layout: impl Into<FrameLayout>,
+    ) -> Result<PasteReport, Error> {
         // The frame's tracks take up the state its predecessor left (blending, flicker meter).
         self.take_up(d);
         let stage = self.face_stream()?;
-        let mut report =
-            work::restore_onto(engine, stage, &d.frame, &d.frame, (&d.faces, &d.ids, &d.thumbs, d.stretch), None, Some((data, layout)))?;
+        let mut report = work::restore_onto(
+            engine,
+            stage,
+            &d.frame,
+            &d.frame,
+            (&d.faces, &d.ids, &d.thumbs, d.stretch),
+            None,
+            Some((data.into(), &layout.into())),
+        )?;
         report.timings.registration = d.registration;
         Ok(report)
     }

@@ -11,7 +11,8 @@ use super::ahead::Ahead;
 use super::color;
 use super::engine::Engine;
 use super::faces::FaceStream;
-use super::frame::{self, PackedLayout};
+use super::frame;
+use super::layout::{FrameLayout, PlanesMut};
 use super::paste;
 use super::settings::ColorMode;
 use super::temporal::{self, TrackState};
@@ -209,7 +210,7 @@ pub(super) fn restore_onto(
     background: &Tensor,
     (faces, ids, thumbs, stretch): (&[Face], &[u64], &[Option<Tensor>], Stretch),
     ahead: Option<&Ahead>,
-    out: Option<(&mut [u8], &PackedLayout)>,
+    out: Option<(PlanesMut<'_>, &FrameLayout)>,
 ) -> Result<PasteReport, Error> {
     let mut report = PasteReport { restored: 0, region: None, mask: None, timings: PasteTimings::default() };
     let t0 = Instant::now();
@@ -222,7 +223,11 @@ pub(super) fn restore_onto(
     let (h, w) = (background.size()[2], background.size()[3]);
     if let Some((_, layout)) = &out {
         if layout.size() != (w, h) {
-            return Err(Error::OutputMismatch(format!("faces of a {w}x{h} frame pasted into a {}x{} one", layout.width, layout.height)));
+            return Err(Error::OutputMismatch(format!(
+                "faces of a {w}x{h} frame pasted into a {}x{} one",
+                layout.width(),
+                layout.height()
+            )));
         }
     }
     // Each face with its track (none for still images), its alignment and its thumbnail.
@@ -329,9 +334,10 @@ pub(super) fn restore_onto(
     let input = crops_from.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?.f_to_kind(Kind::Uint8)?;
     let serial = stage.tracks.serial;
     stage.flicker.observe(serial, pasted.region, input, output.shallow_clone(), &pasted.mask)?;
+    let under = background.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?;
     match out {
-        Some((data, layout)) => frame::write_rgb(&frame::download_rgb(&output)?, (x0, y0), data, layout, false)?,
-        None => background.f_narrow(2, y0, rh)?.f_narrow(3, x0, rw)?.f_copy_(&pasted.image)?,
+        Some((data, layout)) => frame::write_pasted((&output, &pasted.image, &under), (x0, y0), data, layout)?,
+        None => under.shallow_clone().f_copy_(&pasted.image)?,
     }
     keep_tracks(stage, update)?;
     if let Some(grey) = grey {
@@ -350,7 +356,7 @@ pub(super) fn restore_onto(
 
 /// Restores a frame that is one aligned face: resized to the model's size when it differs,
 /// restored, and resized back. Channels other than R, G, B are left untouched.
-pub(super) fn restore_aligned(engine: &Engine, frame: &Tensor, data: &mut [u8], layout: &PackedLayout) -> Result<(), Error> {
+pub(super) fn restore_aligned(engine: &Engine, frame: &Tensor, data: PlanesMut<'_>, layout: &FrameLayout) -> Result<(), Error> {
     let _guard = tch::no_grad_guard();
     let (h, w) = (frame.size()[2], frame.size()[3]);
     let size = engine.model.config().size;
@@ -360,7 +366,10 @@ pub(super) fn restore_aligned(engine: &Engine, frame: &Tensor, data: &mut [u8], 
     let y = forward_batches(engine, &x)?;
     let y = if resized { y.f_upsample_bilinear2d([h, w], false, None, None)? } else { y };
     // GPEN truncates to uint8; rounding halves the error and matches the reference PNGs.
-    frame::write_rgb(&frame::to_bytes(&from_unit(&y)?)?, (0, 0), data, layout, false)
+    match layout {
+        FrameLayout::Rgb(l) => frame::write_rgb(&frame::to_bytes(&from_unit(&y)?)?, (0, 0), data.0[0], l, false),
+        FrameLayout::Yuv(_) => frame::write_frame(&from_unit(&y)?, data, layout),
+    }
 }
 
 /// 0..255 pixel values to the generator's -1..1.
