@@ -164,3 +164,201 @@ fn frames_are_read_and_written_as_videoconvert_converts_them() {
         }
     }
 }
+
+/// A restorer of the tiny GPEN, faces found by the detector.
+fn restorer() -> Restorer {
+    Restorer::new(&common::tiny_settings(LiveSettings::default())).unwrap()
+}
+
+/// The faces of `buffer` (a `info` frame) restored in place; returns the faces' boxes and the
+/// frame rectangle written.
+fn restore_in_place(buffer: &mut gst::Buffer, info: &VideoInfo) -> (Vec<[f32; 4]>, (i64, i64, i64, i64)) {
+    let mut r = restorer();
+    let mut f = VideoFrameRef::from_buffer_ref_writable(buffer.get_mut().unwrap(), info).unwrap();
+    let layout = frame_layout(&f).unwrap();
+    let d = r.detect(planes(&f), layout).unwrap();
+    let report = r.restore_faces(&d, PlanesMut(f.planes_data_mut()), layout).unwrap();
+    assert!(report.restored > 0, "{:?}: no face restored", info.format());
+    (d.faces.iter().map(|f| f.bbox).collect(), report.region.unwrap())
+}
+
+#[test]
+fn faces_restored_in_each_format_match_the_rgb_path_and_nothing_else_changes() {
+    common::init();
+    let (rgb, size) = photo();
+    let (rgb_buf, rgb_info) = rgb_buffer(&rgb, size);
+    let cases = [CASES[0], CASES[3], CASES[7], CASES[8], CASES[10], CASES[11], (F::Gray8, "")];
+    for (format, extra) in cases {
+        let name = format!("{}{extra}", format.to_str());
+        let yuv_info = info(format, size, extra, 7);
+        let input = convert(&rgb_buf, &rgb_info, &yuv_info);
+        // In the frame's own format.
+        let mut ours = input.copy_deep().unwrap();
+        let (boxes, (x0, y0, rw, rh)) = restore_in_place(&mut ours, &yuv_info);
+        // The RGB path: videoconvert ! gpenfilter ! videoconvert.
+        let mut rgb_frame = convert(&input, &yuv_info, &rgb_info);
+        restore_in_place(&mut rgb_frame, &rgb_info);
+        let theirs = convert(&rgb_frame, &rgb_info, &yuv_info);
+        let (ours_c, theirs_c, input_c) = (components(&ours, &yuv_info), components(&theirs, &yuv_info), components(&input, &yuv_info));
+        // Luma inside the faces, in 8-bit levels.
+        let unit = if format == F::I42010le { 4.0 } else { 1.0 };
+        let (luma, want, width) = (&ours_c[0].1, &theirs_c[0].1, ours_c[0].0.width);
+        let inside: Vec<(u16, u16)> = boxes
+            .iter()
+            .flat_map(|b| {
+                let (bx0, by0, bx1, by1) = (b[0].max(0.0) as usize, b[1].max(0.0) as usize, b[2] as usize, b[3] as usize);
+                (by0..by1.min(size.1)).flat_map(move |y| (bx0..bx1.min(size.0)).map(move |x| (y, x)))
+            })
+            .map(|(y, x)| (luma[y * width + x], want[y * width + x]))
+            .collect();
+        let mean = inside.iter().map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / inside.len() as f64 / unit;
+        eprintln!("{name}: luma in the faces {mean:.3} levels from the RGB path's");
+        assert!(mean <= 1.5, "{name}: luma in the faces {mean:.3} levels from the RGB path's");
+        // Away from the rectangle written, every sample of every plane is the input's.
+        let FrameLayout::Yuv(l) = frame_layout(&VideoFrameRef::from_buffer_ref_readable(input.as_ref(), &yuv_info).unwrap()).unwrap() else {
+            unreachable!()
+        };
+        let chroma = gstgpen::restorer::yuv::chroma_rect((x0, y0, rw, rh), (size.0 as i64, size.1 as i64), l.sub, l.siting);
+        for (i, ((s, a), (_, b))) in ours_c.iter().zip(&input_c).enumerate() {
+            let (cx0, cy0, cw, ch) = if i == 0 { (x0, y0, rw, rh) } else { (chroma.x0, chroma.y0, chroma.width, chroma.height) };
+            let mut changed_outside = 0;
+            let mut changed = 0;
+            for y in 0..s.height as i64 {
+                for x in 0..s.width as i64 {
+                    let k = (y * s.width as i64 + x) as usize;
+                    let written = (cx0..cx0 + cw).contains(&x) && (cy0..cy0 + ch).contains(&y);
+                    if a[k] != b[k] {
+                        changed += 1;
+                        changed_outside += usize::from(!written);
+                    }
+                }
+            }
+            assert_eq!(changed_outside, 0, "{name}: component {i} changed outside the pasted region");
+            assert!(changed > 0, "{name}: component {i} unchanged");
+        }
+        // Nor does any other byte of the buffer: row padding, the other planes' bytes.
+        let f = VideoFrameRef::from_buffer_ref_readable(ours.as_ref(), &yuv_info).unwrap();
+        let g = VideoFrameRef::from_buffer_ref_readable(input.as_ref(), &yuv_info).unwrap();
+        for plane in 0..f.n_planes() {
+            let mut writable = vec![false; f.plane_data(plane).unwrap().len()];
+            for (i, (s, _)) in ours_c.iter().enumerate().filter(|(_, (s, _))| s.plane == plane as usize) {
+                let (cx0, cy0, cw, ch) = if i == 0 { (x0, y0, rw, rh) } else { (chroma.x0, chroma.y0, chroma.width, chroma.height) };
+                for y in cy0..cy0 + ch {
+                    for x in cx0..cx0 + cw {
+                        let p = s.offset + y as usize * s.stride + x as usize * s.step;
+                        writable[p..p + if s.wide { 2 } else { 1 }].fill(true);
+                    }
+                }
+            }
+            let (a, b) = (f.plane_data(plane).unwrap(), g.plane_data(plane).unwrap());
+            let stray = a.iter().zip(b).zip(&writable).filter(|((x, y), w)| x != y && !**w).count();
+            assert_eq!(stray, 0, "{name}: {stray} bytes of plane {plane} changed outside the samples written");
+        }
+    }
+}
+
+/// The element's properties for the tiny model.
+fn props() -> Vec<(&'static str, String)> {
+    vec![
+        ("model", common::gpen_fixture("gpen-256-tiny.pth").display().to_string()),
+        ("detector-model", common::detector().display().to_string()),
+        ("size", "256".into()),
+        ("device", "cpu".into()),
+    ]
+}
+
+/// `frames` (each the bytes of a buffer of `caps`) through `appsrc ! gpenfilter ! appsink`.
+fn through_element(caps: &gst::Caps, frames: &[Vec<u8>]) -> (Vec<Vec<u8>>, gst::Structure) {
+    let props = props();
+    let props: Vec<(&str, &str)> = props.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let frames: Vec<_> = frames.iter().map(|f| (f.clone(), gst_video::VideoBufferFlags::empty())).collect();
+    let (out, stats, _, messages) = common::run_buffers(caps, &props, &frames);
+    assert!(messages.iter().all(|m| !m.starts_with("error")), "{messages:?}");
+    (out, stats)
+}
+
+#[test]
+fn the_element_restores_nv12_and_grey_streams_in_their_format_as_the_core_does() {
+    common::init();
+    let (rgb, size) = photo();
+    let (rgb_buf, rgb_info) = rgb_buffer(&rgb, size);
+    for (format, extra) in [(F::Nv12, ", colorimetry=bt709"), (F::I420, ", colorimetry=bt601"), (F::Gray8, "")] {
+        let yuv_info = info(format, size, extra, 0);
+        let input = convert(&rgb_buf, &rgb_info, &yuv_info);
+        let bytes = input.map_readable().unwrap().to_vec();
+        let (out, stats) = through_element(&yuv_info.to_caps().unwrap(), std::slice::from_ref(&bytes));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].len(), bytes.len(), "{format:?}: the output is a frame of the input's format");
+        assert!(common::count(&stats, "faces-restored") > 0, "{stats}");
+        // The core on the same planes gives the same bytes.
+        let mut core = input.copy_deep().unwrap();
+        {
+            let mut r = restorer();
+            let mut f = VideoFrameRef::from_buffer_ref_writable(core.get_mut().unwrap(), &yuv_info).unwrap();
+            let layout = frame_layout(&f).unwrap();
+            r.process(PlanesMut(f.planes_data_mut()), layout, 1.0 / 30.0).unwrap();
+        }
+        assert!(out[0] == core.map_readable().unwrap().as_slice(), "{format:?}: the element and the core differ");
+        assert!(out[0] != bytes, "{format:?}: nothing restored");
+    }
+}
+
+#[test]
+fn a_frame_without_faces_passes_through_unwritten_and_uncopied_in_every_format() {
+    common::init();
+    for format in [F::Nv12, F::I420, F::Yuy2, F::Uyvy, F::I42010le, F::Gray8] {
+        let element = common::tiny_element(false);
+        let mut hn = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
+        let info = info(format, (320, 240), "", 0);
+        hn.set_src_caps(info.to_caps().unwrap());
+        // A flat frame (no face), in allocated memory which a buffer header can share.
+        let mut buffer = gst::Buffer::with_size(info.size()).unwrap();
+        let pattern: Vec<u8> = (0..info.size()).map(|i| (i % 7) as u8 * 3 + 100).collect();
+        buffer.make_mut().copy_from_slice(0, &pattern).unwrap();
+        buffer.make_mut().set_pts(gst::ClockTime::ZERO);
+        let kept = buffer.clone(); // a second reference: any write would need a copy
+        let out = hn.push_and_pull(buffer).unwrap();
+        let (a, b) = (out.map_readable().unwrap(), kept.map_readable().unwrap());
+        assert_eq!(a.as_ptr(), b.as_ptr(), "{format:?}: the frame was copied");
+        assert_eq!(a.as_slice(), &pattern[..], "{format:?}: the frame was written");
+    }
+}
+
+#[test]
+fn decoders_formats_link_without_a_converter_nv12_first() {
+    common::init();
+    let factory = gst::ElementFactory::find("gpenfilter").unwrap();
+    let template = factory.static_pad_templates().into_iter().find(|t| t.name_template() == "sink").unwrap();
+    let caps = template.caps();
+    let formats: Vec<String> = caps.structure(0).unwrap().get::<gst::List>("format").unwrap().iter().map(|v| v.get::<String>().unwrap()).collect();
+    assert_eq!(formats[0], "NV12", "{formats:?}");
+    for f in ["I420", "YUY2", "UYVY", "I420_10LE", "GRAY8", "RGB", "BGRx"] {
+        assert!(formats.iter().any(|x| x == f), "{f} missing from {formats:?}");
+    }
+    // What a software H.264 decoder gives links straight in, and out as it came.
+    let props: Vec<String> = props().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let n = common::count_buffers(&format!(
+        "videotestsrc num-buffers=3 ! video/x-raw,format=I420,width=64,height=48 ! gpenfilter {} ! video/x-raw,format=I420 ! fakesink name=sink",
+        props.join(" ")
+    ));
+    assert_eq!(n, 3);
+}
+
+#[test]
+fn interlaced_nv12_is_restored_field_by_field() {
+    common::init();
+    // 660 lines: 330 per field, whose 165 chroma rows are each field's own.
+    let (rgb, (w, h)) = photo();
+    let (w, h) = (w - 1, h - 1);
+    let rgb: Vec<u8> = (0..h).flat_map(|y| rgb[y * 3 * (w + 1)..y * 3 * (w + 1) + 3 * w].to_vec()).collect();
+    let (rgb_buf, rgb_info) = rgb_buffer(&rgb, (w, h));
+    let progressive = info(F::Nv12, (w, h), "", 0);
+    let woven = info(F::Nv12, (w, h), ", interlace-mode=interleaved, field-order=top-field-first", 0);
+    let input = convert(&rgb_buf, &rgb_info, &progressive).map_readable().unwrap().to_vec();
+    let (out, stats) = through_element(&woven.to_caps().unwrap(), std::slice::from_ref(&input));
+    assert_eq!(out[0].len(), input.len());
+    // Both fields restored: changed luma rows of each parity.
+    let changed = |parity: usize| (0..h).filter(|y| y % 2 == parity).filter(|y| out[0][y * w..(y + 1) * w] != input[y * w..(y + 1) * w]).count();
+    assert!(changed(0) > 0 && changed(1) > 0, "top {} bottom {} rows changed", changed(0), changed(1));
+    assert_eq!(common::count(&stats, "faces-restored"), 4, "two faces in each field: {stats}");
+}
