@@ -215,7 +215,8 @@ fn faces_restored_in_each_format_match_the_rgb_path_and_nothing_else_changes() {
         eprintln!("{name}: luma in the faces {mean:.3} levels from the RGB path's");
         assert!(mean <= 1.5, "{name}: luma in the faces {mean:.3} levels from the RGB path's");
         // Away from the rectangle written, every sample of every plane is the input's.
-        let FrameLayout::Yuv(l) = frame_layout(&VideoFrameRef::from_buffer_ref_readable(input.as_ref(), &yuv_info).unwrap()).unwrap() else {
+        let FrameLayout::Yuv(l) = frame_layout(&VideoFrameRef::from_buffer_ref_readable(input.as_ref(), &yuv_info).unwrap()).unwrap()
+        else {
             unreachable!()
         };
         let chroma = gstgpen::restorer::yuv::chroma_rect((x0, y0, rw, rh), (size.0 as i64, size.1 as i64), l.sub, l.siting);
@@ -330,7 +331,8 @@ fn decoders_formats_link_without_a_converter_nv12_first() {
     let factory = gst::ElementFactory::find("gpenfilter").unwrap();
     let template = factory.static_pad_templates().into_iter().find(|t| t.name_template() == "sink").unwrap();
     let caps = template.caps();
-    let formats: Vec<String> = caps.structure(0).unwrap().get::<gst::List>("format").unwrap().iter().map(|v| v.get::<String>().unwrap()).collect();
+    let formats: Vec<String> =
+        caps.structure(0).unwrap().get::<gst::List>("format").unwrap().iter().map(|v| v.get::<String>().unwrap()).collect();
     assert_eq!(formats[0], "NV12", "{formats:?}");
     for f in ["I420", "YUY2", "UYVY", "I420_10LE", "GRAY8", "RGB", "BGRx"] {
         assert!(formats.iter().any(|x| x == f), "{f} missing from {formats:?}");
@@ -358,7 +360,43 @@ fn interlaced_nv12_is_restored_field_by_field() {
     let (out, stats) = through_element(&woven.to_caps().unwrap(), std::slice::from_ref(&input));
     assert_eq!(out[0].len(), input.len());
     // Both fields restored: changed luma rows of each parity.
-    let changed = |parity: usize| (0..h).filter(|y| y % 2 == parity).filter(|y| out[0][y * w..(y + 1) * w] != input[y * w..(y + 1) * w]).count();
+    let changed =
+        |parity: usize| (0..h).filter(|y| y % 2 == parity).filter(|y| out[0][y * w..(y + 1) * w] != input[y * w..(y + 1) * w]).count();
     assert!(changed(0) > 0 && changed(1) > 0, "top {} bottom {} rows changed", changed(0), changed(1));
     assert_eq!(common::count(&stats, "faces-restored"), 4, "two faces in each field: {stats}");
+}
+
+#[test]
+fn upscaled_nv12_comes_out_nv12_as_the_rgb_path_makes_it() {
+    common::init();
+    let (rgb, (w, h)) = photo();
+    // Half the photo, upscaled x2 by bicubic interpolation, faces restored on the upscaled frame.
+    let (w, h) = (w / 2, h / 2);
+    let rgb: Vec<u8> = (0..h).flat_map(|y| rgb[y * 3 * (2 * w + 1)..y * 3 * (2 * w + 1) + 3 * w].to_vec()).collect();
+    let (rgb_buf, rgb_info) = rgb_buffer(&rgb, (w, h));
+    let small = info(F::Nv12, (w, h), ", colorimetry=bt709", 0);
+    let input = convert(&rgb_buf, &rgb_info, &small);
+    let mut p = props();
+    p.push(("upscale", "2".into()));
+    let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let frames = [(input.map_readable().unwrap().to_vec(), gst_video::VideoBufferFlags::empty())];
+    let (ours, _, _, messages) = common::run_buffers(&small.to_caps().unwrap(), &p, &frames);
+    assert!(messages.iter().all(|m| !m.starts_with("error")), "{messages:?}");
+    // The RGB path, gpenfilter upscale=2 ! videoconvert, from the frame read as RGB as the
+    // element reads it (videoconvert's fixed-point read is ~2.5 levels darker throughout,
+    // which a whole upscaled frame would show; see the first test).
+    let f = VideoFrameRef::from_buffer_ref_readable(input.as_ref(), &small).unwrap();
+    let read = common::rgb_bytes(&frame::to_tensor(planes(&f), frame_layout(&f).unwrap(), Device::Cpu).unwrap());
+    let (rgb_in, _) = rgb_buffer(&read, (w, h));
+    let frames = [(rgb_in.map_readable().unwrap().to_vec(), gst_video::VideoBufferFlags::empty())];
+    let (theirs, _, _, _) = common::run_buffers(&rgb_info.to_caps().unwrap(), &p, &frames);
+    let (big, big_rgb) = (info(F::Nv12, (2 * w, 2 * h), ", colorimetry=bt709", 0), info(F::Rgb, (2 * w, 2 * h), "", 0));
+    let theirs = convert(&gst::Buffer::from_slice(theirs[0].clone()), &big_rgb, &big);
+    assert_eq!(ours[0].len(), big.size(), "an NV12 frame twice the size");
+    let ours = gst::Buffer::from_slice(ours[0].clone());
+    for (i, ((_, a), (_, b))) in components(&ours, &big).iter().zip(components(&theirs, &big)).enumerate() {
+        let (mean, _) = differences(a, &b);
+        eprintln!("upscaled NV12, component {i}: {mean:.3} levels from the RGB path's");
+        assert!(mean < 1.5, "component {i}: {mean:.3} levels from the RGB path's");
+    }
 }
