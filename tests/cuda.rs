@@ -197,7 +197,7 @@ fn real_out_of_memory_is_handled_by_degrade() {
     let first_plan = r.plan();
     let bytes = frame_1080p();
     // Detections first (the detector is small), then the hog.
-    let det = r.detect(&bytes, &LAYOUT_1080P).unwrap();
+    let det = r.detect(&bytes, LAYOUT_1080P).unwrap();
     assert!(det.faces.len() >= 8, "{} faces", det.faces.len());
     memory::release_cached();
     let f = memory::figures(dev).unwrap();
@@ -215,7 +215,7 @@ fn real_out_of_memory_is_handled_by_degrade() {
     let (mut restored, mut retried, mut dropped, mut last_restored) = (0, 0, 0, false);
     for i in 0..8 {
         let mut out = bytes.clone();
-        let outcome = r.process(&mut out, &LAYOUT_1080P, 1.0 / 30.0).expect("degrade turns out-of-memory into an outcome");
+        let outcome = r.process(&mut out, LAYOUT_1080P, 1.0 / 30.0).expect("degrade turns out-of-memory into an outcome");
         println!("  frame {i}: {outcome:?}");
         last_restored = false;
         match outcome {
@@ -258,7 +258,7 @@ fn budgets_from_default_to_8_gib_start_and_restore() {
                 memory::reset_peak(dev);
                 let t = Instant::now();
                 let mut out = bytes.clone();
-                let outcome = r.process(&mut out, &LAYOUT_1080P, 1.0 / 30.0).unwrap();
+                let outcome = r.process(&mut out, LAYOUT_1080P, 1.0 / 30.0).unwrap();
                 tch::Cuda::synchronize(0);
                 let ms = t.elapsed().as_secs_f64() * 1e3;
                 let peak = memory::figures(dev).map(|f| mib(f.peak)).unwrap_or(0);
@@ -311,9 +311,9 @@ fn face_parsing_on_cuda_matches_gpen() {
         ..Default::default()
     })
     .unwrap();
-    let d = r.detect(&photo, &layout).unwrap();
+    let d = r.detect(&photo, layout).unwrap();
     let mut out = photo.clone();
-    assert_eq!(r.restore_faces(&d, &mut out, &layout).unwrap().restored, 1);
+    assert_eq!(r.restore_faces(&d, &mut out, layout).unwrap().restored, 1);
     let (want, _, _) = common::decode_image(&common::shared().join("fixtures/whole-frame/astronaut.parse-replicate.png"));
     let diff = common::channel_differences(&out, &want);
     println!("astronaut through the parsing mask on CUDA: mean / p99.9 per channel {diff:.3?}");

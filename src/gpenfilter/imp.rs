@@ -204,6 +204,11 @@ impl BaseTransformImpl for GpenFilterImp {
             gst::warning!(CAT, imp = self, "fault injection: every {fail_every}th generator forward fails as out of memory");
         }
         #[cfg(feature = "fault-injection")]
+        if memory::skip_forward_from_env(&self.obj().name()) {
+            gst::warning!(CAT, imp = self, "fault injection: generator forwards return their input");
+            engine.skip_forwards();
+        }
+        #[cfg(feature = "fault-injection")]
         match memory::slow_forward_from_env(&self.obj().name()) {
             0 => {}
             ms => {

@@ -15,6 +15,11 @@ pub const FAIL_EVERY_ENV: &str = "GST_GPEN_FAIL_EVERY";
 /// [`FAIL_EVERY_ENV`]): forwards long enough to be caught in flight.
 pub const SLOW_FORWARD_ENV: &str = "GST_GPEN_SLOW_FORWARD_MS";
 
+/// Environment variable that makes the generator forwards of an element return their input (a
+/// testing switch for benchmarks of everything but the generator, read when the element starts,
+/// in the syntax of [`FAIL_EVERY_ENV`]; non-zero: on).
+pub const SKIP_FORWARD_ENV: &str = "GST_GPEN_SKIP_FORWARD";
+
 /// Environment variable giving the text of the injected failures (a testing switch; unset: the
 /// CUDA caching allocator's "CUDA out of memory" message), so that tests inject what each
 /// backend says when an allocation fails.
@@ -29,6 +34,11 @@ pub fn fail_every_from_env(element: &str) -> u64 {
 /// What [`SLOW_FORWARD_ENV`] asks of the element named `element`, in milliseconds.
 pub fn slow_forward_from_env(element: &str) -> u64 {
     std::env::var(SLOW_FORWARD_ENV).map(|v| fail_every_for(&v, element)).unwrap_or(0)
+}
+
+/// Whether [`SKIP_FORWARD_ENV`] asks the element named `element` to skip its forwards.
+pub fn skip_forward_from_env(element: &str) -> bool {
+    std::env::var(SKIP_FORWARD_ENV).is_ok_and(|v| fail_every_for(&v, element) > 0)
 }
 
 fn fail_every_for(spec: &str, element: &str) -> u64 {

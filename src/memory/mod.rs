@@ -12,7 +12,10 @@ use tch::{Device, TchError};
 
 pub use estimate::Estimator;
 #[cfg(feature = "fault-injection")]
-pub use fault::{fail_every_from_env, injected_fault, slow_forward_from_env, FAIL_EVERY_ENV, FAIL_MESSAGE_ENV, SLOW_FORWARD_ENV};
+pub use fault::{
+    fail_every_from_env, injected_fault, skip_forward_from_env, slow_forward_from_env, FAIL_EVERY_ENV, FAIL_MESSAGE_ENV, SKIP_FORWARD_ENV,
+    SLOW_FORWARD_ENV,
+};
 pub use plan::{MemoryPolicy, MemorySettings, Plan};
 
 pub use crate::sys::release_cached;

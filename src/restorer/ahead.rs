@@ -103,6 +103,9 @@ pub(super) struct Faults {
     forwards: AtomicU64,
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     pub(super) delay_ms: AtomicU64,
+    /// Forwards return their input.
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    pub(super) skip: std::sync::atomic::AtomicBool,
 }
 
 /// The generator's forwards in face batches, with what they need and nothing of the restorer:
@@ -136,6 +139,12 @@ impl Forward {
             }
             // A non-finite value (float16 overflow) would spoil the whole pasted rectangle, the
             // background included: it becomes 0 (then black, not garbage).
+            #[cfg(feature = "fault-injection")]
+            if self.faults.skip.load(Ordering::Relaxed) {
+                self.runs.count(b.size()[0], started.elapsed());
+                out.push(b.f_to_kind(Kind::Float)?);
+                continue;
+            }
             let y = if self.model.device() == Device::Cpu && b.size()[0] > 1 {
                 // On the CPU a batch runs face by face: a forward of one face is already wide
                 // enough for every core, and larger maps only cost cache and memory (GPEN-512

@@ -236,6 +236,13 @@ impl Engine {
         self.faults.delay_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Generator forwards from now on return their input (a testing switch: benchmarks of the
+    /// rest of the work).
+    #[cfg(feature = "fault-injection")]
+    pub fn skip_forwards(&self) {
+        self.faults.skip.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The generator's forwards as the current plan runs them.
     pub(super) fn generator_forward(&self) -> Forward {
         Forward {
