@@ -102,11 +102,14 @@ fn yuv_to_tensor(planes: Planes<'_>, l: &YuvLayout, device: Device) -> Result<Te
     }
     let full = (l.height as i64, l.width as i64);
     let chroma = match &parts[..] {
-        [_, cb, cr] => Some((yuv::upsample(cb, l.sub, l.siting, full)?, yuv::upsample(cr, l.sub, l.siting, full)?)),
+        // Cb and Cr resampled together.
+        [_, cb, cr] => Some(yuv::upsample(&Tensor::f_cat(&[cb, cr], 1)?, l.sub, l.siting, full)?),
         _ => None,
     };
-    let rgb = l.colorimetry.to_rgb(&parts[0], chroma.as_ref().map(|(b, r)| (b, r)))?;
-    Ok(rgb.f_round()?.f_clamp(0.0, 255.0)?)
+    let matrix = transfer::upload_pinned(&Tensor::f_from_slice(&l.colorimetry.rgb_matrix())?, device)?;
+    let mut rgb = l.colorimetry.to_rgb(&parts[0], chroma.as_ref(), &matrix)?;
+    let _ = rgb.f_round_()?.f_clamp_(0.0, 255.0)?;
+    Ok(rgb)
 }
 
 /// Samples as float code values: two-byte ones read unsigned and shifted down.

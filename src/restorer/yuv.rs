@@ -53,21 +53,46 @@ impl Colorimetry {
         ((1u64 << self.depth) - 1) as f64
     }
 
-    /// Code values (`N x 1 x H x W` each, float; chroma at full resolution, `None` for grey) as
-    /// R′G′B′ `N x 3 x H x W` in 0..255, neither rounded nor clamped.
-    pub fn to_rgb(&self, y: &Tensor, chroma: Option<(&Tensor, &Tensor)>) -> Result<Tensor, Error> {
+    /// The R′G′B′ (0..255) a code value triple `[y, cb, cr]` makes, as a `3 x 3` matrix (rows R,
+    /// G, B) and the offsets added after it, row-major: `rgb = M · yuv + offsets`.
+    pub fn rgb_matrix(&self) -> [f32; 12] {
         let ((oy, sy), (oc, sc)) = self.ranges();
-        let luma = y.f_sub_scalar(oy)?.f_mul_scalar(255.0 / sy)?;
-        let Some((cb, cr)) = chroma else {
-            return Ok(Tensor::f_cat(&[&luma, &luma, &luma], 1)?);
-        };
         let Matrix { kr, kb } = self.matrix;
-        let cb = cb.f_sub_scalar(oc)?.f_mul_scalar(255.0 / sc)?;
-        let cr = cr.f_sub_scalar(oc)?.f_mul_scalar(255.0 / sc)?;
-        let r = luma.f_add(&cr.f_mul_scalar(2.0 * (1.0 - kr))?)?;
-        let b = luma.f_add(&cb.f_mul_scalar(2.0 * (1.0 - kb))?)?;
-        let g = luma.f_sub(&r.f_mul_scalar(kr)?)?.f_sub(&b.f_mul_scalar(kb)?)?.f_div_scalar(self.matrix.kg())?;
-        Ok(Tensor::f_cat(&[&r, &g, &b], 1)?)
+        let (l, c) = (255.0 / sy, 255.0 / sc);
+        let (rv, bu) = (2.0 * (1.0 - kr) * c, 2.0 * (1.0 - kb) * c);
+        let (gu, gv) = (-kb * bu / self.matrix.kg(), -kr * rv / self.matrix.kg());
+        let m = [[l, 0.0, rv], [l, gu, gv], [l, bu, 0.0]];
+        let offset = |r: [f64; 3]| -(r[0] * oy + (r[1] + r[2]) * oc);
+        let mut out = [0f32; 12];
+        for (i, row) in m.iter().enumerate() {
+            out[3 * i..3 * i + 3].copy_from_slice(&row.map(|v| v as f32));
+            out[9 + i] = offset(*row) as f32;
+        }
+        out
+    }
+
+    /// Code values (`N x 1 x H x W` luma; `N x 2 x H x W` Cb and Cr at full resolution, `None`
+    /// for grey) as R′G′B′ `N x 3 x H x W` in 0..255, neither rounded nor clamped. `matrix`:
+    /// [`rgb_matrix`](Self::rgb_matrix) on the samples' device.
+    pub fn to_rgb(&self, y: &Tensor, chroma: Option<&Tensor>, matrix: &Tensor) -> Result<Tensor, Error> {
+        let Some(chroma) = chroma else {
+            let ((oy, sy), _) = self.ranges();
+            let luma = y.f_sub_scalar(oy)?.f_mul_scalar(255.0 / sy)?;
+            return Ok(luma.f_expand([-1, 3, -1, -1], false)?.f_contiguous()?);
+        };
+        let (n, h, w) = (y.size()[0], y.size()[2], y.size()[3]);
+        let m = matrix.f_narrow(0, 0, 9)?.f_reshape([3, 3])?;
+        let offsets = matrix.f_narrow(0, 9, 3)?.f_reshape([3, 1])?;
+        // Per picture: the chroma's part (3 x 2 by 2 x HW), then the luma's added in place.
+        let picture = |i: i64| -> Result<Tensor, Error> {
+            let mut rgb = offsets.f_addmm(&m.f_narrow(1, 1, 2)?, &chroma.f_select(0, i)?.f_reshape([2, h * w])?)?;
+            let _ = rgb.f_addmm_(&m.f_narrow(1, 0, 1)?, &y.f_select(0, i)?.f_reshape([1, h * w])?)?;
+            Ok(rgb.f_reshape([1, 3, h, w])?)
+        };
+        if n == 1 {
+            return picture(0);
+        }
+        Ok(Tensor::f_cat(&(0..n).map(picture).collect::<Result<Vec<_>, _>>()?, 0)?)
     }
 
     /// R′G′B′ (`N x 3 x H x W`, 0..255) as code values: luma and, unless `grey`, Cb and Cr, each
@@ -101,33 +126,34 @@ pub struct Siting {
 /// Chroma subsampling: luma samples per chroma sample across and down (1 or 2).
 pub type Subsampling = (i64, i64);
 
-/// Chroma samples (`N x 1 x h x w`) at the full resolution `(height, width)`: linear between the
-/// two nearest samples by their siting, as `videoconvert`'s default linear resampler, the
+/// Chroma samples (`N x C x h x w`) at the full resolution `(height, width)`: linear between
+/// the two nearest samples by their siting, as `videoconvert`'s default linear resampler, the
 /// nearest one past the edges.
 pub fn upsample(chroma: &Tensor, sub: Subsampling, siting: Siting, (height, width): (i64, i64)) -> Result<Tensor, Error> {
     let x = upsample_axis(chroma, 3, sub.0, siting.h_cosited, width)?;
     upsample_axis(&x, 2, sub.1, siting.v_cosited, height)
 }
 
+/// Doubles `c` along `dim` (each sample's two pixels interleaved), cut to `full`. A pixel lies
+/// at chroma position x / 2, less a quarter sample when chroma sits between its two pixels: a
+/// co-sited sample's pixels are it and the mean of it and the next; a centred one's take a
+/// quarter of the previous or the next.
 fn upsample_axis(c: &Tensor, dim: i64, factor: i64, cosited: bool, full: i64) -> Result<Tensor, Error> {
     let n = c.size()[dim as usize];
     if factor == 1 {
         return Ok(c.shallow_clone());
     }
-    let device = c.device();
-    // Full-resolution sample x lies at chroma position x / factor, less half a chroma sample
-    // less half a pixel when chroma sits between its pixels.
-    let phase = if cosited { 0.0 } else { 0.5 - 0.5 / factor as f64 };
-    let at =
-        Tensor::f_arange(full, (Kind::Float, device))?.f_div_scalar(factor as f64)?.f_sub_scalar(phase)?.f_clamp(0.0, (n - 1) as f64)?;
-    let i0 = at.f_floor()?;
-    let t = at.f_sub(&i0)?;
-    let i0 = i0.f_to_kind(Kind::Int64)?;
-    let i1 = i0.f_add_scalar(1)?.f_clamp_max(n - 1)?;
-    let (a, b) = (c.f_index_select(dim, &i0)?, c.f_index_select(dim, &i1)?);
-    let shape: Vec<i64> = (0..4).map(|d| if d == dim { full } else { 1 }).collect();
-    let t = t.f_reshape(shape)?;
-    Ok(a.f_add(&b.f_sub(&a)?.f_mul(&t)?)?)
+    let next = Tensor::f_cat(&[c.f_narrow(dim, 1, n - 1)?, c.f_narrow(dim, n - 1, 1)?], dim)?;
+    let (even, odd) = if cosited {
+        (c.shallow_clone(), c.f_add(&next)?.f_mul_scalar(0.5)?)
+    } else {
+        let prev = Tensor::f_cat(&[c.f_narrow(dim, 0, 1)?, c.f_narrow(dim, 0, n - 1)?], dim)?;
+        let three = c.f_mul_scalar(0.75)?;
+        (three.f_add(&prev.f_mul_scalar(0.25)?)?, three.f_add(&next.f_mul_scalar(0.25)?)?)
+    };
+    let mut shape = c.size();
+    shape[dim as usize] = 2 * n;
+    Ok(Tensor::f_stack(&[even, odd], dim + 1)?.f_reshape(&shape)?.f_narrow(dim, 0, full)?)
 }
 
 /// The chroma samples that full-resolution values over a frame's rectangle make, as
@@ -174,32 +200,48 @@ pub fn subsample(
 ) -> Result<(ChromaRect, Tensor), Error> {
     let (n, h, w) = (values.size()[0], values.size()[2], values.size()[3]);
     let rect = chroma_rect((x0, y0, w, h), frame, sub, siting);
-    let device = values.device();
-    // The pixels the samples stand for, per axis: `(first pixel, count, taps)`.
-    let span = |c0: i64, cn: i64, f: i64, cosited: bool| -> (i64, i64, Vec<f32>) {
+    // The pixels the samples stand for, per axis: the first and how many.
+    let span = |c0: i64, cn: i64, f: i64, cosited: bool| -> (i64, i64) {
         match (f, cosited) {
-            (1, _) => (c0, cn, vec![1.0]),
-            (_, false) => (f * c0, f * cn, vec![1.0; f as usize]),
-            (_, true) => (f * c0 - 1, f * cn + 1, vec![1.0, 2.0, 1.0]),
+            (1, _) => (c0, cn),
+            (_, false) => (f * c0, f * cn),
+            (_, true) => (f * c0 - 1, f * cn + 1),
         }
     };
-    let (px, pw, kx) = span(rect.x0, rect.width, sub.0, siting.h_cosited);
-    let (py, ph, ky) = span(rect.y0, rect.height, sub.1, siting.v_cosited);
-    let opts = (Kind::Float, device);
-    // The values and the pixels that exist, over the samples' span.
+    let (px, pw) = span(rect.x0, rect.width, sub.0, siting.h_cosited);
+    let (py, ph) = span(rect.y0, rect.height, sub.1, siting.v_cosited);
+    let opts = (Kind::Float, values.device());
+    // The values over the samples' span, 0 past the rectangle.
     let padded = Tensor::f_zeros([n, 1, ph, pw], opts)?;
     padded.f_narrow(2, y0 - py, h)?.f_narrow(3, x0 - px, w)?.f_copy_(&values.f_to_kind(Kind::Float)?)?;
-    let inside = Tensor::f_zeros([1, 1, ph, pw], opts)?;
-    let (ix0, iy0) = ((-px).max(0), (-py).max(0));
-    let (ix1, iy1) = (pw.min(frame.0 - px), ph.min(frame.1 - py));
-    let _ = inside.f_narrow(2, iy0, iy1 - iy0)?.f_narrow(3, ix0, ix1 - ix0)?.f_fill_(1.0)?;
-    let (kh, kw) = (ky.len() as i64, kx.len() as i64);
-    let taps: Vec<f32> = ky.iter().flat_map(|a| kx.iter().map(move |b| a * b)).collect();
-    let kernel = Tensor::f_from_slice(&taps)?.f_reshape([1, 1, kh, kw])?.f_to_device(device)?;
-    let stride = [sub.1, sub.0];
-    let sum = padded.f_conv2d(&kernel, None::<Tensor>, stride, [0, 0], [1, 1], 1)?;
-    let weight = inside.f_conv2d(&kernel, None::<Tensor>, stride, [0, 0], [1, 1], 1)?;
-    Ok((rect, sum.f_div(&weight)?))
+    // The weights are separable, and so is the share of each sample's pixels inside the frame.
+    let inside = |p0: i64, len: i64, full: i64| -> Result<Tensor, Error> {
+        let ones = Tensor::f_zeros([len], opts)?;
+        let (a, b) = ((-p0).max(0), len.min(full - p0));
+        let _ = ones.f_narrow(0, a, b - a)?.f_fill_(1.0)?;
+        Ok(ones)
+    };
+    let sums = weighted_sums(&padded, 3, sub.0, siting.h_cosited)?;
+    let sums = weighted_sums(&sums, 2, sub.1, siting.v_cosited)?;
+    let wx = weighted_sums(&inside(px, pw, frame.0)?, 0, sub.0, siting.h_cosited)?;
+    let wy = weighted_sums(&inside(py, ph, frame.1)?, 0, sub.1, siting.v_cosited)?;
+    let weight = wy.f_reshape([1, 1, -1, 1])?.f_mul(&wx.f_reshape([1, 1, 1, -1])?)?;
+    Ok((rect, sums.f_div(&weight)?))
+}
+
+/// Along `dim`, the weighted sum of each sample's pixels: pairs (centred), or the 1, 2, 1
+/// taps of pixels 2j - 1, 2j, 2j + 1 (co-sited, the span starting one pixel early).
+fn weighted_sums(t: &Tensor, dim: i64, factor: i64, cosited: bool) -> Result<Tensor, Error> {
+    let len = t.size()[dim as usize];
+    Ok(match (factor, cosited) {
+        (1, _) => t.shallow_clone(),
+        (_, false) => t.f_slice(dim, 0, len, 2)?.f_add(&t.f_slice(dim, 1, len, 2)?)?,
+        (_, true) => {
+            let n = (len - 1) / 2;
+            let (a, b, c) = (t.f_slice(dim, 0, 2 * n - 1, 2)?, t.f_slice(dim, 1, 2 * n, 2)?, t.f_slice(dim, 2, 2 * n + 1, 2)?);
+            a.f_add(&b.f_mul_scalar(2.0)?)?.f_add(&c)?
+        }
+    })
 }
 
 #[cfg(test)]
@@ -223,7 +265,7 @@ mod tests {
                 let c = Colorimetry { matrix, full_range, depth };
                 let (y, chroma) = c.from_rgb(&rgb, false, true).unwrap();
                 let (cb, cr) = chroma.unwrap();
-                let back = c.to_rgb(&y, Some((&cb, &cr))).unwrap();
+                let back = c.to_rgb(&y, Some(&Tensor::cat(&[cb, cr], 1)), &Tensor::from_slice(&c.rgb_matrix())).unwrap();
                 assert!(max_diff(&back, &rgb) < 1e-3, "{c:?}");
             }
         }
@@ -248,7 +290,7 @@ mod tests {
         assert!((y.double_value(&[0, 0, 0, 0]) - 0.299 * 255.0).abs() < 1e-3);
         assert!((chroma.unwrap().1.double_value(&[0, 0, 0, 0]) - 255.5).abs() < 1e-3);
         // A grey frame: R = G = B = luma.
-        let grey = f.to_rgb(&t(&[100.0], [1, 1, 1, 1]), None).unwrap();
+        let grey = f.to_rgb(&t(&[100.0], [1, 1, 1, 1]), None, &Tensor::from_slice(&f.rgb_matrix())).unwrap();
         assert_eq!(Vec::<f32>::try_from(grey.reshape([-1])).unwrap(), [100.0, 100.0, 100.0]);
     }
 
