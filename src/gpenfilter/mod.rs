@@ -1,8 +1,8 @@
 //! `gpenfilter`: GPEN face restoration as a GStreamer video filter.
 //!
 //! ```text
-//! gst-launch-1.0 filesrc location=faces.mp4 ! decodebin ! videoconvert ! \
-//!     gpenfilter size=512 fp16=true ! videoconvert ! x264enc ! mp4mux ! \
+//! gst-launch-1.0 filesrc location=faces.mp4 ! decodebin ! \
+//!     gpenfilter size=512 fp16=true ! x264enc ! mp4mux ! \
 //!     filesink location=restored.mp4
 //! ```
 
