@@ -10,9 +10,10 @@
 #[path = "common/batching.rs"]
 #[allow(dead_code)] // its shared() only
 mod batching;
+#[path = "common/clip.rs"]
+mod clip;
 
 use batching::shared;
-use gst::prelude::*;
 use gstgpen::detect::{detect_at_scales, RetinaFace};
 use gstgpen::gpen::{random_state_dict, Banding, FullGenerator, GpenConfig};
 use std::time::Instant;
@@ -34,21 +35,9 @@ fn median(reps: usize, mut f: impl FnMut()) -> f64 {
 
 /// The clip's first frame scaled to 1920x1080, as a `1 x 3 x H x W` float tensor (0..255).
 fn frame_1080p() -> Tensor {
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location={} ! decodebin ! videoconvert ! videoscale ! video/x-raw,format=RGB,width=1920,height=1080 ! appsink name=sink sync=false",
-        shared().join("media/videos/short_hamilton_clip.mp4").display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let sample = sink.pull_sample().unwrap();
-    let map = sample.buffer().unwrap().map_readable().unwrap();
-    let t = Tensor::from_slice(map.as_slice()).reshape([1080, 1920, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float);
-    drop(map);
-    pipeline.set_state(gst::State::Null).unwrap();
-    t
+    let frame = clip::clip_buffers(&shared(), "video/x-raw,format=RGB,width=1920,height=1080", 1).0.remove(0);
+    let map = frame.map_readable().unwrap();
+    Tensor::from_slice(map.as_slice()).reshape([1080, 1920, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float)
 }
 
 fn main() {

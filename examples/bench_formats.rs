@@ -13,6 +13,8 @@
 #[path = "common/batching.rs"]
 #[allow(dead_code)] // its shared() only
 mod batching;
+#[path = "common/clip.rs"]
+mod clip;
 
 use batching::shared;
 use gst::prelude::*;
@@ -26,27 +28,6 @@ fn cpu_seconds() -> f64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / 100.0
-}
-
-/// `n` 1080p NV12 frames of the clip, scaled up.
-fn clip_nv12(n: usize) -> Vec<gst::Buffer> {
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location={} ! decodebin ! videoconvert ! videoscale ! video/x-raw,format=NV12,width=1920,height=1080 ! appsink name=sink sync=false",
-        shared().join("media/videos/short_hamilton_clip.mp4").display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let mut frames = Vec::new();
-    while let Ok(sample) = sink.pull_sample() {
-        if frames.len() < n {
-            frames.push(sample.buffer_owned().unwrap());
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    frames
 }
 
 /// `n` 1080p NV12 frames with no face: a gradient with a fine texture, which changes per frame.
@@ -122,7 +103,7 @@ fn main() {
     gstgpen::plugin_register_static().unwrap();
     let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Nv12, 1920, 1080).fps(gst::Fraction::new(25, 1)).build().unwrap();
     let caps = info.to_caps().unwrap();
-    let clip = clip_nv12(frames_n);
+    let (clip, _) = clip::clip_buffers(&shared(), "video/x-raw,format=NV12,width=1920,height=1080", frames_n);
     let faceless = faceless_nv12(frames_n, &info);
     let model = shared().join("fixtures/gpen/gpen-512-tiny.pth");
     let detector = shared().join("weights/retinaface-mnet025-fd1mb.pth");

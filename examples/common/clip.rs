@@ -3,11 +3,29 @@
 use std::path::Path;
 
 /// The sample clip's frames as packed RGB, and their size.
+#[allow(dead_code)] // not every benchmark that includes this file takes packed RGB
 pub fn clip_frames(shared: &Path) -> (Vec<Vec<u8>>, usize, usize) {
+    let (buffers, info) = clip_buffers(shared, "video/x-raw,format=RGB", usize::MAX);
+    let (w, h) = (info.width() as usize, info.height() as usize);
+    let frames = buffers
+        .iter()
+        .map(|b| {
+            let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(b.as_ref(), &info).unwrap();
+            let stride = info.stride()[0] as usize;
+            let data = frame.plane_data(0).unwrap();
+            (0..h).flat_map(|y| data[y * stride..y * stride + 3 * w].to_vec()).collect()
+        })
+        .collect();
+    (frames, w, h)
+}
+
+/// The sample clip's first `n` frames as buffers of `caps` (a `video/x-raw` format, and a size
+/// the clip is scaled to), with their info.
+pub fn clip_buffers(shared: &Path, caps: &str, n: usize) -> (Vec<gst::Buffer>, gst_video::VideoInfo) {
     use gst::prelude::*;
     gst::init().unwrap();
     let pipeline = gst::parse::launch(&format!(
-        "filesrc location={} ! decodebin ! videoconvert ! video/x-raw,format=RGB ! appsink name=sink sync=false",
+        "filesrc location={} ! decodebin ! videoconvert ! videoscale ! {caps} ! appsink name=sink sync=false",
         shared.join("media/videos/short_hamilton_clip.mp4").display()
     ))
     .unwrap()
@@ -15,15 +33,13 @@ pub fn clip_frames(shared: &Path) -> (Vec<Vec<u8>>, usize, usize) {
     .unwrap();
     let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
-    let (mut frames, mut size) = (Vec::new(), (0, 0));
+    let (mut frames, mut info) = (Vec::new(), None);
     while let Ok(sample) = sink.pull_sample() {
-        let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
-        size = (info.width() as usize, info.height() as usize);
-        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(sample.buffer().unwrap(), &info).unwrap();
-        let stride = info.stride()[0] as usize;
-        let data = frame.plane_data(0).unwrap();
-        frames.push((0..size.1).flat_map(|y| data[y * stride..y * stride + 3 * size.0].to_vec()).collect());
+        info.get_or_insert_with(|| gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap());
+        if frames.len() < n {
+            frames.push(sample.buffer_owned().unwrap());
+        }
     }
     pipeline.set_state(gst::State::Null).unwrap();
-    (frames, size.0, size.1)
+    (frames, info.expect("the clip has frames"))
 }
