@@ -68,13 +68,20 @@ pub fn check_tensors(
 pub struct Params<'a> {
     sd: &'a StateDict,
     device: Device,
+    /// What the layers built from them compute in (their weights folded in fp32 first).
+    kind: Kind,
     requested: RefCell<Vec<(String, Vec<i64>)>>,
     ignored: RefCell<HashSet<String>>,
 }
 
 impl<'a> Params<'a> {
     pub fn new(sd: &'a StateDict, device: Device) -> Self {
-        Params { sd, device, requested: Default::default(), ignored: Default::default() }
+        Self::with_kind(sd, device, Kind::Float)
+    }
+
+    /// As [`new`](Self::new), for layers computing in `kind` (bf16 on CPUs that have it).
+    pub fn with_kind(sd: &'a StateDict, device: Device, kind: Kind) -> Self {
+        Params { sd, device, kind, requested: Default::default(), ignored: Default::default() }
     }
 
     /// The tensor as fp32 on the device. A missing or mis-shaped tensor is replaced by zeros so
@@ -168,8 +175,8 @@ impl Conv2d {
     /// `{conv}.weight` (and `{conv}.bias` if `bias`).
     pub fn new(p: &Params, conv: &str, spec: ConvSpec, bias: bool) -> Result<Self> {
         let weight = p.get(&format!("{conv}.weight"), &spec.weight_shape())?;
-        let bias = if bias { Some(p.get(&format!("{conv}.bias"), &[spec.out_channels])?) } else { None };
-        Ok(Conv2d { weight, bias, stride: spec.stride, padding: spec.padding, groups: spec.groups })
+        let bias = if bias { Some(p.get(&format!("{conv}.bias"), &[spec.out_channels])?.f_to_kind(p.kind)?) } else { None };
+        Ok(Conv2d { weight: weight.f_to_kind(p.kind)?, bias, stride: spec.stride, padding: spec.padding, groups: spec.groups })
     }
 
     /// A bias-free `{conv}.weight` followed by BatchNorm `{bn}` (inference statistics,
@@ -185,6 +192,7 @@ impl Conv2d {
         let scale = gamma.f_div(&var.f_add_scalar(1e-5)?.f_sqrt()?)?;
         let weight = weight.f_mul(&scale.f_reshape([-1, 1, 1, 1])?)?;
         let bias = beta.f_sub(&mean.f_mul(&scale)?)?;
+        let (weight, bias) = (weight.f_to_kind(p.kind)?, bias.f_to_kind(p.kind)?);
         Ok(Conv2d { weight, bias: Some(bias), stride: spec.stride, padding: spec.padding, groups: spec.groups })
     }
 

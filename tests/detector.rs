@@ -158,3 +158,21 @@ fn a_forced_variant_that_contradicts_a_known_file_is_refused() {
         assert_eq!(RetinaFace::load(&weights(file), Some(right), Device::Cpu).unwrap().variant(), right);
     }
 }
+
+#[test]
+fn a_bf16_detector_finds_the_faces_fp32_finds() {
+    for file in ["retinaface-mnet025-fd1mb.pth", "retinaface-mnet025-std.pth"] {
+        let fp32 = RetinaFace::load(&weights(file), None, Device::Cpu).unwrap();
+        let bf16 = RetinaFace::load_in(&weights(file), None, Device::Cpu, tch::Kind::BFloat16).unwrap();
+        for image in ["astronaut.png", "solvay_conference_1927.png", "two_people.jpg"] {
+            let (rgb, w, h) = common::decode_image(&common::shared().join("media/images").join(image));
+            let x = common::rgb_tensor(&rgb, w, h);
+            let (a, b) = (detect_at_scales(&fp32, &x, &[1.0], 0.9).unwrap(), detect_at_scales(&bf16, &x, &[1.0], 0.9).unwrap());
+            assert_eq!(a.len(), b.len(), "{file} {image}");
+            for f in &a {
+                let best = b.iter().map(|g| gstgpen::detect::iou(&f.bbox, &g.bbox)).fold(0f32, f32::max);
+                assert!(best > 0.8, "{file} {image}: a face at {:?} has no bf16 counterpart (IoU {best:.2})", f.bbox);
+            }
+        }
+    }
+}

@@ -22,15 +22,19 @@ pub fn clip_frames(shared: &Path) -> (Vec<Vec<u8>>, usize, usize) {
 /// The sample clip's first `n` frames as buffers of `caps` (a `video/x-raw` format, and a size
 /// the clip is scaled to), with their info.
 pub fn clip_buffers(shared: &Path, caps: &str, n: usize) -> (Vec<gst::Buffer>, gst_video::VideoInfo) {
+    let clip = shared.join("media/videos/short_hamilton_clip.mp4");
+    buffers_of(
+        &format!("filesrc location={} ! decodebin ! videoconvert ! videoscale ! {caps} ! appsink name=sink sync=false", clip.display()),
+        n,
+    )
+}
+
+/// The first `n` buffers that reach the `appsink name=sink` of the pipeline `launch`, with
+/// their info.
+pub fn buffers_of(launch: &str, n: usize) -> (Vec<gst::Buffer>, gst_video::VideoInfo) {
     use gst::prelude::*;
     gst::init().unwrap();
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location={} ! decodebin ! videoconvert ! videoscale ! {caps} ! appsink name=sink sync=false",
-        shared.join("media/videos/short_hamilton_clip.mp4").display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    let pipeline = gst::parse::launch(launch).unwrap().downcast::<gst::Pipeline>().unwrap();
     let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let (mut frames, mut info) = (Vec::new(), None);

@@ -312,6 +312,8 @@ pub struct RetinaFace {
     /// BGR channel means subtracted from the 0..255 input.
     mean: Tensor,
     device: Device,
+    /// What the network computes in: fp32, or bf16 (scores and boxes come out in fp32).
+    kind: Kind,
 }
 
 const ANCHORS: i64 = 2;
@@ -324,6 +326,12 @@ impl RetinaFace {
     /// Loads a detector checkpoint. `variant` overrides recognition: without it, a ResNet-50
     /// file is taken as standard, and a MobileNet-0.25 file must be one of the known files.
     pub fn load(path: &Path, variant: Option<DetectorVariant>, device: Device) -> std::result::Result<Self, Error> {
+        Self::load_in(path, variant, device, Kind::Float)
+    }
+
+    /// As [`load`](Self::load), the network computing in `kind` (`BFloat16` on CPUs with bf16
+    /// instructions): its weights folded in fp32, then rounded once.
+    pub fn load_in(path: &Path, variant: Option<DetectorVariant>, device: Device, kind: Kind) -> std::result::Result<Self, Error> {
         let bytes = crate::checkpoint::read_sized(path)?;
         let sd = crate::checkpoint::load_bytes(path, &bytes, None)?;
         let sd = strip_prefix(sd, "module.");
@@ -380,13 +388,13 @@ impl RetinaFace {
             }
         };
         let _guard = tch::no_grad_guard();
-        let p = Params::new(&sd, device);
-        let model = Self::build(&p, resnet, variant, device).map_err(Error::Torch)?;
+        let p = Params::with_kind(&sd, device, kind);
+        let model = Self::build(&p, resnet, variant, device, kind).map_err(Error::Torch)?;
         p.finish(Network::RetinaFace, if resnet { "ResNet-50 body" } else { "MobileNet-0.25 body" })?;
         Ok(model)
     }
 
-    fn build(p: &Params, resnet: bool, variant: DetectorVariant, device: Device) -> Result<Self> {
+    fn build(p: &Params, resnet: bool, variant: DetectorVariant, device: Device, kind: Kind) -> Result<Self> {
         let (backbone, in_channels, out, slope) = if resnet {
             (Backbone::ResNet50(ResNet50::new(p)?), [512, 1024, 2048], 256, 0.0)
         } else {
@@ -405,6 +413,7 @@ impl RetinaFace {
             variant,
             mean: Tensor::f_from_slice(&[104f32, 117., 123.])?.f_reshape([1, 3, 1, 1])?.f_to_device(device)?,
             device,
+            kind,
         })
     }
 
@@ -414,7 +423,7 @@ impl RetinaFace {
         let empty = StateDict::new("<shapes>".into(), Vec::new());
         let p = Params::new(&empty, Device::Cpu);
         // Building against nothing records every request (with zeros in place of weights).
-        let _model = Self::build(&p, resnet, DetectorVariant::Standard, Device::Cpu);
+        let _model = Self::build(&p, resnet, DetectorVariant::Standard, Device::Cpu, Kind::Float);
         p.requested()
     }
 
@@ -426,9 +435,10 @@ impl RetinaFace {
         self.device
     }
 
-    /// Runs the network on `1 x 3 x H x W` BGR values minus the channel means.
+    /// Runs the network on `1 x 3 x H x W` BGR values minus the channel means (in its kind).
     pub fn forward_raw(&self, x: &Tensor) -> Result<RawDetections> {
         let _guard = tch::no_grad_guard();
+        let x = &x.f_to_kind(self.kind)?;
         let feats = match &self.backbone {
             Backbone::MobileNet(m) => m.forward(x)?,
             Backbone::ResNet50(r) => r.forward(x)?,
@@ -448,9 +458,9 @@ impl RetinaFace {
         }
         let conf = Tensor::f_cat(&conf, 1)?.f_softmax(-1, Kind::Float)?;
         Ok(RawDetections {
-            loc: Tensor::f_cat(&loc, 1)?.f_squeeze_dim(0)?,
+            loc: Tensor::f_cat(&loc, 1)?.f_squeeze_dim(0)?.f_to_kind(Kind::Float)?,
             scores: conf.f_select(2, 1)?.f_squeeze_dim(0)?,
-            landms: Tensor::f_cat(&landms, 1)?.f_squeeze_dim(0)?,
+            landms: Tensor::f_cat(&landms, 1)?.f_squeeze_dim(0)?.f_to_kind(Kind::Float)?,
         })
     }
 
