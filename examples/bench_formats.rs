@@ -1,11 +1,12 @@
-//! A frame's handling in the stream's own format against the videoconvert sandwich: 1080p NV12
+//! A frame's handling in the stream's own format against the videoconvert sandwich: NV12 (1080p)
 //! (the Hamilton clip scaled up, with faces; a textured gradient, without) through
 //! `appsrc ! gpenfilter ! fakesink` and `appsrc ! videoconvert ! gpenfilter ! videoconvert !
 //! fakesink`, with the tiny GPEN-512, and with its forward skipped (`GST_GPEN_SKIP_FORWARD`,
 //! feature `fault-injection`) so that only the frame's handling and the detector are left.
 //!
 //! ```text
-//! cargo run --release --features fault-injection --example bench_formats -- [--frames 8] [--threads 2]
+//! cargo run --release --features fault-injection --example bench_formats -- [--frames 8] [--threads 2] \
+//!     [--width 1920 --height 1080] [--upscale 1|2|4]
 //! ```
 //! Prints, per run: frames per second and CPU time per frame (user + system, all threads), and
 //! the NV12 run's ratio to the sandwich's; and the detector alone on the same frames.
@@ -30,7 +31,7 @@ fn cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
-/// `n` 1080p NV12 frames with no face: a gradient with a fine texture, which changes per frame.
+/// `n` NV12 frames of `info` with no face: a gradient with a fine texture, which changes per frame.
 fn faceless_nv12(n: usize, info: &gst_video::VideoInfo) -> Vec<gst::Buffer> {
     (0..n)
         .map(|i| {
@@ -86,13 +87,15 @@ fn run(launch: &str, frames: &[gst::Buffer], caps: &gst::Caps) -> (f64, f64) {
 }
 
 fn main() {
-    let mut frames_n = 8;
-    let mut threads = 2;
+    let (mut frames_n, mut threads, mut width, mut height, mut upscale) = (8, 2, 1920usize, 1080usize, 1);
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
         match w[0].as_str() {
             "--frames" => frames_n = w[1].parse().unwrap(),
             "--threads" => threads = w[1].parse().unwrap(),
+            "--width" => width = w[1].parse().unwrap(),
+            "--height" => height = w[1].parse().unwrap(),
+            "--upscale" => upscale = w[1].parse().unwrap(),
             _ => {}
         }
     }
@@ -101,15 +104,23 @@ fn main() {
     std::env::set_var("GST_GPEN_SKIP_FORWARD", "skip:1");
     gst::init().unwrap();
     gstgpen::plugin_register_static().unwrap();
-    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Nv12, 1920, 1080).fps(gst::Fraction::new(25, 1)).build().unwrap();
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Nv12, width as u32, height as u32)
+        .fps(gst::Fraction::new(25, 1))
+        .build()
+        .unwrap();
     let caps = info.to_caps().unwrap();
-    let (clip, _) = clip::clip_buffers(&shared(), "video/x-raw,format=NV12,width=1920,height=1080", frames_n);
+    let (clip, _) = clip::clip_buffers(&shared(), &format!("video/x-raw,format=NV12,width={width},height={height}"), frames_n);
     let faceless = faceless_nv12(frames_n, &info);
     let model = shared().join("fixtures/gpen/gpen-512-tiny.pth");
     let detector = shared().join("weights/retinaface-mnet025-fd1mb.pth");
-    let props =
-        |name: &str| format!("gpenfilter name={name} model={} size=512 device=cpu detector-model={}", model.display(), detector.display());
-    println!("1080p NV12, {} frames, tiny GPEN-512 fp32 on the CPU ({threads} threads)", clip.len());
+    let props = |name: &str| {
+        format!(
+            "gpenfilter name={name} model={} size=512 device=cpu detector-model={} upscale={upscale}",
+            model.display(),
+            detector.display()
+        )
+    };
+    println!("{width}x{height} NV12, {} frames, upscale={upscale}, tiny GPEN-512 fp32 on the CPU ({threads} threads)", clip.len());
     println!("| frames | forward | path | frames/s | CPU ms/frame | NV12 / sandwich (CPU) |");
     println!("| --- | --- | --- | --- | --- | --- |");
     for (what, frames) in [("with faces", &clip), ("without faces", &faceless)] {
@@ -133,7 +144,7 @@ fn main() {
         let f = gst_video::VideoFrameRef::from_buffer_ref_readable(b.as_ref(), &info).unwrap();
         let layout = gstgpen::gpenfilter::frame_layout(&f).unwrap();
         let rgb = gstgpen::restorer::frame::to_tensor(gstgpen::gpenfilter::planes(&f), layout, tch::Device::Cpu).unwrap();
-        drop(gstgpen::detect::detect_at_scales(&det, &rgb, &[1.0, 320.0 / 1920.0], 0.9).unwrap());
+        drop(gstgpen::detect::detect_at_scales(&det, &rgb, &[1.0, 320.0 / width.max(height) as f64], 0.9).unwrap());
     }
     let n = faceless.len() as f64;
     println!(
