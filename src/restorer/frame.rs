@@ -34,13 +34,12 @@ unsafe fn view(ptr: *const u8, layout: &PackedLayout) -> Result<Tensor, Error> {
 /// valid and must not be written through other paths while the tensor is used.
 unsafe fn samples_view(ptr: *const u8, s: &Samples) -> Result<Tensor, Error> {
     let (kind, b) = if s.wide { (Kind::Int16, 2) } else { (Kind::Uint8, 1) };
-    Ok(Tensor::f_from_blob(
-        ptr.add(s.offset),
-        &[s.height as i64, s.width as i64],
-        &[(s.stride / b) as i64, (s.step / b) as i64],
-        kind,
-        Device::Cpu,
-    )?)
+    let first = ptr.add(s.offset);
+    // The check proved offsets and strides even; the plane itself must be too.
+    if !(first as usize).is_multiple_of(b) {
+        return Err(Error::OutputMismatch(format!("two-byte samples at an odd address ({first:p}): the plane is misaligned")));
+    }
+    Ok(Tensor::f_from_blob(first, &[s.height as i64, s.width as i64], &[(s.stride / b) as i64, (s.step / b) as i64], kind, Device::Cpu)?)
 }
 
 /// `layout` against the planes' lengths; two-byte samples need a little-endian host.
@@ -142,10 +141,11 @@ pub fn download_rgb(bytes: &Tensor) -> Result<Tensor, Error> {
 /// with `fill`, the other bytes of the frame's pixels (alpha, padding) become 255 first.
 pub fn write_rgb(rgb: &Tensor, (x0, y0): (i64, i64), data: &mut [u8], layout: &PackedLayout, fill: bool) -> Result<(), Error> {
     layout.check(data.len())?;
-    let (h, w) = (rgb.size()[0], rgb.size()[1]);
     let (fw, fh) = layout.size();
-    if rgb.size().len() != 3 || rgb.size()[2] != 3 || x0 < 0 || y0 < 0 || x0 + w > fw || y0 + h > fh {
-        return Err(Error::OutputMismatch(format!("a {:?} patch at ({x0}, {y0}) does not fit a {fw}x{fh} frame", rgb.size())));
+    let misfit = || Error::OutputMismatch(format!("a {:?} patch at ({x0}, {y0}) does not fit a {fw}x{fh} frame", rgb.size()));
+    let [h, w, 3] = rgb.size()[..] else { return Err(misfit()) };
+    if x0 < 0 || y0 < 0 || x0 + w > fw || y0 + h > fh {
+        return Err(misfit());
     }
     // SAFETY: `check` proved every index of the view lies in `data`, exclusively borrowed here.
     let mut all = unsafe { view(data.as_mut_ptr(), layout)? };

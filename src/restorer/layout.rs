@@ -84,13 +84,16 @@ impl Samples {
             .checked_sub(1)
             .and_then(|h| h.checked_mul(self.stride))
             .and_then(|s| s.checked_add(self.offset)?.checked_add(last_row?));
-        self.width > 0 && self.height > 0 && self.step >= b && aligned && end.is_some_and(|e| e <= len)
+        // Rows must not overlap (packed 4:2:2's components share rows, each within its stride).
+        let rows_apart = self.height == 1 || last_row.is_some_and(|r| r <= self.stride);
+        self.width > 0 && self.height > 0 && self.step >= b && aligned && rows_apart && end.is_some_and(|e| e <= len)
     }
 
     /// The same samples, one row in every two from row `first` (a field's rows).
     fn every_other_row(&self, first: usize) -> Option<Samples> {
         let height = if first == 0 { self.height.div_ceil(2) } else { self.height / 2 };
-        (height > 0).then_some(Samples { offset: self.offset + first * self.stride, stride: 2 * self.stride, height, ..*self })
+        let offset = self.stride.checked_mul(first)?.checked_add(self.offset)?;
+        (height > 0).then_some(Samples { offset, stride: self.stride.checked_mul(2)?, height, ..*self })
     }
 }
 
@@ -174,7 +177,7 @@ impl FrameLayout {
         match self {
             FrameLayout::Rgb(l) => {
                 let height = if first == 0 { l.height.div_ceil(2) } else { l.height / 2 };
-                (height > 0).then_some(FrameLayout::Rgb(PackedLayout { height, stride: 2 * l.stride, ..*l }))
+                (height > 0).then_some(FrameLayout::Rgb(PackedLayout { height, stride: l.stride.checked_mul(2)?, ..*l }))
             }
             FrameLayout::Yuv(l) => {
                 let luma = l.luma.every_other_row(first)?;
@@ -305,6 +308,9 @@ mod tests {
         let FrameLayout::Yuv(mut wrong) = l else { unreachable!() };
         wrong.chroma.as_mut().unwrap()[0].width = 2;
         assert!(FrameLayout::Yuv(wrong).check([100, 100, 0, 0]).is_err(), "chroma of the wrong size");
+        let mut overlapping = nv12(5, 3, 8);
+        overlapping.luma.stride = 4;
+        assert!(FrameLayout::Yuv(overlapping).check([100, 100, 0, 0]).is_err(), "rows closer than a row's samples");
         let mut wide = nv12(4, 2, 8);
         wide.colorimetry.depth = 10;
         assert!(FrameLayout::Yuv(wide).check([100, 100, 0, 0]).is_err(), "10 bits in one byte");
